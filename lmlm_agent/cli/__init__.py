@@ -1,0 +1,26 @@
+"""The `lmlm` command line: the front door. Sub-commands import their heavy dependencies lazily."""
+
+from __future__ import annotations
+
+import typer
+
+from lmlm_agent.cli import annotate, bench, demo, evaluate, kb, serve, teacher, train
+
+app = typer.Typer(
+    help="lmlm: train, serve, audit and benchmark language models that look their facts up in a database.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(kb.app, name="kb")
+app.add_typer(annotate.app, name="annotate")
+app.add_typer(teacher.app, name="teacher")
+app.add_typer(train.app, name="train")
+app.add_typer(evaluate.app, name="eval")
+app.add_typer(bench.app, name="bench")
+app.command("demo")(demo.demo)
+app.command("chat")(serve.chat)
+app.command("serve")(serve.serve)
+
+
+def main() -> None:
+    app()
