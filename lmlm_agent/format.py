@@ -106,12 +106,25 @@ class ParsedText:
         return None
 
 
+# The prompt a question-answer follows (after one space); training and the agent share it.
+QA_PROMPT = "Question: {question}\nAnswer:"
+
+
+def qa_prompt(question: str) -> str:
+    return QA_PROMPT.format(question=question.strip())
+
+
 def render_call(entity: str, relation: str, value: str | None = None) -> str:
     """The call block; with ``value=None`` it ends at ``<|db_return|>`` (a query)."""
     head = f"{DB_ENTITY} {entity.strip()}{DB_RELATIONSHIP} {relation.strip()}{DB_RETURN}"
     if value is None:
         return head
     return f"{head} {value.strip()}{DB_END}"
+
+
+def clean_field(field_text: str) -> str:
+    """A field or value made safe to render: special tokens removed, whitespace runs one space."""
+    return " ".join(_TOKEN_RE.sub(" ", field_text).split())
 
 
 def insert_calls(plain: str, placements: Iterable[tuple[int, LookupCall]]) -> str:
@@ -236,6 +249,10 @@ def strip_values(text: str) -> str:
 
 _LEGACY_OPEN = "[dblookup("
 _LEGACY_ARGS_RE = re.compile(r"^\s*(['\"])(?P<e>.*?)\1\s*,\s*(['\"])(?P<r>.*)\3\s*$", re.S)
+# ``)`` then ``->``; the published data once has a stray ``]`` in between: ``[dblookup('E', 'R')] -> V]``.
+_LEGACY_ARROW_RE = re.compile(r"\)\]?\s*->")
+# The head of an unreadable call: through the first ``)`` (and a ``]`` right after it) or ``]``.
+_LEGACY_HEAD_RE = re.compile(r"[^)\]]*(\)\]?|\])")
 
 
 @dataclass
@@ -268,9 +285,10 @@ def _legacy_end(text: str, arrow_end: int) -> int:
 def legacy_to_special(text: str) -> Conversion:
     """Convert ``[dblookup('E', 'R') -> V]`` calls to the special-token form.
 
-    A call that cannot be read (no arrow, unbalanced brackets, unquoted arguments,
-    empty entity or relation) is removed along with its one following space, and
-    counted in ``dropped``, so the ordinary text is kept either way.
+    A call must close on its own line, before the next call. One that cannot be
+    read (no arrow, unbalanced brackets, unquoted arguments, empty entity or
+    relation) is counted in ``dropped`` and removed with one following space; of an
+    unclosed call only the head ``[dblookup(...) ->`` goes, so the ordinary text is kept.
     """
     out: list[str] = []
     conv = Conversion(text="")
@@ -282,37 +300,26 @@ def legacy_to_special(text: str) -> Conversion:
             break
         out.append(text[i:j])
         args_start = j + len(_LEGACY_OPEN)
-        arrow = re.compile(r"\)\s*->").search(text, args_start)
-        next_open = text.find(_LEGACY_OPEN, args_start)
-        close = -1
-        if arrow and (next_open < 0 or arrow.start() < next_open):
-            close = _legacy_end(text, arrow.end())
-        if close < 0:
-            # Unreadable: drop up to the end of the line or the next call, whichever is first.
-            stop = [k for k in (next_open, text.find("\n", args_start)) if k >= 0]
-            end = min(stop) if stop else len(text)
+        limit = min(k for k in (text.find("\n", args_start), text.find(_LEGACY_OPEN, args_start), len(text)) if k >= 0)
+        arrow = _LEGACY_ARROW_RE.search(text, args_start, limit)
+        close = _legacy_end(text, arrow.end()) if arrow else -1
+        if close < 0:  # unclosed: drop through the arrow, or the head, and keep what follows
+            head = _LEGACY_HEAD_RE.match(text, args_start, limit)
+            end = arrow.end() if arrow else head.end() if head else limit
             conv.dropped.append(text[j:end])
-            i = end
-            continue
-        raw = text[j : close + 1]
-        m = _LEGACY_ARGS_RE.match(text[args_start : arrow.start()])
-        value = text[arrow.end() : close].strip()
-        if m and m.group("e").strip() and m.group("r").strip() and "\n" not in raw:
-            out.append(render_call(_clean(m.group("e")), _clean(m.group("r")), _clean(value)))
-            conv.converted += 1
-            i = close + 1
         else:
-            conv.dropped.append(raw)
-            i = close + 1
-            if text.startswith(" ", i):
-                i += 1
+            m = _LEGACY_ARGS_RE.match(text[args_start : arrow.start()])
+            if m and m.group("e").strip() and m.group("r").strip():
+                value = text[arrow.end() : close]
+                out.append(render_call(clean_field(m.group("e")), clean_field(m.group("r")), clean_field(value)))
+                conv.converted += 1
+                i = close + 1
+                continue
+            end = close + 1
+            conv.dropped.append(text[j:end])
+        i = end + 1 if text.startswith(" ", end) else end
     conv.text = "".join(out)
     return conv
-
-
-def _clean(field_text: str) -> str:
-    """A field may not contain our special tokens; whitespace runs become one space."""
-    return " ".join(_TOKEN_RE.sub(" ", field_text).split())
 
 
 def strip_legacy(text: str) -> str:

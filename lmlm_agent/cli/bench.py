@@ -2,6 +2,96 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
 app = typer.Typer(help="Benchmarks: results written as JSON, Markdown and PNG.", no_args_is_help=True)
+
+
+@app.command("train")
+def train_speed(
+    out: Path = typer.Option(Path("runs/bench/train_speed"), "--out", help="Directory for train_speed.json and train_speed.md."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="TrainSpeedConfig field as key=value (preset, steps, rounds, data, ...)."),
+) -> None:
+    """Training tokens/s of the masked-loss trainer vs plain TRL SFT, same model and data."""
+    from benchmarks.train_speed import TrainSpeedConfig, markdown, run
+    from training.config import load_config
+
+    result = run(load_config(TrainSpeedConfig, None, overrides or []), out)
+    typer.echo(markdown(result))
+
+
+@app.command("decode")
+def decode_speed(
+    out: Path = typer.Option(Path("runs/bench/decode_speed"), "--out", help="Directory for decode_speed.json and decode_speed.md."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="DecodeSpeedConfig field as key=value (preset, context_tokens, period, ...)."),
+) -> None:
+    """Interleaved decoding vs HF generate, vs re-encoding after each lookup, and batch 8 vs batch 1."""
+    from benchmarks.decode_speed import DecodeSpeedConfig, markdown, run
+    from training.config import load_config
+
+    result = run(load_config(DecodeSpeedConfig, None, overrides or []), out)
+    typer.echo(markdown(result))
+
+
+@app.command("kb")
+def kb_lookup(
+    out: Path = typer.Option(Path("runs/bench/kb"), "--out", help="Directory for kb_lookup.json and kb_lookup.md."),
+    sizes: str = typer.Option("10000,100000", help="Comma-separated store sizes (triples)."),
+    million: bool = typer.Option(False, "--million", help="Also run 1,000,000 triples (the index build takes a long while on CPU)."),
+    queries: int = typer.Option(500, help="Timed lookups of each kind per size."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Knowledge base: SQL insert and index-build throughput, exact/semantic/miss lookup p50/p99."""
+    from benchmarks.kb_lookup import NAME, run
+
+    try:
+        counts = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--sizes must be integers separated by commas, got {sizes!r}") from None
+    run(out, [*counts, *([1_000_000] if million else [])], queries=queries, seed=seed)
+    typer.echo((out / f"{NAME}.md").read_text())
+
+
+def _run_bench(name: str, run_dir: Path, overrides: Optional[List[str]]) -> None:
+    """Load the run directory's models, store and world, and run one benchmark (or all)."""
+    from benchmarks import run_all
+    from training.config import load_config
+
+    config = load_config(run_all.BenchConfig, None, overrides or [])
+    run = run_all.load_run(run_dir, config)
+    if name == "all":
+        typer.echo((run_all.bench_all(run, config)).read_text())
+    else:
+        getattr(run_all, f"bench_{name}")(run, config)
+        typer.echo((run.out / f"{name}.md").read_text())
+
+
+_RUN = typer.Option(..., "--run", help="Run directory with lmlm/, baseline/, kb.sqlite and world/ (what `lmlm demo` writes).")
+_SET = typer.Option(None, "--set", help="BenchConfig field as key=value (tofu_questions, unlearn_steps, cloze_items, ...).")
+
+
+@app.command("tofu")
+def tofu(run: Path = _RUN, overrides: Optional[List[str]] = _SET) -> None:
+    """TOFU forgetting: LMLM row deletion vs gradient ascent / difference / NPO on the baseline -> RUN/bench/tofu.*"""
+    _run_bench("tofu", run, overrides)
+
+
+@app.command("factscore")
+def factscore(run: Path = _RUN, overrides: Optional[List[str]] = _SET) -> None:
+    """FactScore-style precision of bios: LMLM, LMLM with the database off, baseline -> RUN/bench/factscore.*"""
+    _run_bench("factscore", run, overrides)
+
+
+@app.command("cloze")
+def cloze(run: Path = _RUN, overrides: Optional[List[str]] = _SET) -> None:
+    """T-REx-style cloze (hit@5, token precision@1): LMLM, DB off, baseline -> RUN/bench/cloze.*"""
+    _run_bench("cloze", run, overrides)
+
+
+@app.command("all")
+def all_benchmarks(run: Path = _RUN, overrides: Optional[List[str]] = _SET) -> None:
+    """FactScore, cloze and TOFU forgetting, then RUN/bench/report.md with the targets checked."""
+    _run_bench("all", run, overrides)

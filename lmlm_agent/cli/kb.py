@@ -1,7 +1,352 @@
-"""`lmlm kb`."""
+"""`lmlm kb`: the knowledge base from the shell (import, add, get, delete, stats, export, rebuild-index).
+
+Every command takes ``--db`` (a SQLite path or a database URL), ``--index`` (a
+directory, ``:memory:``, an ``http://`` Chroma server, or ``off``) and
+``--namespace``. Errors print one clear line and exit with status 1.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
 import typer
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tools import SQLKnowledgeStore
+    from tools.io import Loaded
+
 app = typer.Typer(help="The knowledge base: import, add, get, delete, stats, export, rebuild-index.", no_args_is_help=True)
+
+DEFAULT_DB = "runs/kb/kb.sqlite"
+DB = typer.Option(DEFAULT_DB, "--db", envvar="LMLM_KB_DB", help="SQLite file or database URL (postgresql://...).")
+INDEX = typer.Option(
+    None, "--index", envvar="LMLM_KB_INDEX",
+    help="Semantic index: a directory, ':memory:', an http(s):// Chroma server, or 'off'. Default: <db>.chroma beside a SQLite file.",
+)
+NAMESPACE = typer.Option("default", "--namespace", "-n", help="Namespace (a hard boundary between knowledge bases).")
+AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+FORMATS = ("auto", "jsonl", "lmlm-db", "annotated")
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Expected failures (bad input, unreadable files, unreachable servers) become one red line and exit 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tools import InvalidInput
+
+    try:
+        yield
+    except (InvalidInput, OSError, json.JSONDecodeError, UnicodeDecodeError, SQLAlchemyError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _console().print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _open(db: str, index: Optional[str], namespace: str, **kwargs: Any) -> SQLKnowledgeStore:
+    import os
+
+    from tools import open_store
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bar in command output
+    off = index is not None and index.lower() in ("off", "none", "false", "no")
+    return open_store(db, index=False if off else index, namespace=namespace, **kwargs)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=1, default=str))
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _detect(path: Path, fmt: str) -> tuple[str, Any]:
+    """The format of ``path`` and, for JSON files, the parsed document (parsed once, used by the reader)."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
+    data = json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else None
+    if fmt != "auto":
+        return fmt, data
+    from tools.io import is_lmlm_database
+
+    if data is not None:
+        if is_lmlm_database(data):
+            return "lmlm-db", data
+        if isinstance(data, dict) and isinstance(data.get("examples"), list):
+            return "annotated", data
+        raise typer.BadParameter(f"{path.name}: JSON is neither an LMLM database nor annotated examples; pass --format")
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), "{}")
+        try:
+            item = json.loads(first)
+        except json.JSONDecodeError:
+            return "jsonl", None  # the reader reports the bad line
+        return ("annotated" if isinstance(item, dict) and _text_of(item) is not None else "jsonl"), None
+    return "annotated", None
+
+
+_TEXT_FIELDS = ("text", "annotated", "annotated_text")
+
+
+def _text_of(item: dict) -> Optional[str]:
+    return next((item[k] for k in _TEXT_FIELDS if isinstance(item.get(k), str)), None)
+
+
+def _documents(path: Path, data: Any) -> Iterator[tuple[str, str]]:
+    """(document id, annotated text) from the published annotations JSON, our JSONL, or a plain text file."""
+    if isinstance(data, dict) and isinstance(data.get("examples"), list):
+        for n, ex in enumerate(data["examples"]):
+            if isinstance(ex, dict) and isinstance(ex.get("annotated_text"), str):
+                yield str(n), ex["annotated_text"]
+    elif path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    item = json.loads(line)
+                    text = _text_of(item) if isinstance(item, dict) else None
+                    if text is not None:
+                        yield str(item.get("id", lineno)), text
+    else:
+        yield path.stem, path.read_text(encoding="utf-8")
+
+
+def _annotated_rows(path: Path, data: Any, source: Optional[str]) -> Loaded:
+    """Triples of the complete calls in annotated text; legacy ``[dblookup(...)]`` calls are converted first."""
+    from lmlm_agent.format import extract_triples, legacy_to_special
+    from tools.io import Loaded, Rejection
+
+    loaded = Loaded()
+    for doc_id, text in _documents(path, data):
+        where = f"{path.name}#{doc_id}"
+        if "[dblookup(" in text:
+            conversion = legacy_to_special(text)
+            text = conversion.text
+            loaded.rejected.extend(Rejection(where=where, reason=f"unreadable legacy call: {raw[:80]}") for raw in conversion.dropped)
+        for triple in extract_triples(text):
+            loaded.take(where, triple, source or where)
+    return loaded
+
+
+@app.command("import")
+def import_(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL triples, LMLM database JSON, or annotated text."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=f"One of {', '.join(FORMATS)}."),
+    source: Optional[str] = typer.Option(None, help="Provenance for rows without one (default: file and line/document)."),
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    namespace: str = NAMESPACE,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Import facts. Good rows are stored, bad ones listed; a known (entity, relation) gets the new value."""
+    from tools.io import import_rows, load_lmlm_database, read_triples_jsonl
+
+    console = _console()
+    with _clear_errors():
+        kind, data = _detect(path, fmt)
+        if kind == "lmlm-db":
+            loaded = load_lmlm_database(data if data is not None else json.loads(path.read_text(encoding="utf-8")), path.name, source)
+        elif kind == "jsonl":
+            loaded = read_triples_jsonl(path, source)
+        else:
+            loaded = _annotated_rows(path, data, source)
+        store = _open(db, index, namespace)
+        with console.status(f"writing {len(loaded.rows):,} rows" + (" and embedding their keys" if store.index else "")):
+            report = import_rows(store, loaded.rows, loaded.rejected, namespace=namespace)
+    if as_json:
+        _print_json(report.model_dump())
+        return
+    console.print(
+        f"[bold]{path.name}[/bold] ({kind}) -> namespace [cyan]{namespace}[/cyan]: read {report.read:,}, "
+        f"inserted [green]{report.inserted:,}[/green], updated {report.updated:,}, unchanged {report.unchanged:,}, "
+        f"duplicates {report.duplicates:,}, rejected [yellow]{report.rejected:,}[/yellow]"
+    )
+    for r in report.rejections:
+        console.print(f"  [yellow]rejected[/yellow] {r.where}: {r.reason}", markup=True)
+    if report.rejected > len(report.rejections):
+        console.print(f"  ... and {report.rejected - len(report.rejections):,} more")
+
+
+# --------------------------------------------------------------------------- add / get / delete
+
+
+@app.command("add")
+def add(
+    entity: str = typer.Argument(...),
+    relation: str = typer.Argument(...),
+    value: str = typer.Argument(...),
+    source: Optional[str] = typer.Option(None, help="Provenance, e.g. doc:12@340."),
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    namespace: str = NAMESPACE,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Add a fact, or replace the value of a known (entity, relation)."""
+    from tools.typed_tools import ToolError, write
+
+    with _clear_errors():
+        obs = write(_open(db, index, namespace), entity=entity, relation=relation, value=value, source=source)
+    if isinstance(obs, ToolError):
+        _console().print(f"[red]error:[/red] {obs.message}")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(obs.model_dump(mode="json"))
+        return
+    f = obs.fact
+    was = f" (was {obs.previous_value!r})" if obs.action == "updated" else ""
+    _console().print(f"[green]{obs.action}[/green] #{f.id}: {f.entity} | {f.relation} = {f.value!r}{was}")
+
+
+@app.command("get")
+def get(
+    entity: str = typer.Argument(...),
+    relation: str = typer.Argument(...),
+    threshold: float = typer.Option(0.6, help="Cosine-similarity threshold of a semantic match."),
+    fallback: str = typer.Option("unknown", help="Below the threshold: 'unknown' (a miss) or 'top1' (best anyway)."),
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    namespace: str = NAMESPACE,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Look a fact up: exact match first, then semantic, with provenance. A miss prints 'unknown' (exit 0)."""
+    from rich.table import Table
+
+    with _clear_errors():
+        result = _open(db, index, namespace, threshold=threshold, fallback=fallback).read(entity, relation)
+    if as_json:
+        _print_json(result.model_dump())
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in ("match", "value", "entity", "relation", "score", "fact", "source"):
+        table.add_column(col)
+    score = "" if result.score is None else f"{result.score:.3f}"
+    style = "red" if result.match == "miss" else "green"
+    table.add_row(f"[{style}]{result.match}[/{style}]", result.value, result.entity, result.relation, score,
+                  "" if result.fact_id is None else f"#{result.fact_id}", result.source or "")
+    _console().print(table)
+
+
+@app.command("delete")
+def delete(
+    fact_id: Optional[int] = typer.Option(None, "--id", help="Delete this row."),
+    entity: Optional[str] = typer.Option(None, "--entity", "-e", help="Delete every row of this entity..."),
+    relation: Optional[str] = typer.Option(None, "--relation", "-r", help="...or only this relation of it."),
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    namespace: str = NAMESPACE,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Forget facts and print the receipt: rows removed from SQL and the index, and re-lookups that miss them."""
+    from rich.table import Table
+
+    from tools import normalise_key
+
+    with _clear_errors():
+        receipt = _open(db, index, namespace).delete(fact_id=fact_id, entity=entity, relation=relation)
+    if as_json:
+        _print_json(receipt.model_dump(mode="json"))
+        return
+    console = _console()
+    if not receipt.removed:
+        console.print(f"nothing matched {receipt.selector} in namespace [cyan]{receipt.namespace}[/cyan]; nothing removed")
+        return
+    table = Table(title=f"removed {receipt.count} row(s) from namespace {receipt.namespace}", header_style="bold")
+    for col in ("fact", "entity", "relation", "value", "in index", "re-lookup"):
+        table.add_column(col)
+    indexed = set(receipt.index_removed)
+    relook = {r.query: r for r in receipt.relookups}
+    for row in receipt.removed:
+        after = relook.get(normalise_key(row.entity, row.relation))
+        table.add_row(f"#{row.id}", row.entity, row.relation, row.value,
+                      "removed" if row.id in indexed else "-", "" if after is None else f"{after.match} {after.value!r}")
+    console.print(table)
+    verdict = "[green]verified[/green]" if receipt.verified else "[red]NOT verified[/red]"
+    console.print(f"{verdict}: {receipt.sql_remaining} left in SQL, "
+                  f"{'no index' if receipt.index_remaining is None else f'{receipt.index_remaining} left in the index'}")
+    if not receipt.verified:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- stats / export / rebuild
+
+
+@app.command("stats")
+def stats(
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Rows per namespace in SQL and in the index (a difference means: run rebuild-index)."""
+    from rich.table import Table
+
+    with _clear_errors():
+        store = _open(db, index, "default")
+        names = sorted(set(store.namespaces()) | set(store.index.namespaces() if store.index else []))
+        rows = [
+            {"namespace": ns, "facts": store.count(namespace=ns),
+             "indexed": None if store.index is None else store.index.count(ns)}
+            for ns in names
+        ]
+    if as_json:
+        _print_json({"store": store.describe(), "namespaces": rows})
+        return
+    console = _console()
+    info = store.describe()
+    console.print(f"db [bold]{info['db']}[/bold]  index [bold]{info['index'] or 'off'}[/bold]")
+    table = Table(header_style="bold")
+    for col in ("namespace", "facts", "indexed"):
+        table.add_column(col, justify="right" if col != "namespace" else "left")
+    for r in rows:
+        stale = r["indexed"] is not None and r["indexed"] != r["facts"]
+        indexed = "-" if r["indexed"] is None else f"[yellow]{r['indexed']:,}[/yellow]" if stale else f"{r['indexed']:,}"
+        table.add_row(r["namespace"], f"{r['facts']:,}", indexed)
+    console.print(table if rows else "the store is empty")
+
+
+@app.command("export")
+def export(
+    path: Path = typer.Argument(..., dir_okay=False, help="Output file."),
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="'jsonl' (rows with provenance) or 'lmlm-db' (published format)."),
+    db: str = DB,
+    index: Optional[str] = typer.Option(None, "--index", help="Accepted for uniformity; export reads SQL only."),
+    namespace: str = NAMESPACE,
+) -> None:
+    """Write a namespace's facts to a file (SQL is the truth; the index is not read)."""
+    from tools.io import export_jsonl, export_lmlm_database
+
+    writers = {"jsonl": export_jsonl, "lmlm-db": export_lmlm_database}
+    if fmt not in writers:
+        raise typer.BadParameter(f"--format must be one of {', '.join(writers)}")
+    with _clear_errors():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = writers[fmt](_open(db, "off", namespace), path)
+    _console().print(f"wrote {n:,} facts of namespace [cyan]{namespace}[/cyan] to {path} ({fmt})")
+
+
+@app.command("rebuild-index")
+def rebuild_index(
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Only this namespace (default: all)."),
+) -> None:
+    """Drop the semantic index and re-embed it from the SQL rows."""
+    with _clear_errors():
+        store = _open(db, index, namespace or "default")
+        with _console().status("embedding keys"):
+            done = store.rebuild_index(namespace)
+    for ns, n in done.items():
+        _console().print(f"namespace [cyan]{ns}[/cyan]: {n:,} keys indexed")
+    if not done:
+        _console().print("nothing to index")

@@ -1,7 +1,61 @@
-"""`lmlm train`."""
+"""`lmlm train`: pretrain an LMLM, its baseline, or fine-tune on QA. Heavy imports stay inside the commands."""
 
 from __future__ import annotations
+
+from typing import List, Optional
 
 import typer
 
 app = typer.Typer(help="Pretrain an LMLM (values masked from the loss), the baseline, and fine-tune.", no_args_is_help=True)
+
+CONFIG_HELP = "YAML config file, or a preset name from training/configs (micro, demo, lmlm-176m, lmlm-382m, finetune-demo)."
+SET_HELP = "Override one config key: --set key=value (repeatable), e.g. --set data=corpus.jsonl --set max_steps=200."
+
+
+def _pretrain(config: str, overrides: List[str], baseline: bool) -> None:
+    import logging
+
+    from training.config import PretrainConfig, load_config
+    from training.pretrain import pretrain
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_config(PretrainConfig, config, [*overrides, f"baseline={str(baseline).lower()}"])
+    if not cfg.data:
+        raise typer.BadParameter("no training data: set `data:` in the config or pass --set data=FILE")
+    typer.echo(f"checkpoint: {pretrain(cfg)}")
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    config: str = typer.Option("demo", "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Pretrain an LMLM from scratch on annotated text, the returned values masked from the loss."""
+    _pretrain(config, overrides or [], baseline=False)
+
+
+@app.command("baseline")
+def baseline_cmd(
+    config: str = typer.Option("demo", "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Pretrain the baseline: same documents with the calls removed (pass --set tokenizer=LMLM_DIR to share its tokenizer)."""
+    _pretrain(config, overrides or [], baseline=True)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    config: str = typer.Option("finetune-demo", "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Fine-tune a checkpoint on question -> answer pairs (JSONL with question, answer); prompt and values masked."""
+    import logging
+
+    from training.config import FinetuneConfig, load_config
+    from training.finetune import finetune
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_config(FinetuneConfig, config, overrides or [])
+    if not cfg.data:
+        raise typer.BadParameter("no QA data: set `data:` in the config or pass --set data=FILE")
+    typer.echo(f"checkpoint: {finetune(cfg)}")

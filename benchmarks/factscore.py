@@ -1,0 +1,237 @@
+"""FactScore-style factual precision (Min et al. 2023) of generated biographies.
+
+Prompt "Tell me a bio of X. X is", greedy, 256 new tokens; the output is split into
+atomic facts, each judged against a knowledge source; a response's score is the share
+of supported facts times the length penalty exp(1 - γ/n) for n < γ = 10 facts.
+Responses with no fact are abstentions: excluded from the score and reported.
+
+Two judges:
+- the generated world's gold triples: our biographies state one fact per sentence with
+  known templates, so a sentence is parsed back into (entity, relation, value) and is
+  supported when the gold value matches; other sentences are facts supported only if
+  they state one of the entity's gold values;
+- :class:`OpenAIJudge`, an OpenAI-compatible chat model that splits text into atomic
+  facts and answers True/False against given knowledge (FactScore's prompts), for real data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks.subject import Subject
+from lmlm_agent.decoding import UNKNOWN
+from benchmarks.world import RELATIONS, World
+
+GAMMA = 10
+
+
+def length_penalty(n_facts: int, gamma: int = GAMMA) -> float:
+    """exp(1 - γ/n) for fewer than γ facts, else 1 (FactScore's penalty for short answers)."""
+    if n_facts <= 0:
+        raise ValueError("no facts: an abstention has no score")
+    return math.exp(1 - gamma / n_facts) if n_facts < gamma else 1.0
+
+
+def bio_prompt(name: str) -> str:
+    return f"Tell me a bio of {name}. {name} is"
+
+
+@dataclass
+class AtomicFact:
+    text: str
+    supported: bool
+    entity: str | None = None  # set when the sentence parsed as a world statement
+    relation: str | None = None
+    value: str | None = None
+
+
+@dataclass
+class ResponseScore:
+    topic: str
+    output: str
+    facts: list[AtomicFact]
+
+    @property
+    def abstained(self) -> bool:
+        return not self.facts
+
+    @property
+    def precision(self) -> float:
+        return sum(f.supported for f in self.facts) / len(self.facts)
+
+    @property
+    def score(self) -> float:
+        return self.precision * length_penalty(len(self.facts))
+
+
+@dataclass
+class FactScoreResult:
+    subject: str
+    n: int
+    score: float  # mean penalised precision over the responses that did not abstain
+    precision: float  # the same without the length penalty
+    abstention_rate: float
+    facts_per_response: float
+    supported_per_response: float
+    responses: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def aggregate(subject: str, scores: Sequence[ResponseScore]) -> FactScoreResult:
+    answered = [s for s in scores if not s.abstained]
+    mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
+    return FactScoreResult(
+        subject,
+        len(scores),
+        mean([s.score for s in answered]),
+        mean([s.precision for s in answered]),
+        1 - len(answered) / len(scores) if scores else math.nan,
+        mean([len(s.facts) for s in answered]),
+        mean([sum(f.supported for f in s.facts) for s in answered]),
+        [{"topic": s.topic, "output": s.output, "facts": [asdict(f) for f in s.facts]} for s in scores],
+    )
+
+
+# --------------------------------------------------------------------------- gold-triple judge
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    # Every template names the entity before the value: "<a>{e}<b>{v}<c>".
+    head, tail = template.split("{v}")
+    before, after = head.split("{e}")
+    return re.compile(f"{re.escape(before)}(?P<e>.+?){re.escape(after)}(?P<v>.+?){re.escape(tail)}$")
+
+
+_PARSERS = [(_template_regex(t), r.name) for rels in RELATIONS.values() for r in rels for t in r.statements]
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences with at least three words: shorter fragments (and token noise) state nothing."""
+    out = []
+    for s in _SENTENCE_END.split(text):
+        s = s.strip()
+        if len(re.findall(r"[A-Za-z]+", s)) >= 3:
+            out.append(s)
+    return out
+
+
+def parse_statement(sentence: str) -> list[tuple[str, str, str]]:
+    """Every (entity, relation, value) reading of a sentence under the world's templates.
+
+    A sentence can fit several ("X is a novel." is a genre statement; "X was founded
+    in 1820." fits places and organisations); the judge takes a reading the gold supports.
+    """
+    readings = []
+    for regex, relation in _PARSERS:
+        m = regex.match(sentence.strip())
+        if m:
+            readings.append((m.group("e").strip(), relation, m.group("v").strip()))
+    return list(dict.fromkeys(readings))
+
+
+class GoldJudge:
+    """Judges sentences against a world's gold triples."""
+
+    def __init__(self, world: World):
+        self.gold = {(e, r): v for e, r, v in world.triples}
+        self.values: dict[str, set[str]] = {}
+        for e, _, v in world.triples:
+            self.values.setdefault(e, set()).add(_norm(v))
+
+    def facts(self, topic: str, text: str) -> list[AtomicFact]:
+        out = []
+        for sentence in split_sentences(text):
+            readings = parse_statement(sentence)
+            if not readings:
+                norm = _norm(sentence)
+                supported = any(v and v in norm for v in self.values.get(topic, ()))
+                out.append(AtomicFact(sentence, supported))
+                continue
+            if any(_norm(v) == UNKNOWN for _, _, v in readings):
+                continue  # "X was born in unknown." claims nothing: the model abstained on it
+            judged = [(self._supports(e, r, v), e, r, v) for e, r, v in readings]
+            supported, entity, relation, value = max(judged, key=lambda j: j[0])
+            out.append(AtomicFact(sentence, supported, entity, relation, value))
+        return out
+
+    def _supports(self, entity: str, relation: str, value: str) -> bool:
+        gold = self.gold.get((entity, relation))
+        return gold is not None and _norm(gold) == _norm(value)
+
+
+@dataclass
+class FactScoreConfig:
+    max_entities: int | None = 50  # people to ask about (None: all)
+    max_new_tokens: int = 256  # FactScore's generation length
+
+
+def evaluate_factscore(subject: Subject, world: World, topics: Sequence[str], config: FactScoreConfig) -> FactScoreResult:
+    """Bios of ``topics`` judged on the world's gold triples."""
+    topics = list(topics)[: config.max_entities]
+    judge = GoldJudge(world)
+    outputs = subject.generate([bio_prompt(t) for t in topics], config.max_new_tokens)
+    # The prompt's last words ("X is") begin the first sentence of the bio.
+    scores = [ResponseScore(t, o, judge.facts(t, f"{t} is{o}")) for t, o in zip(topics, outputs)]
+    return aggregate(subject.name, scores)
+
+
+# --------------------------------------------------------------------------- LLM judge
+
+ATOMIC_PROMPT = (
+    "Please breakdown the following sentence into independent facts. "
+    "Write one fact per line, each starting with '- '.\n\n{sentence}"
+)
+JUDGE_PROMPT = (
+    "Answer the question about {topic} based on the given context.\n\n{knowledge}\n\n"
+    "Input: {fact} True or False?\nOutput:"
+)
+
+
+class OpenAIJudge:
+    """FactScore's atomic-fact splitting and support questions on an OpenAI-compatible endpoint.
+
+    ``client`` is an ``openai.OpenAI`` (or anything with ``chat.completions.create``).
+    """
+
+    def __init__(self, client=None, model: str = "gpt-4o-mini", base_url: str | None = None, api_key: str | None = None):
+        if client is None:
+            from openai import OpenAI
+
+            client = OpenAI(base_url=base_url, api_key=api_key)
+        self.client = client
+        self.model = model
+
+    def _ask(self, prompt: str) -> str:
+        reply = self.client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0
+        )
+        return reply.choices[0].message.content or ""
+
+    def atomic_facts(self, text: str) -> list[str]:
+        facts = []
+        for sentence in split_sentences(text):
+            lines = self._ask(ATOMIC_PROMPT.format(sentence=sentence)).splitlines()
+            facts += [l[2:].strip() for l in lines if l.startswith("- ") and l[2:].strip()]
+        return facts
+
+    def supported(self, topic: str, fact: str, knowledge: str) -> bool:
+        answer = self._ask(JUDGE_PROMPT.format(topic=topic, knowledge=knowledge, fact=fact)).lower()
+        # FactScore's rule: "true" without "false", or both and "true" first.
+        if "true" in answer and "false" in answer:
+            return answer.index("true") < answer.index("false")
+        return "true" in answer
+
+    def score(self, topic: str, output: str, knowledge: str) -> ResponseScore:
+        facts = [AtomicFact(f, self.supported(topic, f, knowledge)) for f in self.atomic_facts(output)]
+        return ResponseScore(topic, output, facts)

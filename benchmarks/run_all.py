@@ -1,0 +1,136 @@
+"""Run the factual-precision and forgetting benchmarks on a run directory.
+
+A run directory (what ``lmlm demo`` writes) holds::
+
+    RUN/lmlm/        the LMLM checkpoint (save_checkpoint)
+    RUN/baseline/    the same-size baseline, trained on the same text without calls
+    RUN/kb.sqlite    the LMLM's knowledge store (the world's triples)
+    RUN/world/       the generated world (World.save): QA splits, gold triples, held-out people
+
+Three subjects are measured: ``lmlm`` (its store), ``lmlm-db-off`` (every lookup
+``unknown``) and ``baseline``. Results land in ``RUN/bench/`` as JSON, Markdown and PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.cloze import ClozeConfig, cloze_items, evaluate_cloze
+from benchmarks.factscore import FactScoreConfig, evaluate_factscore
+from benchmarks.forgetting import FORGET_SPLITS, GRADIENT_METHODS, UnlearnConfig, run_forgetting
+from benchmarks.subject import Subject
+from benchmarks.tofu import TofuConfig
+from benchmarks.world import World
+
+
+@dataclass
+class BenchConfig:
+    tofu_questions: int = field(default=100, metadata={"help": "TOFU questions per split (generation dominates on CPU)."})
+    rouge_tokens: int = field(default=200, metadata={"help": "Greedy tokens for TOFU's ROUGE-L answers (0: skip ROUGE)."})
+    forget_splits: str = field(default=",".join(FORGET_SPLITS), metadata={"help": "Forget splits to run, comma-separated."})
+    methods: str = field(default=",".join(GRADIENT_METHODS), metadata={"help": "Gradient unlearning methods for the baseline, comma-separated."})
+    unlearn_steps: int = field(default=20, metadata={"help": "Optimizer steps per gradient method and split."})
+    unlearn_lr: float = field(default=5e-5, metadata={"help": "Gradient unlearning learning rate."})
+    unlearn_batch: int = field(default=8, metadata={"help": "QA pairs per unlearning step."})
+    factscore_people: int = field(default=50, metadata={"help": "People whose bios are asked for."})
+    factscore_tokens: int = field(default=256, metadata={"help": "Greedy tokens per bio."})
+    cloze_items: int = field(default=200, metadata={"help": "Cloze facts."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts or answers per forward pass."})
+    semantic_index: bool = field(default=False, metadata={"help": "Open the store with its semantic index (slower; exact keys suffice for the world)."})
+    threads: int = field(default=1, metadata={"help": "torch threads (1 is fastest on a small shared CPU)."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed for items and unlearning batches."})
+
+
+@dataclass
+class Run:
+    directory: Path
+    world: World
+    lmlm: Subject
+    lmlm_db_off: Subject
+    baseline: Subject
+
+    @property
+    def subjects(self) -> list[Subject]:
+        return [self.lmlm, self.lmlm_db_off, self.baseline]
+
+    @property
+    def out(self) -> Path:
+        return self.directory / "bench"
+
+
+def _names(csv: str) -> list[str]:
+    return [n.strip() for n in csv.split(",") if n.strip()]
+
+
+def load_run(directory: str | Path, config: BenchConfig) -> Run:
+    import torch
+
+    from lmlm_agent.model import load_checkpoint
+    from tools import open_store
+
+    torch.set_num_threads(config.threads)
+    directory = Path(directory)
+    missing = [p for p in ("lmlm", "baseline", "kb.sqlite", "world") if not (directory / p).exists()]
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)} (see benchmarks/run_all.py for the layout)")
+    lmlm, baseline = load_checkpoint(directory / "lmlm"), load_checkpoint(directory / "baseline")
+    store = open_store(directory / "kb.sqlite", **({} if config.semantic_index else {"index": False}))
+    common = dict(batch_size=config.batch_size)
+    return Run(
+        directory,
+        World.load(directory / "world"),
+        Subject("lmlm", lmlm.model, lmlm.tokenizer, store=store, **common),
+        Subject("lmlm-db-off", lmlm.model, lmlm.tokenizer, db_off=True, **common),
+        Subject("baseline", baseline.model, baseline.tokenizer, **common),
+    )
+
+
+def bench_factscore(run: Run, config: BenchConfig) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    people = [e.name for e in run.world.entities if e.kind == "person"]
+    people = random.Random(config.seed).sample(people, min(config.factscore_people, len(people)))
+    fs_config = FactScoreConfig(max_entities=config.factscore_people, max_new_tokens=config.factscore_tokens)
+    results = [evaluate_factscore(s, run.world, people, fs_config).to_dict()
+               for s in tqdm(run.subjects, desc="factscore", unit="model")]
+    report.write_outputs(run.out, "factscore", {"config": asdict(config), "results": results},
+                         report.factscore_markdown(results), report.factscore_figure(results))
+    return results
+
+
+def bench_cloze(run: Run, config: BenchConfig) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    items = cloze_items(run.world, config.cloze_items, config.seed)
+    results = [evaluate_cloze(s, items, ClozeConfig(max_items=config.cloze_items, seed=config.seed)).to_dict()
+               for s in tqdm(run.subjects, desc="cloze", unit="model")]
+    report.write_outputs(run.out, "cloze", {"config": asdict(config), "results": results},
+                         report.cloze_markdown(results), report.cloze_figure(results))
+    return results
+
+
+def bench_tofu(run: Run, config: BenchConfig) -> dict:
+    tofu = TofuConfig(max_questions=config.tofu_questions, max_new_tokens=config.rouge_tokens,
+                      rouge=config.rouge_tokens > 0)
+    unlearn = UnlearnConfig(steps=config.unlearn_steps, lr=config.unlearn_lr, batch_size=config.unlearn_batch,
+                            seed=config.seed)
+    result = run_forgetting(run.world, run.lmlm, run.baseline, tofu, unlearn, _names(config.forget_splits),
+                            _names(config.methods)).to_dict()
+    report.write_outputs(run.out, "tofu", {"config": asdict(config), **result},
+                         report.forgetting_markdown(result), report.forgetting_figure(result))
+    return result
+
+
+def bench_all(run: Run, config: BenchConfig) -> Path:
+    """Every benchmark, then ``report.md``: the targets table followed by each benchmark's report."""
+    factscore, cloze, tofu = bench_factscore(run, config), bench_cloze(run, config), bench_tofu(run, config)
+    parts = [report.targets_markdown(factscore, cloze, tofu)]
+    parts += [(run.out / f"{name}.md").read_text() for name in ("factscore", "cloze", "tofu")]
+    (run.out / "report.md").write_text("\n".join(parts))
+    (run.out / "summary.json").write_text(json.dumps({"factscore": factscore, "cloze": cloze,
+                                                      "tofu": tofu["rows"]}, indent=2, default=str))
+    return run.out / "report.md"

@@ -1,0 +1,461 @@
+"""The end-to-end demo: every package of the project, in order, on a generated world.
+
+    world -> offline teacher (OpenAI API on loopback) -> distilled annotator
+          -> annotated corpus + knowledge base -> LMLM + baseline pretraining
+          -> perplexity, factual precision, DB-off, forgetting (deletion vs gradient unlearning)
+          -> memory writes (ingest / delete) -> report.md with PNG plots
+
+Each stage is one method calling its package's public API; what a stage
+measures is written into the run directory as it goes (the layout that
+`lmlm serve`, `lmlm chat` and `lmlm bench` read; see docs/ARCHITECTURE.md):
+
+    RUN/world/  RUN/teacher/  RUN/annotator/  RUN/corpus/annotated.jsonl  RUN/kb.sqlite
+    RUN/lmlm/  RUN/baseline/  RUN/perplexity.{json,md,png}  RUN/bench/  RUN/memory.json
+    RUN/report.md  RUN/summary.png  RUN/demo.json (settings and stage timings)
+
+Only the front door imports this module: it reaches every package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big each stage is; ``small`` is the default and fits 15 minutes on a shared 2-core CPU."""
+
+    entities: int  # people, places, organisations and works of the generated world
+    teacher_docs: int  # biographies the teacher annotates: the annotator's training set
+    annotator_eval_docs: int  # held-out biographies the annotator is scored on
+    annotator_layers: int  # MiniLM layers kept in the annotator
+    annotator_steps: int
+    preset: str  # training/configs/<preset>.yaml: model size and optimiser
+    pretrain_steps: int
+    context_length: int
+    batch_size: int
+    eval_docs: int  # held-out documents for perplexity (never trained on)
+    bench: dict[str, Any] = field(default_factory=dict)  # benchmarks.run_all.BenchConfig fields
+
+
+SIZES: dict[str, DemoSize] = {
+    # A minute on a laptop: checks the plumbing, not the science (the models barely train).
+    "tiny": DemoSize(
+        entities=12, teacher_docs=12, annotator_eval_docs=4, annotator_layers=1, annotator_steps=4,
+        preset="micro", pretrain_steps=4, context_length=64, batch_size=4, eval_docs=4,
+        bench=dict(tofu_questions=4, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent",
+                   unlearn_steps=1, factscore_people=2, factscore_tokens=24, cloze_items=4, batch_size=8),
+    ),
+    "small": DemoSize(
+        entities=150, teacher_docs=120, annotator_eval_docs=30, annotator_layers=2, annotator_steps=120,
+        preset="demo", pretrain_steps=300, context_length=128, batch_size=16, eval_docs=40,
+        bench=dict(tofu_questions=40, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
+                   unlearn_steps=10, factscore_people=20, factscore_tokens=64, cloze_items=60, batch_size=16),
+    ),
+    "medium": DemoSize(
+        entities=600, teacher_docs=400, annotator_eval_docs=100, annotator_layers=3, annotator_steps=400,
+        preset="demo", pretrain_steps=1500, context_length=256, batch_size=16, eval_docs=150,
+        bench=dict(tofu_questions=100, rouge_tokens=64, forget_splits="forget05,forget10", methods="grad_ascent,npo",
+                   unlearn_steps=20, factscore_people=50, factscore_tokens=128, cloze_items=200),
+    ),
+    "large": DemoSize(
+        entities=3000, teacher_docs=1500, annotator_eval_docs=300, annotator_layers=6, annotator_steps=1500,
+        preset="lmlm-176m", pretrain_steps=5000, context_length=512, batch_size=32, eval_docs=500,
+        bench=dict(tofu_questions=400, rouge_tokens=200, factscore_people=100, factscore_tokens=256, cloze_items=500),
+    ),
+}
+
+
+@dataclass
+class StageTiming:
+    name: str
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class DemoRun:
+    """One demo run: ``run()`` executes the stages in order, each recorded in ``timings`` and ``demo.json``."""
+
+    directory: Path
+    size_name: str = "small"
+    device: str | None = None  # None: training and evaluation use a GPU when one is visible
+    threads: int = 2
+    announce: Callable[[str], None] = print
+    timings: list[StageTiming] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.size = SIZES[self.size_name]
+
+    # ------------------------------------------------------------------ driver
+    STAGES = ("world", "teacher", "annotator", "corpus", "pretrain", "perplexity", "benchmarks", "memory", "report")
+
+    def run(self) -> Path:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        for n, name in enumerate(self.STAGES, 1):
+            self.announce(f"[{n}/{len(self.STAGES)}] {name}: {getattr(self, name).__doc__.strip().splitlines()[0]}")
+            t0 = time.perf_counter()
+            note = getattr(self, name)() or ""
+            self.timings.append(StageTiming(name, time.perf_counter() - t0, note))
+            self.announce(f"      done in {self.timings[-1].seconds:.1f} s{'  (' + note + ')' if note else ''}")
+            self._save_state(time.perf_counter() - started)
+        return self.directory / "report.md"
+
+    def _save_state(self, wall: float) -> None:
+        state = {
+            "size": self.size_name,
+            "settings": asdict(self.size),
+            "device": self.device or "auto",
+            "threads": self.threads,
+            "machine": machine(),
+            "wall_seconds": round(wall, 1),
+            "stages": [asdict(t) for t in self.timings],
+        }
+        (self.directory / "demo.json").write_text(json.dumps(state, indent=1))
+
+    # ------------------------------------------------------------------ stages
+    def world(self) -> str:
+        """generate the fictional world (entities, gold triples, biographies, QA splits)."""
+        from benchmarks.world import generate_world
+
+        self._world = generate_world(self.size.entities, seed=SEED)
+        self._world.save(self.directory / "world")
+        bios = [d for d in self._world.documents if "#" in d.id]  # biographies are "<name>#<k>", QA drills "<name>?<rel>"
+        rng = random.Random(SEED)
+        rng.shuffle(bios)
+        self._teacher_docs = bios[: self.size.teacher_docs]
+        self._annotator_eval = bios[self.size.teacher_docs : self.size.teacher_docs + self.size.annotator_eval_docs]
+        held = [d for d in bios[self.size.teacher_docs + self.size.annotator_eval_docs :]]
+        self._eval_ids = {d.id for d in held[: self.size.eval_docs]}
+        return f"{len(self._world.entities)} entities, {len(self._world.triples)} facts, {len(self._world.corpus())} documents"
+
+    def teacher(self) -> str:
+        """annotate a seed set through the offline teacher, served as an OpenAI API on 127.0.0.1."""
+        from training.corpus import write_jsonl
+        from training.teacher import KEPT, TeacherClient, TeacherConfig
+        from training.teacher_server import load_records, running_server
+
+        out = self.directory / "teacher"
+        records = load_records([self.directory / "world" / "teacher_records.json"])
+        with running_server(records) as url:
+            client = TeacherClient(TeacherConfig(base_url=url, cache_dir=out / "cache", concurrency=2))
+            results, summary = client.run([d.plain for d in self._teacher_docs])
+        kept = [(d, r) for d, r in zip(self._teacher_docs, results) if r.status in KEPT]
+        write_jsonl(out / "annotations.jsonl", ({"id": d.id, "text": r.annotated, "plain": d.plain} for d, r in kept))
+        (out / "summary.json").write_text(json.dumps({"base_url": url, **summary.to_json()}, indent=1, default=str))
+        self._teacher_pairs = [(d.plain, r.annotated) for d, r in kept]
+        self.results["teacher"] = {"documents": summary.documents, "kept": summary.kept, "calls": summary.calls}
+        return f"{summary.kept}/{summary.documents} documents kept, {summary.calls} calls"
+
+    def annotator(self) -> str:
+        """distil the teacher into a small MiniLM annotator, scored on held-out biographies."""
+        from benchmarks.world import special_to_legacy
+        from training.annotator import AnnotatorConfig, train_annotator
+        from training.annotator_run import evaluate_annotator
+
+        config = AnnotatorConfig(
+            encoder_layers=self.size.annotator_layers, max_steps=self.size.annotator_steps, epochs=100.0,
+            threads=self.threads, seed=SEED,
+        )
+        self._annotator, _ = train_annotator(self._teacher_pairs, config)
+        out = self.directory / "annotator"
+        self._annotator.save(out)
+        reference = out / "heldout_reference.json"
+        reference.write_text(json.dumps({"metadata": {"source": "demo held-out biographies"}, "examples": [
+            {"text": d.plain, "annotated_text": special_to_legacy(d.annotated)} for d in self._annotator_eval]}))
+        report = evaluate_annotator(self._annotator, reference, out)
+        report.write(out)
+        scores = report.to_json()
+        self.results["annotator"] = scores
+        f1 = _first_f1(scores)
+        return f"held-out call F1 {f1:.3f}" if f1 is not None else "scored"
+
+    def corpus(self) -> str:
+        """annotate the whole corpus with the annotator; its calls' triples fill the knowledge base."""
+        from tools import open_store
+        from training.annotator_run import CorpusConfig, annotate_corpus
+
+        kb = self.directory / "kb.sqlite"
+        store = open_store(kb, index=False)  # exact keys match the world's names; `lmlm kb rebuild-index` adds the index
+        summary = annotate_corpus(self._annotator, self.directory / "world" / "corpus.jsonl",
+                                  self.directory / "corpus" / "annotated.jsonl", store,
+                                  CorpusConfig(text_field="plain", batch_size=32))
+        self.results["corpus"] = summary
+        return f"{summary.get('documents', 0)} documents, {summary.get('calls', 0)} calls, {store.count()} facts in kb.sqlite"
+
+    def pretrain(self) -> str:
+        """pretrain the LMLM (values masked from the loss) and a same-size baseline on the same text."""
+        from training.config import PretrainConfig, load_config
+        from training.corpus import read_documents
+        from training.pretrain import train_pair
+
+        docs = read_documents(self.directory / "corpus" / "annotated.jsonl")
+        self._eval_docs = [d for d in docs if d.id in self._eval_ids]
+        train = [d for d in docs if d.id not in self._eval_ids]
+        config = load_config(PretrainConfig, self.size.preset, [
+            f"max_steps={self.size.pretrain_steps}", f"context_length={self.size.context_length}",
+            f"per_device_batch_size={self.size.batch_size}", "logging_steps=25", f"seed={SEED}",
+            f"warmup_steps={max(1, self.size.pretrain_steps // 10)}", "progress=true",
+        ])
+        pair = train_pair(config, train, self.directory)
+        meta = {k: json.loads((p / "lmlm.json").read_text()) for k, p in (("lmlm", pair.lmlm), ("baseline", pair.baseline))}
+        self.results["pretrain"] = {k: {f: m.get(f) for f in ("parameters", "steps", "tokens", "train_loss", "train_seconds")}
+                                    for k, m in meta.items()}
+        loss = {k: v["train_loss"] for k, v in self.results["pretrain"].items()}
+        return f"{len(train)} documents; final loss LMLM {loss['lmlm']:.2f}, baseline {loss['baseline']:.2f}"
+
+    def perplexity(self) -> str:
+        """perplexity of both models on held-out documents (static, dynamic with the KB, normalised)."""
+        from tools import open_store
+        from training.perplexity import evaluate_checkpoint, markdown
+
+        store = open_store(self.directory / "kb.sqlite", index=False)
+
+        def lookup(entity: str, relation: str) -> str | None:
+            hit = store.read(entity, relation)
+            return hit.value if hit.found else None
+
+        reports = [evaluate_checkpoint(self.directory / "lmlm", self._eval_docs, lookup),
+                   evaluate_checkpoint(self.directory / "baseline", self._eval_docs)]
+        rows = [r.to_dict() for r in reports]
+        (self.directory / "perplexity.json").write_text(json.dumps(rows, indent=1))
+        (self.directory / "perplexity.md").write_text(markdown(reports))
+        _perplexity_plot(rows, self.directory / "perplexity.png")
+        self.results["perplexity"] = rows
+        lm, base = rows
+        return f"LMLM {lm['normalised_ppl']:.1f} (normalised) vs baseline {base['static_ppl']:.1f}"
+
+    def benchmarks(self) -> str:
+        """factual precision (FactScore, cloze), DB-off, and forgetting: row deletion vs gradient unlearning."""
+        from benchmarks.run_all import BenchConfig, bench_all, load_run
+
+        config = BenchConfig(**{**self.size.bench, "threads": self.threads})
+        bench_all(load_run(self.directory, config), config)
+        self.results["bench"] = json.loads((self.directory / "bench" / "summary.json").read_text())
+        fs = {r["subject"]: r["score"] for r in self.results["bench"]["factscore"]}
+        return "FactScore " + ", ".join(f"{k} {_fmt(v)}" for k, v in fs.items())
+
+    def memory(self) -> str:
+        """memory writes: ask about a person the model never saw, ingest a paragraph about them, delete it."""
+        from benchmarks.world import RELATION_BY_NAME, RELATIONS
+        from lmlm_agent.agent import LMLMAgent
+        from lmlm_agent.cli.ingest import ingest_texts
+        from tools import open_store
+
+        person = self._world.holdout[0]
+        relation = next(iter(person.facts))
+        question = RELATION_BY_NAME[relation].question.format(e=person.name)
+        text = " ".join(r.statements[0].format(e=person.name, v=person.facts[r.name])
+                        for r in RELATIONS["person"] if r.name in person.facts)
+        store = open_store(self.directory / "kb.sqlite", index=False)
+        agent = LMLMAgent.from_pretrained(self.directory / "lmlm", store=store, max_new_tokens=48)
+
+        def ask(stage: str) -> dict[str, Any]:
+            answer = agent.ask(question)
+            return {"stage": stage, "answer": answer.text, "citations": answer.citations,
+                    "lookups": [(r.entity, r.relation, r.value, r.match) for r in answer.trace]}
+
+        steps = [ask("before ingest")]
+        ingested = ingest_texts(self._annotator, store, [("demo-ingest#0", text)])
+        steps.append(ask("after ingest"))
+        receipt = store.delete(entity=person.name)
+        steps.append(ask("after delete"))
+        self.results["memory"] = {"person": person.name, "relation": relation, "gold": person.facts[relation],
+                                  "question": question, "ingested_text": text, "ingest": ingested.to_json(),
+                                  "deleted_rows": receipt.count, "steps": steps}
+        (self.directory / "memory.json").write_text(json.dumps(self.results["memory"], indent=1, default=str))
+        return f"{ingested.written} facts ingested, {receipt.count} deleted"
+
+    def report(self) -> str:
+        """write report.md and summary.png."""
+        wall = sum(t.seconds for t in self.timings)
+        self._save_state(wall)
+        _summary_plot(self.results, self.directory / "summary.png")
+        (self.directory / "report.md").write_text(render_report(self))
+        return str(self.directory / "report.md")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores visible, {gpu}, torch {torch.__version__}"
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _first_f1(scores: dict[str, Any]) -> float | None:
+    """The F1 of the first (strictest) key of an annotation-agreement report."""
+    for value in scores.values():
+        if isinstance(value, dict) and "f1" in value:
+            return value["f1"]
+    return None
+
+
+def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, LMLM, LMLM with the database off, baseline): the demo's output table."""
+    rows: list[tuple[str, str, str, str]] = []
+    ppl = results.get("perplexity")
+    if ppl:
+        lm, base = ppl
+        rows.append(("perplexity, held-out text (normalised for LMLM)", _fmt(lm["normalised_ppl"], 2), "", _fmt(base["static_ppl"], 2)))
+        rows.append(("perplexity, dynamic (model writes its own lookups)", _fmt(lm["dynamic_ppl"], 2), "", _fmt(base["dynamic_ppl"], 2)))
+    bench = results.get("bench") or {}
+    for key, label in (("factscore", "FactScore (bios, gold-judged)"), ("cloze", "cloze hit@5 (T-REx style)")):
+        by = {r["subject"]: r["score" if key == "factscore" else "hit_at_k"] for r in bench.get(key, [])}
+        if by:
+            rows.append((label, _fmt(by.get("lmlm")), _fmt(by.get("lmlm-db-off")), _fmt(by.get("baseline"))))
+    tofu = bench.get("tofu") or []
+    for split in dict.fromkeys(r["split"] for r in tofu):
+        by = {r["method"]: r for r in tofu if r["split"] == split}
+        delete = by.get("lmlm-delete")
+        gradient = [r for m, r in by.items() if m not in ("lmlm-delete", "lmlm before", "baseline before")]
+        if delete:
+            rows.append((f"{split}: forget quality (LMLM: delete rows; baseline: {', '.join(r['method'] for r in gradient)})",
+                         _fmt(delete["forget_quality"]), "", " / ".join(_fmt(r["forget_quality"]) for r in gradient)))
+            before = by.get("lmlm before", {}).get("model_utility")
+            base_before = by.get("baseline before", {}).get("model_utility")
+            rows.append((f"{split}: model utility after forgetting (before: {_fmt(before)} / {_fmt(base_before)})",
+                         _fmt(delete["model_utility"]), "", " / ".join(_fmt(r["model_utility"]) for r in gradient)))
+    return rows
+
+
+def headline_table(results: dict[str, Any]) -> str:
+    lines = ["| measure | LMLM | LMLM, DB off | baseline |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline_rows(results)]
+    return "\n".join(lines)
+
+
+def render_report(demo: DemoRun) -> str:
+    r, size = demo.results, demo.size
+    wall = sum(t.seconds for t in demo.timings)
+    pre = r.get("pretrain", {})
+    parts = [
+        f"# LMLM demo: {demo.directory.name}",
+        "",
+        f"Size `{demo.size_name}`: {size.entities} entities, `{size.preset}` models "
+        f"({_fmt((pre.get('lmlm') or {}).get('parameters'))} parameters), {size.pretrain_steps} steps each "
+        f"of {size.batch_size} x {size.context_length} tokens. Machine: {machine()}. "
+        f"Wall time {wall / 60:.1f} min.",
+        "",
+        "## Results",
+        "",
+        headline_table(r),
+        "",
+        "![summary](summary.png)  ![perplexity](perplexity.png)",
+        "",
+        "Benchmark details, with plots: [bench/report.md](bench/report.md) "
+        "(`bench/factscore.png`, `bench/cloze.png`, `bench/tofu.png`).",
+        "",
+        "## Pipeline",
+        "",
+        "| stage | seconds | result |",
+        "|---|---|---|",
+        *[f"| {t.name} | {t.seconds:.1f} | {t.note} |" for t in demo.timings if t.name != "report"],
+        "",
+    ]
+    annot = r.get("annotator")
+    if annot:
+        parts += ["## Annotator (distilled from the teacher)", "",
+                  (demo.directory / "annotator" / "annotation_eval.md").read_text(encoding="utf-8"), ""]
+    mem = r.get("memory")
+    if mem:
+        parts += [
+            "## Memory writes",
+            "",
+            f"{mem['person']} is in no training document. Question: *{mem['question']}* (gold: {mem['gold']}). "
+            f"Ingested through the annotator: \"{mem['ingested_text']}\" ({mem['ingest']['written']} facts); "
+            f"then deleted ({mem['deleted_rows']} rows).",
+            "",
+            "| step | answer | lookups (entity, relation, value, match) |",
+            "|---|---|---|",
+            *[f"| {s['stage']} | {s['answer'] or '(empty)'} | {'; '.join(', '.join(map(str, x)) for x in s['lookups']) or '-'} |"
+              for s in mem["steps"]],
+            "",
+        ]
+    parts += [
+        "## Use this run",
+        "",
+        "```",
+        f"lmlm chat --run {demo.directory}",
+        f"lmlm serve --run {demo.directory}      # OpenAI-compatible API on http://127.0.0.1:8000/v1",
+        f"lmlm bench all --run {demo.directory}  # the benchmarks at full size",
+        "```",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _perplexity_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    measures = ("static_ppl", "normalised_ppl", "dynamic_ppl")
+    width = 0.38
+    for i, row in enumerate(rows):
+        ax.bar([j + i * width for j in range(len(measures))], [row[m] for m in measures], width, label=row["kind"])
+    ax.set_xticks([j + width / 2 for j in range(len(measures))], ["static", "normalised", "dynamic"])
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title("held-out text")
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _summary_plot(results: dict[str, Any], path: Path) -> None:
+    """FactScore and cloze for the three subjects, and forgetting: deletion vs gradient unlearning."""
+    plt = _plt()
+    bench = results.get("bench") or {}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key, metric, title in ((axes[0], "factscore", "score", "FactScore"), (axes[1], "cloze", "hit_at_k", "cloze hit@5")):
+        rows = bench.get(key, [])
+        ax.bar([r["subject"] for r in rows], [0 if r[metric] is None or math.isnan(r[metric]) else r[metric] for r in rows],
+               color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+    tofu = [r for r in bench.get("tofu", []) if "before" not in r["method"]]
+    labels = [f"{r['method']}\n{r['split']}" for r in tofu]
+    x = range(len(tofu))
+    axes[2].bar([i - 0.2 for i in x], [r["forget_quality"] for r in tofu], 0.4, label="forget quality")
+    axes[2].bar([i + 0.2 for i in x], [r["model_utility"] for r in tofu], 0.4, label="model utility")
+    axes[2].set_xticks(list(x), labels, fontsize=8)
+    axes[2].set_ylim(0, 1)
+    axes[2].set_title("forgetting")
+    axes[2].legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+__all__ = ["DemoRun", "DemoSize", "SIZES", "headline_table", "render_report"]

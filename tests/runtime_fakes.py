@@ -1,0 +1,109 @@
+"""Test doubles for the runtime: a scripted causal LM, dict-backed stores, and a tiny tokenizer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from lmlm_agent.tokenizer import call_token_ids, train_tokenizer
+
+# Two cores shared by several processes: more than one torch thread makes tiny models 10x slower here.
+torch.set_num_threads(1)
+
+CORPUS = [
+    "Ada Lovelace was born in 1815 in London. She wrote the first program.",
+    "Ko Itakura was born in Yokohama. He plays football for Japan.",
+    "The capital of France is Paris. Paris is known for the Eiffel Tower.",
+    "Question: When was Ada Lovelace born?\nAnswer: Ada Lovelace was born in 1815.",
+] * 20
+
+
+def tokenizer():
+    return train_tokenizer(CORPUS, vocab_size=400)
+
+
+class ScriptedLM(torch.nn.Module):
+    """A causal LM with the HF call signature that writes a fixed text after each known prompt.
+
+    Its "KV cache" is the token ids themselves (stored in layer 0 of the cache the
+    decoder passes), so what it writes depends on the whole history the decoder
+    fed it, padding masked out: a decoder that loses or garbles cached tokens
+    derails the script. It writes the script's tokens in order and skips, when
+    counting, what the runtime injected after each ``<|db_return|>``.
+    """
+
+    def __init__(self, tok, scripts: dict[str, str]):
+        super().__init__()
+        # A script is the text the model writes (verbatim, malformed calls included); values come from the runtime.
+        self.scripts = {tuple(tok.encode(p)): tok.encode(s) for p, s in scripts.items()}
+        self.call = call_token_ids(tok)
+        self.eos = tok.eos_token_id
+        self.config = SimpleNamespace(vocab_size=len(tok), max_position_embeddings=4096)
+        self.widths: list[int] = []  # input width of every forward, to check what was re-encoded
+        self.real_fed = 0  # unpadded tokens fed, summed over rows and calls
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True, logits_to_keep=0):
+        self.widths.append(input_ids.shape[1])
+        self.real_fed += int(attention_mask[:, -input_ids.shape[1] :].sum())
+        ids = input_ids[:, None, :, None].float()
+        history, _ = cache.update(ids, ids, 0)
+        logits = torch.full((input_ids.shape[0], 1, self.config.vocab_size), -1e4)
+        for b in range(input_ids.shape[0]):
+            real = history[b, 0, :, 0].long()[attention_mask[b].bool()].tolist()
+            logits[b, 0, self._next(real)] = 0.0
+        return SimpleNamespace(logits=logits)
+
+    def _next(self, seq: list[int]) -> int:
+        prompts = [p for p in self.scripts if tuple(seq[: len(p)]) == p]
+        if not prompts:
+            return self.eos
+        prompt = max(prompts, key=len)
+        written, injected = [], False
+        for t in seq[len(prompt) :]:
+            if injected:
+                injected = t != self.call.end
+                continue
+            written.append(t)
+            injected = t == self.call.ret
+        script = self.scripts[prompt]
+        return script[len(written)] if len(written) < len(script) else self.eos
+
+
+@dataclass
+class Hit:
+    value: str
+    fact_id: int | None
+    score: float | None
+    match: str
+    source: str | None
+
+
+class DictStore:
+    """Exact lookups on a dict; records every query."""
+
+    def __init__(self, facts: dict[tuple[str, str], str], delay_s: float = 0.0):
+        self.facts = facts
+        self.ids = {key: i + 1 for i, key in enumerate(facts)}
+        self.queries: list[tuple[str, str]] = []
+        self.delay_s = delay_s
+
+    def read(self, entity: str, relation: str) -> Hit:
+        self.queries.append((entity, relation))
+        time.sleep(self.delay_s)
+        key = (entity, relation)
+        if key in self.facts:
+            return Hit(self.facts[key], self.ids[key], 1.0, "exact", f"test:{self.ids[key]}")
+        return Hit("unknown", None, None, "miss", None)
+
+
+class BrokenStore:
+    def read(self, entity: str, relation: str):
+        raise RuntimeError("database down")
+

@@ -1,0 +1,105 @@
+"""The distilled annotator: grounding, windows, a tiny model trained two steps, corpus runs with bad input."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from lmlm_agent.format import render_call, strip_calls
+from training.annotator import AnnotatorConfig, Annotator, make_windows, train_annotator
+from training.annotator_data import ground, title_span
+from training.annotator_run import annotate_corpus
+from training.corpus import load_lmlm_annotations
+
+DOC = "Ada_Lovelace: Ada Lovelace was born in 1815 in London. She wrote the first program."
+ANNOTATED = (
+    "Ada_Lovelace: Ada Lovelace was born in "
+    + render_call("Ada Lovelace", "birth year", "1815")
+    + " 1815 in "
+    + render_call("Ada Lovelace", "birth place", "london")
+    + " London. She wrote the "
+    + render_call("Ada Lovelace", "known for", "the first computer program")
+    + " first program."
+)
+
+
+def test_ground_finds_values_after_their_calls_and_entity_mentions() -> None:
+    stats: Counter = Counter()
+    g = ground(DOC, ANNOTATED, stats)
+    assert [DOC[s:e] for s, e in (f.value for f in g.facts)] == ["1815", "London"]
+    assert stats["values_not_in_text"] == 1  # the paraphrased value cannot be grounded
+    assert [DOC[s:e] for s, e in g.mentions] == ["Ada_Lovelace", "Ada Lovelace"]
+    assert title_span(DOC) == (0, 12) and title_span("No title here: at all") is None
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from training.annotator import default_encoder
+
+    return AutoTokenizer.from_pretrained(default_encoder())
+
+
+def test_windows_cover_a_long_text_once_and_repeat_the_title(tokenizer) -> None:
+    text = "Some_Title: " + " ".join(f"Sentence {i} says a thing about item {i}." for i in range(60))
+    windows = make_windows(tokenizer, text, 48)
+    assert len(windows) > 5 and all(len(w.ids) <= 48 for w in windows)
+    body = [s for w in windows for s, b in zip(w.spans, w.body) if b]
+    every = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert body == [tuple(o) for o in every]  # each token in exactly one window, in order
+    assert all(text[w.spans[-2][0] : w.spans[-2][1]] == "." for w in windows)  # cut at sentence ends
+    assert all(w.title is not None for w in windows)
+
+
+@pytest.fixture(scope="module")
+def tiny(annotations_dir, tmp_path_factory) -> Annotator:
+    docs = load_lmlm_annotations(annotations_dir / "squad-train1k.gpt4o.json")[:6]
+    config = AnnotatorConfig(encoder_layers=1, max_length=64, batch_size=4, max_steps=2, progress=False, value_bias=4.0)
+    annotator, report = train_annotator([(d.plain, d.annotated) for d in docs], config)
+    assert report.steps == 2 and report.documents == 6 and report.relations > 0
+    path = annotator.save(tmp_path_factory.mktemp("annotator"))
+    return Annotator.load(path)
+
+
+BAD_INPUT = [
+    "",
+    "   \n ",
+    "Zürich: Die Stadt Zürich liegt am Zürichsee und hat 1351 den Bund beschworen. 東京は日本の首都です。",
+    "Long_document: " + " ".join(f"In {1800 + i} the town of Place{i} founded a school." for i in range(120)),
+    "Ada wrote <|db_entity|> about engines.",
+]
+
+
+def test_tiny_annotator_round_trips_every_document(tiny) -> None:
+    results = tiny.annotate(BAD_INPUT)
+    assert [r.status for r in results] == ["empty", "empty", "ok", "ok", "contains_call_tokens"]
+    assert all(strip_calls(r.annotated) == r.text for r in results[:4])
+    assert results[4].annotated == BAD_INPUT[4]
+    assert results[3].windows > 1 and results[3].calls  # split, annotated, re-joined
+    for offset, call in results[3].calls:
+        assert BAD_INPUT[3][offset:].lower().startswith(call.value.lower())
+
+
+def test_corpus_run_is_resumable_and_fills_the_knowledge_base(tiny, tmp_path) -> None:
+    from tools import open_store
+
+    src = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(BAD_INPUT)]
+    src.write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
+    out = tmp_path / "out.jsonl"
+    store = open_store(tmp_path / "kb.sqlite", index=False)
+    summary = annotate_corpus(tiny, src, out, store)
+    assert summary["documents"] == 5 and summary["bad_lines"] == 1 and summary["empty"] == 2
+    assert summary["contains_call_tokens"] == 1 and summary["split_documents"] >= 1
+    assert store.count() > 0 and summary["triples_written"] == store.count()
+    fact = next(iter(store.iter_facts()))
+    doc_id, at = fact.source.removeprefix("doc:").split("@")
+    row = next(json.loads(x) for x in out.read_text().splitlines() if json.loads(x)["id"] == doc_id)
+    assert row["plain"][int(at) :].lower().startswith(fact.value.lower())
+    assert all(strip_calls(json.loads(x)["text"]) == json.loads(x)["plain"] for x in out.read_text().splitlines()[:4])
+    again = annotate_corpus(tiny, src, out, store)
+    assert again.get("documents", 0) == 0 and again["skipped_done"] == 5
+    assert len(out.read_text().splitlines()) == 5

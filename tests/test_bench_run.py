@@ -1,0 +1,35 @@
+"""`lmlm bench ... --run DIR` on a run directory of micro models (the layout `lmlm demo` writes)."""
+
+import copy
+import json
+
+from bench_setup import micro_setup
+from typer.testing import CliRunner
+
+from lmlm_agent.cli import app
+from lmlm_agent.model import save_checkpoint
+from tools import open_store
+
+FAST = ["tofu_questions=2", "rouge_tokens=3", "forget_splits=forget01", "methods=grad_ascent,npo",
+        "unlearn_steps=1", "unlearn_batch=2", "factscore_people=2", "factscore_tokens=6", "cloze_items=3"]
+
+
+def test_bench_all_writes_json_markdown_and_plots(tmp_path):
+    world, tok, model = micro_setup()
+    save_checkpoint(tmp_path / "lmlm", model, tok, kind="lmlm")
+    save_checkpoint(tmp_path / "baseline", copy.deepcopy(model), tok, kind="baseline")
+    open_store(tmp_path / "kb.sqlite", index=False).write_many(world.triples, source="world")
+    world.save(tmp_path / "world")
+    args = ["bench", "all", "--run", str(tmp_path)] + [a for kv in FAST for a in ("--set", kv)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "bench"
+    for name in ("factscore", "cloze", "tofu"):
+        for ext in ("json", "md", "png"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0, (name, ext)
+    report = (out / "report.md").read_text()
+    assert "# Targets on this run" in report and "lmlm-delete" in report
+    rows = json.loads((out / "tofu.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"lmlm before", "baseline before", "lmlm-delete", "grad_ascent", "npo"}
+    cloze = {r["subject"] for r in json.loads((out / "cloze.json").read_text())["results"]}
+    assert cloze == {"lmlm", "lmlm-db-off", "baseline"}

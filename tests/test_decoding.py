@@ -1,0 +1,218 @@
+"""Interleaved decoding: a scripted model for the control flow, a micro Llama for the KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from runtime_fakes import BrokenStore, DictStore, ScriptedLM, tokenizer
+from transformers import RepetitionPenaltyLogitsProcessor
+
+from lmlm_agent.decoding import (
+    PUBLISHED_CALL_BIAS,
+    DecodingConfig,
+    interleaved_generate,
+    settled_text,
+    stream_generate,
+)
+from lmlm_agent.format import parse, render_call, strip_calls, strip_values
+from lmlm_agent.tokenizer import call_token_ids
+
+ADA = " was born in " + render_call("Ada Lovelace", "birth year", "1815") + " 1815 in " + render_call(
+    "Ada Lovelace", "birth place", "London"
+) + " London."
+KO = " plays for " + render_call("Ko Itakura", "team", "Japan") + " Japan."
+PARIS = " is " + render_call("France", "capital", "Paris") + " Paris, on the " + render_call(
+    "Paris", "river", "Seine"
+) + " Seine, with the " + render_call("Paris", "landmark", "Eiffel Tower") + " Eiffel Tower."
+SCRIPTS = {"Ada Lovelace": ADA, "Ko Itakura": KO, "The capital of France": PARIS}
+FACTS = {
+    ("Ada Lovelace", "birth year"): "1815",
+    ("Ada Lovelace", "birth place"): "London",
+    ("Ko Itakura", "team"): "Japan",
+    ("France", "capital"): "Paris",
+    ("Paris", "river"): "Seine",
+    ("Paris", "landmark"): "Eiffel Tower",
+}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer()
+
+
+def scripted(tok, scripts=SCRIPTS):
+    """Well-formed scripts are given annotated; the model writes them without the values."""
+    return ScriptedLM(tok, {p: strip_values(s) for p, s in scripts.items()})
+
+
+def test_scripted_single_prompt_trace_and_texts(tok):
+    store = DictStore(FACTS)
+    model = scripted(tok)
+    (out,) = interleaved_generate(model, tok, "Ada Lovelace", store)
+    assert out.raw_text == ADA
+    assert out.text == strip_calls(ADA) == " was born in 1815 in London."
+    assert out.finish_reason == "eos"
+    assert [(r.entity, r.relation, r.value, r.fact_id, r.match) for r in out.lookups] == [
+        ("Ada Lovelace", "birth year", "1815", 1, "exact"),
+        ("Ada Lovelace", "birth place", "London", 2, "exact"),
+    ]
+    assert all(r.score == 1.0 and r.source.startswith("test:") and r.latency_s >= 0 for r in out.lookups)
+    for r in out.lookups:  # position points at the <|db_return|> that asked
+        assert out.token_ids[r.position] == call_token_ids(tok).ret
+    assert out.generated_tokens + out.injected_tokens == len(out.token_ids) + 1  # + the EOS
+    # Only new tokens were fed after the prompt: nothing was re-encoded.
+    assert model.real_fed == len(tok.encode("Ada Lovelace")) + len(out.token_ids)
+    assert max(model.widths[1:]) > 1  # a lookup step fed <|db_return|> + value + <|db_end|>
+
+
+def test_batch_with_lookups_at_different_steps_equals_single(tok):
+    prompts = list(SCRIPTS) + ["unknown prompt"]
+    model = scripted(tok)
+    batched = interleaved_generate(model, tok, prompts, DictStore(FACTS))
+    singles = [interleaved_generate(scripted(tok), tok, p, DictStore(FACTS))[0] for p in prompts]
+    assert [o.raw_text for o in batched] == [o.raw_text for o in singles] == [ADA, KO, PARIS, ""]
+    assert [o.lookups[0].position for o in batched[:3]] == [o.lookups[0].position for o in singles[:3]]
+    assert len({o.lookups[0].position for o in batched[:3]}) == 3  # the first lookups fall on different steps
+    assert batched[3].finish_reason == "eos" and batched[3].lookups == []
+    assert model.real_fed == sum(len(tok.encode(p)) + len(o.token_ids) for p, o in zip(prompts, batched))
+
+
+def test_db_off_and_no_store_return_unknown(tok):
+    store = DictStore(FACTS)
+    for lookup, cfg in ((store, DecodingConfig(db_off=True)), (None, DecodingConfig())):
+        (out,) = interleaved_generate(scripted(tok), tok, "Ada Lovelace", lookup, cfg)
+        assert [r.value for r in out.lookups] == ["unknown", "unknown"]
+        assert {r.match for r in out.lookups} == {"off"}
+        assert [c.value for c in parse(out.raw_text).calls] == ["unknown", "unknown"]
+    assert store.queries == []
+
+
+def test_miss_and_broken_store_never_raise(tok):
+    (miss,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore({}))
+    assert miss.lookups[0].value == "unknown" and miss.lookups[0].match == "miss"
+    (broken,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", BrokenStore())
+    rec = broken.lookups[0]
+    assert (rec.value, rec.match) == ("unknown", "error") and "database down" in rec.error
+    assert broken.text == " plays for Japan."
+
+
+MALFORMED = {
+    "stray return": " a <|db_return|> b",
+    "empty entity": " x <|db_entity|><|db_relationship|> team<|db_return|> y",
+    "nested": " <|db_entity|> A <|db_entity|> Ko Itakura<|db_relationship|> team<|db_return|> z",
+    "stray end": " <|db_end|> <|db_relationship|> q",
+    "unterminated": " tail <|db_entity|> Ko Itakura<|db_relationship|> te",
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_calls_from_the_model_never_raise(tok, name):
+    text = MALFORMED[name]
+    (out,) = interleaved_generate(ScriptedLM(tok, {"Ko Itakura": text}), tok, "Ko Itakura", DictStore(FACTS))
+    assert out.finish_reason == "eos"
+    parse(out.raw_text)  # total
+    if name in ("stray return", "empty entity"):
+        assert [r.match for r in out.lookups] == ["malformed"]
+        assert out.lookups[0].value == "unknown"
+    if name == "nested":  # the inner, well-formed call is looked up
+        assert [(r.entity, r.value) for r in out.lookups] == [("Ko Itakura", "Japan")]
+
+
+def test_max_lookups_stops_new_calls(tok):
+    (out,) = interleaved_generate(scripted(tok), tok, "The capital of France", DictStore(FACTS), DecodingConfig(max_lookups=1))
+    assert len(out.lookups) == 1
+
+
+def test_length_stop_string_and_forced_start(tok):
+    (out,) = interleaved_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(max_new_tokens=3))
+    assert out.finish_reason == "length" and out.generated_tokens == 3
+    (out,) = interleaved_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(stop_strings=["London"]))
+    assert out.finish_reason == "stop" and out.text.endswith("London")  # the value injected earlier did not trigger it
+    forced = {"Question: Ko": render_call("Ko Itakura", "team", "Japan") + " Japan."}
+    (out,) = interleaved_generate(
+        scripted(tok, forced), tok, "Question: Ko", DictStore(FACTS), DecodingConfig(force_lookup_start=True)
+    )
+    assert out.raw_text.startswith("<|db_entity|>") and out.lookups[0].value == "Japan"
+
+
+@pytest.mark.parametrize("keep_calls", [False, True])
+def test_stream_pieces_concatenate_to_the_output(tok, keep_calls):
+    gen = stream_generate(scripted(tok), tok, "The capital of France", DictStore(FACTS), keep_calls=keep_calls)
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(gen))
+        except StopIteration as stop:
+            out = stop.value
+            break
+    assert len(pieces) > 5
+    assert "".join(pieces) == (out.raw_text if keep_calls else out.text)
+    if not keep_calls:
+        assert not any("<|" in p for p in pieces)
+
+
+def test_settled_text_holds_back_an_open_call():
+    assert settled_text("born in <|db_entity|> Ada<|db_relationship|> birth") == "born in "
+    assert settled_text("born in " + render_call("A", "b", "1") + " 1") == "born in 1"
+    assert settled_text("caf\u00e9\ufffd") == "caf\u00e9"
+
+
+# --------------------------------------------------------------------------- a real micro model
+
+@pytest.fixture(scope="module")
+def micro(tok):
+    from benchmarks.decode_speed import scheduled_model
+
+    return scheduled_model("micro", tok, "Ada Lovelace", "birth year", period=22)
+
+
+def reference(model, tok, prompt: str, store, config: DecodingConfig) -> list[int]:
+    """Greedy decoding that re-encodes the whole sequence for every token (no cache at all)."""
+    call = call_token_ids(tok)
+    penalty = RepetitionPenaltyLogitsProcessor(config.repetition_penalty)
+    ids = tok.encode(prompt, add_special_tokens=False)
+    start = len(ids)
+    for _ in range(config.max_new_tokens):
+        full = torch.tensor([ids])
+        with torch.no_grad():
+            logits = model(input_ids=full, position_ids=torch.arange(len(ids))[None]).logits[:, -1].float()
+        scores = penalty(full, logits)
+        if config.call_bias:
+            scores[0, list(call.all)] += torch.tensor(PUBLISHED_CALL_BIAS)
+        scores[0, tok.pad_token_id] = float("-inf")
+        token = int(scores.argmax())
+        if token == tok.eos_token_id:
+            break
+        ids.append(token)
+        if token == call.ret:
+            pending = parse(tok.decode(ids[start:], skip_special_tokens=False)).pending
+            value = store.read(pending.entity, pending.relation).value if pending else "unknown"
+            ids += tok.encode(" " + value, add_special_tokens=False)
+            ids.append(call.end)
+    return ids[start:]
+
+
+PROMPTS = ["Ada Lovelace was born", "The capital of France is Paris. Paris is known", "Ko"]
+
+
+@pytest.mark.parametrize("max_padding", [1.0, 0.0])  # injected values fed in one wide step / one token per step
+def test_kv_cache_equals_reencoding_from_scratch(tok, micro, max_padding):
+    cfg = DecodingConfig(max_new_tokens=45, call_bias=True, max_padding=max_padding)
+    store = DictStore(FACTS)
+    batched = interleaved_generate(micro, tok, PROMPTS, store, cfg)
+    for prompt, out in zip(PROMPTS, batched):
+        assert len([r for r in out.lookups if r.match == "exact"]) >= 1
+        assert out.token_ids == reference(micro, tok, prompt, store, cfg)
+    assert len({out.lookups[0].position for out in batched}) == len(PROMPTS)
+
+
+def test_micro_batch_equals_single_and_sampling_is_seeded(tok, micro):
+    cfg = DecodingConfig(max_new_tokens=30)
+    store = DictStore(FACTS)
+    batched = interleaved_generate(micro, tok, PROMPTS, store, cfg)
+    assert [o.token_ids for o in batched] == [interleaved_generate(micro, tok, p, store, cfg)[0].token_ids for p in PROMPTS]
+    top1 = DecodingConfig(max_new_tokens=30, do_sample=True, top_k=1, seed=3)
+    assert [o.token_ids for o in interleaved_generate(micro, tok, PROMPTS, store, top1)] == [o.token_ids for o in batched]
+    hot = DecodingConfig(max_new_tokens=20, do_sample=True, temperature=1.5, top_p=0.9, seed=7)
+    first, again = (interleaved_generate(micro, tok, PROMPTS, store, hot) for _ in range(2))
+    assert [o.token_ids for o in first] == [o.token_ids for o in again]

@@ -1,0 +1,52 @@
+import copy
+import math
+
+import pytest
+from bench_setup import gold_store, micro_setup
+
+from benchmarks.forgetting import ForgettingResult, UnlearnConfig, copy_store, run_forgetting, unlearn
+from benchmarks.subject import Answer, Subject
+from benchmarks.tofu import TofuConfig
+
+
+def _forget_nll(model, tok, items):
+    subject = Subject("m", model, tok)
+    return sum(subject.answer_nlls([q.question for q in items], [Answer(q.answer) for q in items])) / len(items)
+
+
+@pytest.mark.parametrize("method", ["grad_ascent", "grad_diff", "npo"])
+def test_gradient_methods_raise_the_forget_loss(method):
+    world, tok, model = micro_setup()
+    forget, retain = world.qa["forget10"], world.qa["retain"]
+    before = _forget_nll(model, tok, forget)
+    unlearned = unlearn(copy.deepcopy(model), tok, method, forget, retain, UnlearnConfig(steps=3, lr=1e-2, batch_size=4))
+    assert _forget_nll(unlearned, tok, forget) > before
+    assert _forget_nll(model, tok, forget) == pytest.approx(before)  # the original is untouched
+
+
+def test_unknown_method():
+    world, tok, model = micro_setup()
+    with pytest.raises(ValueError):
+        unlearn(model, tok, "magic", world.qa["forget01"], [], UnlearnConfig())
+
+
+def test_forgetting_table_on_a_micro_model():
+    world, tok, model = micro_setup()
+    store = gold_store(world)
+    rows_before = store.count()
+    lmlm = Subject("lmlm", model, tok, store=store)
+    baseline = Subject("baseline", copy.deepcopy(model), tok)
+    result = run_forgetting(world, lmlm, baseline, TofuConfig(max_questions=2, max_new_tokens=3),
+                            UnlearnConfig(steps=1, batch_size=2), splits=("forget01", "forget10"))
+    assert isinstance(result, ForgettingResult)
+    methods = [(r.method, r.split) for r in result.rows]
+    assert ("lmlm-delete", "forget10") in methods and ("npo", "forget01") in methods
+    assert len(result.rows) == 2 * 2 + 2 * 4
+    for r in result.rows:
+        assert 0 <= r.forget_quality <= 1 and r.seconds >= 0 and not math.isnan(r.model_utility)
+    forget = world.splits["forget10"]
+    assert result.receipts["forget10"]["entities"] == len(forget)
+    assert result.receipts["forget10"]["rows_removed"] == sum(len(world.by_name[n].facts) for n in forget)
+    assert result.receipts["forget10"]["verified"]
+    assert store.count() == rows_before  # the run's store is never modified
+    assert copy_store(store).count() == rows_before

@@ -1,0 +1,131 @@
+"""`lmlm kb`: every command through typer's CliRunner, on a SQLite file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmlm_agent.cli import app
+from lmlm_agent.format import extract_triples, legacy_to_special, render_call
+from tools import open_store
+
+runner = CliRunner()
+
+
+def kb(*args: str, db: Path, index: str = "off") -> tuple[int, str]:
+    result = runner.invoke(app, ["kb", *args, "--db", str(db), "--index", index])
+    return result.exit_code, result.output
+
+
+def kb_json(*args: str, db: Path, index: str = "off") -> dict:
+    code, out = kb(*args, "--json", db=db, index=index)
+    assert code == 0, out
+    return json.loads(out)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "kb.sqlite"
+
+
+def test_add_get_delete_cycle(db: Path) -> None:
+    code, out = kb("add", "Ada Lovelace", "birth year", "1815", "--source", "doc:1", db=db)
+    assert code == 0 and "inserted" in out
+    code, out = kb("add", "ada lovelace", "birth_year", "1816", db=db)
+    assert code == 0 and "updated" in out and "'1815'" in out
+    got = kb_json("get", "ADA LOVELACE", "birth year", db=db)
+    assert (got["match"], got["value"], got["fact_id"]) == ("exact", "1816", 1)
+    receipt = kb_json("delete", "--entity", "Ada Lovelace", db=db)
+    assert [r["value"] for r in receipt["removed"]] == ["1816"] and receipt["verified"]
+    assert kb_json("get", "Ada Lovelace", "birth year", db=db)["value"] == "unknown"
+    code, out = kb("delete", "--id", "99", db=db)
+    assert code == 0 and "nothing removed" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("add", "  ", "born", "1815"), "entity: String should have at least 1 character"),
+        (("add", "Ada", "born", "x<|db_end|>"), "lookup-call token"),
+        (("delete",), "nothing was selected"),
+        (("delete", "--relation", "born"), "relation alone"),
+        (("add", "Ada", "born", "1815", "--namespace", "bad namespace"), "namespace"),
+    ],
+)
+def test_errors_exit_non_zero_with_a_clear_message(db: Path, args: tuple[str, ...], message: str) -> None:
+    code, out = kb(*args, db=db)
+    assert code == 1 and "error:" in out and message in out
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    code, out = kb("stats", db="postgresql://nobody@127.0.0.1:1/none")  # type: ignore[arg-type]
+    assert code == 1 and out.startswith("error:") and "Traceback" not in out
+
+
+def test_import_jsonl_with_bad_lines_then_export(db: Path, tmp_path: Path) -> None:
+    src = tmp_path / "triples.jsonl"
+    src.write_text("\n".join([
+        json.dumps({"entity": "Ada Lovelace", "relation": "birth year", "value": "1815"}),
+        "{broken",
+        json.dumps(["Alan Turing", "birthplace", "London"]),
+    ]) + "\n", encoding="utf-8")
+    report = kb_json("import", str(src), "--namespace", "people", db=db)
+    assert (report["inserted"], report["rejected"]) == (2, 1)
+    assert report["rejections"][0]["where"] == "triples.jsonl:2"
+    stats = kb_json("stats", db=db)
+    assert stats["namespaces"] == [{"namespace": "people", "facts": 2, "indexed": None}]
+    out = tmp_path / "out.json"
+    code, _ = kb("export", str(out), "--format", "lmlm-db", "--namespace", "people", db=db)
+    assert code == 0 and len(json.loads(out.read_text())["triplets"]) == 2
+
+
+def test_import_annotated_special_token_jsonl(db: Path, tmp_path: Path) -> None:
+    text = (f"Ada Lovelace was born in {render_call('Ada Lovelace', 'birth year', '1815')} 1815 and wrote "
+            f"{render_call('Ada Lovelace', 'notable work', 'Notes on the Analytical Engine')} her Notes. "
+            "<|db_entity|> broken call")
+    src = tmp_path / "corpus.jsonl"
+    src.write_text(json.dumps({"id": "doc-7", "text": text}) + "\n", encoding="utf-8")
+    report = kb_json("import", str(src), db=db)
+    assert report["inserted"] == 2
+    assert kb_json("get", "Ada Lovelace", "notable work", db=db)["source"] == "corpus.jsonl#doc-7"
+
+
+def test_import_published_legacy_annotations(db: Path, annotations_dir: Path) -> None:
+    path = annotations_dir / "squad-eval100.gpt4o.json"
+    examples = json.loads(path.read_text(encoding="utf-8"))["examples"]
+    triples = [t for ex in examples for t in extract_triples(legacy_to_special(ex["annotated_text"]).text)]
+    report = kb_json("import", str(path), db=db)
+    assert report["read"] >= len(triples) > 500
+    assert report["inserted"] + report["duplicates"] + report["rejected"] == report["read"]
+    store = open_store(db, index=False)
+    assert store.count() == report["inserted"]
+    e, r, _ = triples[0]
+    assert store.read(e, r).source == "squad-eval100.gpt4o.json#0"
+
+
+def test_import_unreadable_file_changes_nothing(db: Path, tmp_path: Path) -> None:
+    kb("add", "Ada", "born", "1815", db=db)
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json", encoding="utf-8")
+    code, out = kb("import", str(bad), db=db)
+    assert code == 1 and "error:" in out
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}), encoding="utf-8")
+    code, out = kb("import", str(other), db=db)
+    assert code != 0 and "neither an LMLM database" in out
+    assert kb_json("stats", db=db)["namespaces"][0]["facts"] == 1
+
+
+def test_semantic_get_and_rebuild_index(db: Path, tmp_path: Path) -> None:
+    index = str(tmp_path / "index")
+    kb("add", "Alan Turing", "birthplace", "London", db=db, index=index)
+    kb("add", "Alan Turing", "employer", "GCHQ", db=db)  # written with the index off: not indexed yet
+    got = kb_json("get", "alan turing", "place of birth", db=db, index=index)
+    assert (got["match"], got["value"]) == ("semantic", "London")
+    assert kb_json("stats", db=db, index=index)["namespaces"][0]["indexed"] == 1
+    code, out = kb("rebuild-index", db=db, index=index)
+    assert code == 0 and "2 keys indexed" in out
+    assert kb_json("get", "Alan Turing", "works for", db=db, index=index)["value"] == "GCHQ"

@@ -1,0 +1,376 @@
+"""The knowledge store on SQLite and PostgreSQL: lookup policy, duplicates, namespaces, forgetting, bad input."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, delete, text
+
+from tools import UNKNOWN, InvalidInput, SQLKnowledgeStore, normalise_key, open_store
+from tools.schema import MAX_FIELD_CHARS, MAX_VALUE_CHARS, AuditEntry, Fact
+
+PG_URL = os.environ.get("LMLM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used, or None when it answers."""
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    reason = _pg_unavailable()
+    if reason:
+        pytest.skip(f"PostgreSQL at {PG_URL} does not answer ({reason})")
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "kb.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def ns() -> str:
+    """A namespace of this test alone: reruns and other tests on the shared PostgreSQL never collide."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def _cleanup(store: SQLKnowledgeStore, ns: str) -> None:
+    with store.engine.begin() as conn:
+        for table in (Fact.__table__, AuditEntry.__table__):
+            conn.execute(delete(table).where(table.c.namespace.like(f"{ns}%")))
+    if store.index is not None:
+        for name in store.index.namespaces():
+            if name.startswith(ns):
+                store.index.drop(name)
+    store.close()
+
+
+@pytest.fixture
+def store(db: str, ns: str) -> Iterator[SQLKnowledgeStore]:
+    s = open_store(db, index=False, namespace=ns)
+    yield s
+    _cleanup(s, ns)
+
+
+@pytest.fixture
+def indexed(db: str, ns: str) -> Iterator[SQLKnowledgeStore]:
+    s = open_store(db, index=":memory:", namespace=ns)
+    yield s
+    _cleanup(s, ns)
+
+
+PEOPLE = [
+    ("Ada Lovelace", "birth year", "1815"),
+    ("Ada Lovelace", "occupation", "mathematician"),
+    ("Alan Turing", "birthplace", "London"),
+    ("Alan Turing", "employer", "Government Code and Cypher School"),
+    ("Grace Hopper", "military branch", "United States Navy"),
+    ("Marie Curie", "Nobel Prize in Physics year", "1903"),
+]
+
+
+# --------------------------------------------------------------------------- exact lookups
+
+
+def test_exact_read_normalises_case_underscores_and_spaces(store: SQLKnowledgeStore) -> None:
+    fact = store.write("Ada Lovelace", "birth year", "1815", source="doc:12@340")
+    got = store.read("  ADA   lovelace ", "birth_year")
+    assert (got.found, got.match, got.value, got.fact_id, got.score, got.source) == (
+        True, "exact", "1815", fact.id, 1.0, "doc:12@340")
+    assert got.entity == "Ada Lovelace" and got.namespace == store.namespace
+    assert got.query == normalise_key("Ada Lovelace", "birth year") == "ada lovelace birth year"
+
+
+def test_miss_is_unknown_without_an_index(store: SQLKnowledgeStore) -> None:
+    store.write_many(PEOPLE)
+    got = store.read("Ada Lovelace", "year of birth")
+    assert (got.found, got.match, got.value, got.fact_id, got.score) == (False, "miss", UNKNOWN, None, None)
+
+
+@pytest.mark.parametrize("entity,relation", [("", ""), ("   ", "\t"), ("a\x00b", "c"), ("\ud800", "x")])
+def test_unstorable_queries_are_misses_not_errors(store: SQLKnowledgeStore, entity: str, relation: str) -> None:
+    store.write("a b", "c", "v")
+    assert store.read(entity, relation).match == "miss"
+
+
+# --------------------------------------------------------------------------- duplicates and bulk writes
+
+
+def test_rewrite_updates_value_in_place_and_audits_it(store: SQLKnowledgeStore) -> None:
+    first = store.write("Ada Lovelace", "birth year", "1815", source="a")
+    same = store.write("ada lovelace", "Birth_Year", "1815", source="b")
+    assert same.id == first.id and same.source == "a"  # an identical value changes nothing, not even provenance
+    changed = store.write("Ada Lovelace", "birth year", "1816", source="c")
+    assert changed.id == first.id and changed.value == "1816" and changed.source == "c"
+    assert changed.entity == "Ada Lovelace" and store.count() == 1
+    actions = [(e.action, e.old_value, e.new_value) for e in store.audit()]
+    assert actions == [("update", "1815", "1816"), ("insert", None, "1815")]
+
+
+def test_write_many_upserts_and_counts(store: SQLKnowledgeStore) -> None:
+    assert store.write_many(PEOPLE, source="seed") == len(PEOPLE)
+    batch = [("Ada Lovelace", "birth year", "1815"),  # unchanged
+             ("Alan Turing", "birthplace", "Maida Vale"),  # updated
+             ("Alan Turing", "birthplace", "London, Maida Vale"),  # supersedes the previous row of the batch
+             ("Grace Hopper", "rank", "Rear admiral", "doc:7")]  # inserted with its own source
+    stats = store.upsert_many(batch, source="fix")
+    assert (stats.inserted, stats.updated, stats.unchanged, stats.duplicates) == (1, 1, 1, 1)
+    assert store.read("Alan Turing", "birthplace").value == "London, Maida Vale"
+    assert store.read("Grace Hopper", "rank").source == "doc:7"
+    assert store.read("Ada Lovelace", "birth year").source == "seed"
+    assert store.count() == len(PEOPLE) + 1
+
+
+def test_one_bad_triple_stores_nothing(store: SQLKnowledgeStore) -> None:
+    store.write("Ada Lovelace", "birth year", "1815")
+    with pytest.raises(InvalidInput, match=r"triple #2: entity must not be empty"):
+        store.write_many([("X", "r", "1"), ("Ada Lovelace", "birth year", "1900"), ("  ", "r", "v")])
+    with pytest.raises(InvalidInput, match="triple #0: expected"):
+        store.write_many(["not a triple"])
+    assert store.count() == 1 and store.read("Ada Lovelace", "birth year").value == "1815"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "entity,relation,value,message",
+    [
+        ("", "birth year", "1815", "entity must not be empty"),
+        ("Ada", " \n\t ", "1815", "relation must not be empty"),
+        ("Ada", "birth year", "   ", "value must not be empty"),
+        ("Ada\x00", "birth year", "1815", "NUL"),
+        ("Ada", "birth year", "18\ud83415", "invalid unicode"),
+        ("Ada", "birth year", "1815<|db_end|>", "lookup-call token"),
+        ("A" * (MAX_FIELD_CHARS + 1), "r", "v", "entity is 257 characters"),
+        ("Ada", "note", "x" * (MAX_VALUE_CHARS + 1), "value is 16,385 characters"),
+        (None, "birth year", "1815", "entity must be a string"),
+    ],
+)
+def test_bad_writes_are_refused_and_change_nothing(store: SQLKnowledgeStore, entity, relation, value, message) -> None:
+    store.write("Ada", "birth year", "1815")
+    with pytest.raises(InvalidInput, match=message):
+        store.write(entity, relation, value)
+    assert store.count() == 1 and store.read("Ada", "birth year").value == "1815"
+    assert len(store.audit()) == 1
+
+
+HOSTILE = [
+    ("Robert'); DROP TABLE kb_fact;--", "nickname", "Bobby Tables"),
+    ('O"Brien \'quoted\'', "motto", '"It\'s" `fine`; -- not a comment'),
+    ("محمد بن موسى الخوارزمي", "عمل", "رياضيات"),  # Arabic, right to left
+    ("\u202eevil\u202c RTL override", "ישות", "ערך עם \u200f סימן"),  # bidi controls and Hebrew
+    ("東京", "人口 🏙️", "1400万 👍"),
+    ("Beyonce\u0301", "birthplace", "Houston"),  # decomposed é: stored and matched as NFC
+]
+
+
+def test_hostile_and_unicode_text_round_trips_exactly(store: SQLKnowledgeStore) -> None:
+    store.write_many(HOSTILE)
+    for entity, relation, value in HOSTILE[:-1]:
+        got = store.read(entity, relation)
+        assert (got.match, got.value, got.entity) == ("exact", value, entity)
+    assert store.read("Beyoncé", "Birthplace").value == "Houston"
+    assert store.count() == len(HOSTILE)  # the table survived the injection-looking strings
+    assert store.delete(entity="Robert'); DROP TABLE kb_fact;--").count == 1
+
+
+def test_ten_kilobyte_value_round_trips(store: SQLKnowledgeStore) -> None:
+    big = ("Lorem ipsum dolor sit amet, ünïcödé ✓ " * 400)[:10_240].strip()
+    store.write("Essay", "full text", big)
+    assert store.read("essay", "full text").value == big
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+def test_namespaces_are_a_hard_boundary(store: SQLKnowledgeStore, ns: str) -> None:
+    other = f"{ns}-other"
+    mine = store.write("Ada Lovelace", "birth year", "1815")
+    theirs = store.write("Ada Lovelace", "birth year", "1900", namespace=other)
+    assert mine.id != theirs.id
+    assert store.read("Ada Lovelace", "birth year").value == "1815"
+    assert store.read("Ada Lovelace", "birth year", namespace=other).value == "1900"
+    assert store.get(theirs.id) is None and store.get(theirs.id, namespace=other) is not None
+    assert {ns, other} <= set(store.namespaces())
+    assert store.delete(fact_id=theirs.id).count == 0  # another namespace's id is invisible here
+    assert store.delete(entity="Ada Lovelace").count == 1
+    assert store.read("Ada Lovelace", "birth year", namespace=other).value == "1900"
+    assert [f.value for f in store.iter_facts(namespace=other)] == ["1900"]
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 65, "semi;colon"])
+def test_invalid_namespaces_are_refused(store: SQLKnowledgeStore, bad: str) -> None:
+    with pytest.raises(InvalidInput, match="namespace"):
+        store.write("a", "b", "c", namespace=bad)
+
+
+# --------------------------------------------------------------------------- delete and receipts
+
+
+def test_delete_by_id_entity_and_pair_with_receipts(store: SQLKnowledgeStore) -> None:
+    store.write_many(PEOPLE)
+    ada_year = store.read("Ada Lovelace", "birth year").fact_id
+    by_id = store.delete(fact_id=ada_year)
+    assert [r.id for r in by_id.removed] == [ada_year] and by_id.verified and by_id.index_remaining is None
+    assert by_id.selector == {"fact_id": ada_year}
+    pair = store.delete(entity="alan_turing", relation="EMPLOYER")
+    assert [(r.entity, r.relation) for r in pair.removed] == [("Alan Turing", "employer")]
+    assert [r.match for r in pair.relookups] == ["miss"] and pair.sql_remaining == 0
+    whole = store.delete(entity="ALAN turing")
+    assert [r.relation for r in whole.removed] == ["birthplace"] and whole.verified
+    assert store.count() == len(PEOPLE) - 3
+    assert [e.action for e in store.audit(limit=3)] == ["delete"] * 3
+
+
+def test_deleting_what_is_not_there_is_an_empty_verified_receipt(store: SQLKnowledgeStore) -> None:
+    store.write_many(PEOPLE)
+    for receipt in (store.delete(fact_id=10**9), store.delete(entity="Nobody"), store.delete(entity="Ada Lovelace", relation="shoe size")):
+        assert receipt.removed == [] and receipt.verified and receipt.relookups == []
+    assert store.count() == len(PEOPLE)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({}, "nothing was selected"), ({"relation": "birth year"}, "relation alone"),
+     ({"fact_id": 1, "entity": "Ada"}, "fact_id alone"), ({"fact_id": 0}, "positive integer"),
+     ({"fact_id": True}, "positive integer"), ({"entity": "  "}, "entity must not be empty")],
+)
+def test_ambiguous_deletes_are_refused(store: SQLKnowledgeStore, kwargs, message) -> None:
+    store.write_many(PEOPLE)
+    with pytest.raises(InvalidInput, match=message):
+        store.delete(**kwargs)
+    assert store.count() == len(PEOPLE)
+
+
+def test_ids_are_never_reused_after_a_delete(store: SQLKnowledgeStore) -> None:
+    last = store.write("Z", "r", "1")
+    store.delete(fact_id=last.id)
+    assert store.write("Y", "r", "1").id > last.id
+
+
+def test_iter_facts_pages_in_id_order(store: SQLKnowledgeStore) -> None:
+    store.write_many(PEOPLE)
+    facts = list(store.iter_facts(batch_size=2))
+    assert [f.value for f in facts] == [v for _, _, v in PEOPLE]
+    assert [f.id for f in facts] == sorted(f.id for f in facts)
+
+
+# --------------------------------------------------------------------------- semantic index
+
+
+def test_semantic_lookup_threshold_and_fallback(indexed: SQLKnowledgeStore) -> None:
+    indexed.write_many(PEOPLE)
+    hit = indexed.read("Ada Lovelace", "year of birth")
+    assert (hit.match, hit.value) == ("semantic", "1815") and hit.score >= 0.6
+    miss = indexed.read("Zebra", "favourite colour")
+    assert (miss.match, miss.value) == ("miss", UNKNOWN) and miss.score is not None and miss.score < 0.6
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, fallback="top1")
+    forced = top1.read("Zebra", "favourite colour")
+    assert forced.match == "fallback" and forced.found and forced.fact_id is not None and forced.score == pytest.approx(miss.score)
+    strict = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, threshold=0.999)
+    assert strict.read("Ada Lovelace", "year of birth").match == "miss"
+
+
+def test_index_never_returns_a_row_sql_no_longer_has(indexed: SQLKnowledgeStore, db: str) -> None:
+    indexed.write_many(PEOPLE)
+    ada = {indexed.read("Ada Lovelace", r).fact_id for r in ("birth year", "occupation")}
+    # Delete behind the index's back: an exact-only handle on the same database cannot touch it.
+    blind = open_store(db, index=False, namespace=indexed.namespace)
+    blind.delete(entity="Ada Lovelace")
+    blind.close()
+    assert indexed.index.count(indexed.namespace) == len(PEOPLE)
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, fallback="top1")
+    got = top1.read("Ada Lovelace", "year of birth")  # Ada's stale keys are the nearest; a live row must win
+    assert got.found and got.fact_id not in ada and got.entity != "Ada Lovelace"
+    assert indexed.rebuild_index() == {indexed.namespace: len(PEOPLE) - 2}
+    assert indexed.index.count(indexed.namespace) == len(PEOPLE) - 2
+
+
+def test_delete_receipt_covers_the_index(indexed: SQLKnowledgeStore) -> None:
+    indexed.write_many(PEOPLE)
+    receipt = indexed.delete(entity="Alan Turing")
+    ids = sorted(r.id for r in receipt.removed)
+    assert len(ids) == 2 and receipt.index_removed == ids and receipt.index_remaining == 0 and receipt.verified
+    assert all(r.fact_id not in ids for r in receipt.relookups)
+    assert indexed.index.count(indexed.namespace) == len(PEOPLE) - 2
+
+
+def test_semantic_lookup_respects_namespaces(indexed: SQLKnowledgeStore, ns: str) -> None:
+    indexed.write_many(PEOPLE[:2])
+    indexed.write("Grace Hopper", "rank", "Rear admiral", namespace=f"{ns}-b")
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=f"{ns}-b", fallback="top1")
+    got = top1.read("Ada Lovelace", "year of birth")
+    assert got.entity == "Grace Hopper" and got.match == "fallback"  # never Ada: her row lives in another namespace
+    assert top1.read("Ada Lovelace", "birth year").match != "exact"
+
+
+def test_persistent_index_survives_reopening(tmp_path) -> None:
+    path = tmp_path / "kb.sqlite"
+    with open_store(path) as s:
+        s.write_many(PEOPLE)
+        assert s.describe()["index"] == str(tmp_path / "kb.chroma")
+    with open_store(path) as s:
+        assert s.read("Alan Turing", "place of birth").value == "London"
+
+
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory) -> Iterator[str]:
+    """A Chroma server of this test module alone, on a free port; skipped where the `chroma` command cannot serve."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("chroma")
+    if not exe.exists() and not (exe := Path(shutil.which("chroma") or "")).is_file():
+        pytest.skip("the `chroma` command is not installed beside this Python")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(exe), "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip(f"`chroma run` did not answer on {url}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_chroma_server_by_url(chroma_server: str, tmp_path, ns: str) -> None:
+    with open_store(tmp_path / "kb.sqlite", index=chroma_server, namespace=ns) as s:
+        s.write_many(PEOPLE)
+        assert s.describe()["index"] == chroma_server
+        assert s.read("Alan Turing", "place of birth").value == "London"
+        assert s.delete(entity="Alan Turing").index_remaining == 0
+    with pytest.raises(ConnectionError, match="no Chroma server answers"):
+        open_store(tmp_path / "kb.sqlite", index="http://127.0.0.1:9")

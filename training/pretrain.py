@@ -1,0 +1,154 @@
+"""Pretraining from scratch with TRL: the LMLM (values masked from the loss) and its baseline.
+
+    from training.pretrain import pretrain, train_pair
+    from training.config import PretrainConfig, load_config
+
+    ckpt = pretrain(load_config(PretrainConfig, "demo", ["data=corpus.jsonl"]))
+    pair = train_pair(load_config(PretrainConfig, "demo"), documents, "runs/x")  # LMLM + baseline
+
+The trainer is TRL's ``SFTTrainer`` unchanged: rows arrive tokenised, packed and
+labelled (``training.data``), and TRL's collator pads ``labels`` with -100, so the
+masked loss needs no subclass. The baseline shares the LMLM's tokenizer and
+architecture and sees the same documents with the calls removed, for the same
+number of optimiser steps (the same token budget: steps x batch x context).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from lmlm_agent.model import build_model, count_parameters, save_checkpoint
+from lmlm_agent.tokenizer import train_tokenizer
+from training.config import PretrainConfig, TrainingOptions
+from training.corpus import AnnotatedDocument, read_documents
+from training.data import baseline_texts, pack
+
+logger = logging.getLogger(__name__)
+
+
+def pretrain(
+    config: PretrainConfig,
+    documents: Sequence[AnnotatedDocument] | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Train an LMLM (or, with ``config.baseline``, the baseline) and return the checkpoint directory.
+
+    ``documents`` default to ``config.data``; the tokenizer to ``config.tokenizer``,
+    else one trained on the annotated text (so an LMLM and its baseline built from
+    the same documents share it).
+    """
+    docs = list(documents) if documents is not None else read_documents(config.data)
+    if not docs:
+        raise ValueError("no training documents")
+    resume = resume_path(config)
+    if tokenizer is None:
+        tokenizer = _load_or_train_tokenizer(resume or config.tokenizer, docs, config.vocab_size)
+    annotated = [d.annotated for d in docs]
+    texts = baseline_texts(annotated) if config.baseline else annotated
+    packed = pack(texts, tokenizer, config.context_length, mask_values=not config.baseline)
+    kind = "baseline" if config.baseline else "lmlm"
+    logger.info(
+        "%s: %d documents -> %d rows of %d tokens (%d tokens, %d trained)",
+        kind, len(docs), len(packed.input_ids), config.context_length, packed.tokens, packed.trained_tokens,
+    )
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the initial weights, as well as the data order
+    model = build_model(config.preset, tokenizer, **_position_override(config))
+    meta = {
+        "kind": kind,
+        "preset": config.preset,
+        "data": config.data or f"{len(docs)} documents",
+        "documents": len(docs),
+        "data_tokens": packed.tokens,
+        "data_trained_tokens": packed.trained_tokens,
+        "config": asdict(config),
+    }
+    return run_trainer(model, tokenizer, packed.to_dataset(), config, meta, resume=resume)
+
+
+@dataclass
+class TrainedPair:
+    lmlm: Path
+    baseline: Path
+
+
+def train_pair(
+    config: PretrainConfig,
+    documents: Sequence[AnnotatedDocument],
+    output_dir: str | Path,
+) -> TrainedPair:
+    """The LMLM and its baseline on the same documents: same tokenizer, size, steps and batch.
+
+    Written to ``output_dir/lmlm`` and ``output_dir/baseline``.
+    """
+    out = Path(output_dir)
+    docs = list(documents)
+    tokenizer = train_tokenizer([d.annotated for d in docs], vocab_size=config.vocab_size)
+    lmlm = pretrain(replace(config, output_dir=str(out / "lmlm"), baseline=False, resume=None), docs, tokenizer)
+    baseline = pretrain(replace(config, output_dir=str(out / "baseline"), baseline=True, resume=None), docs, tokenizer)
+    return TrainedPair(lmlm, baseline)
+
+
+def run_trainer(model, tokenizer, dataset, options: TrainingOptions, meta: dict[str, Any], resume: str | None = None) -> Path:
+    """Train with TRL's SFTTrainer, then save model + tokenizer + lmlm.json in ``options.output_dir``."""
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(model=model, args=options.sft_config(), train_dataset=dataset, processing_class=tokenizer)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    state = trainer.state
+    out = Path(options.output_dir)
+    run_meta = {
+        "parameters": count_parameters(trainer.model),
+        "steps": state.global_step,
+        "tokens": state.num_input_tokens_seen,
+        "train_loss": result.training_loss,
+        "train_seconds": round(seconds, 1),
+    }
+    if trainer.is_world_process_zero():  # under `accelerate launch`, one process writes
+        save_checkpoint(out, trainer.model, tokenizer, **{**meta, **run_meta})
+        (out / "train_log.json").write_text(json.dumps(state.log_history, indent=1))
+    logger.info("saved %s (%d steps, %d tokens, loss %.3f)", out, state.global_step, state.num_input_tokens_seen, result.training_loss)
+    return out
+
+
+def resume_path(options: TrainingOptions) -> str | None:
+    """The trainer checkpoint to resume from: ``options.resume``, with 'last' resolved; None for a fresh run."""
+    if not options.resume:
+        return None
+    if options.resume != "last":
+        return options.resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(options.output_dir) if Path(options.output_dir).is_dir() else None
+    if last is None:
+        raise FileNotFoundError(f"resume=last but {options.output_dir} holds no trainer checkpoint")
+    return last
+
+
+def _load_or_train_tokenizer(path: str | None, docs: Sequence[AnnotatedDocument], vocab_size: int):
+    if path:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    return train_tokenizer([d.annotated for d in docs], vocab_size=vocab_size)
+
+
+def _position_override(config: PretrainConfig) -> dict[str, int]:
+    # A preset's position range must cover the context; widen it rather than fail.
+    from lmlm_agent.model import PRESETS
+
+    preset_positions = PRESETS.get(config.preset, {}).get("max_position_embeddings", 0)
+    if config.context_length > preset_positions:
+        return {"max_position_embeddings": config.context_length}
+    return {}
+
+
+__all__ = ["TrainedPair", "pretrain", "resume_path", "run_trainer", "train_pair"]
