@@ -77,7 +77,9 @@ class ClozeResult:
 def evaluate_cloze(subject: Subject, items: list[ClozeItem], config: ClozeConfig) -> ClozeResult:
     if not items:
         return ClozeResult(subject.name, 0, math.nan, math.nan, math.nan)
-    outputs = subject.generate([it.prompt for it in items], config.max_new_tokens, force_call=True)
+    # In training text a call follows a space ("born in <|db_entity|> ..."), so a forced call does too.
+    lead = " " if subject.is_lmlm else ""
+    outputs = subject.generate([it.prompt + lead for it in items], config.max_new_tokens, force_call=True)
     hits = [is_hit(o, it.answer, config.words) for o, it in zip(outputs, items)]
     if subject.is_lmlm:
         contexts = [f"{it.prompt} {render_call(it.entity, it.relation, subject.lookup(it.entity, it.relation))}"

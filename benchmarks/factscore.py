@@ -150,8 +150,9 @@ class GoldJudge:
             self.values.setdefault(e, set()).add(_norm(v))
 
     def facts(self, topic: str, text: str) -> list[AtomicFact]:
+        """The atomic facts of ``text``; a sentence repeated verbatim (greedy loops) counts once."""
         out = []
-        for sentence in split_sentences(text):
+        for sentence in dict.fromkeys(split_sentences(text)):
             readings = parse_statement(sentence)
             if not readings:
                 norm = _norm(sentence)

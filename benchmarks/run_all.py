@@ -39,6 +39,7 @@ class BenchConfig:
     factscore_people: int = field(default=50, metadata={"help": "People whose bios are asked for."})
     factscore_tokens: int = field(default=256, metadata={"help": "Greedy tokens per bio."})
     cloze_items: int = field(default=200, metadata={"help": "Cloze facts."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Decoding repetition penalty for bios and cloze (published: 1.2, which also penalises copying a just-injected value; TOFU's ROUGE always uses 1.0)."})
     batch_size: int = field(default=16, metadata={"help": "Prompts or answers per forward pass."})
     semantic_index: bool = field(default=False, metadata={"help": "Open the store with its semantic index (slower; exact keys suffice for the world)."})
     threads: int = field(default=1, metadata={"help": "torch threads (1 is fastest on a small shared CPU)."})
@@ -79,7 +80,7 @@ def load_run(directory: str | Path, config: BenchConfig) -> Run:
         raise FileNotFoundError(f"{directory} lacks {', '.join(missing)} (see benchmarks/run_all.py for the layout)")
     lmlm, baseline = load_checkpoint(directory / "lmlm"), load_checkpoint(directory / "baseline")
     store = open_store(directory / "kb.sqlite", **({} if config.semantic_index else {"index": False}))
-    common = dict(batch_size=config.batch_size)
+    common = dict(batch_size=config.batch_size, decoding={"repetition_penalty": config.repetition_penalty})
     return Run(
         directory,
         World.load(directory / "world"),

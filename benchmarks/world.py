@@ -15,7 +15,10 @@ places, work for organisations and wrote works), so facts are not independent no
 
 TOFU's population is mirrored: people are either "authors" (the forget/retain pool:
 forget01 ⊂ forget05 ⊂ forget10, retain = the rest) or "famous" people (the
-real_authors set); places, organisations and works give the world_facts set.
+real_authors set); places, organisations and works give the world_facts set. A few
+held-out people exist only in ``world.holdout`` and ``qa["holdout"]`` (never in the
+corpus or the triples): what an author looks like to a model that never saw them.
+The corpus also drills every fact as a QA pair, as TOFU fine-tunes on its QA.
 """
 
 from __future__ import annotations

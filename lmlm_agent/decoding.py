@@ -145,6 +145,8 @@ class InterleavedDecoder:
     def __init__(self, model, tokenizer, prompts: list[str], lookup: Store | None, config: DecodingConfig):
         self.model, self.tokenizer, self.lookup, self.config = model, tokenizer, lookup, config
         self.call = call_token_ids(tokenizer)
+        self.call_ids = list(self.call.all)
+        self.call_bias = torch.tensor(PUBLISHED_CALL_BIAS, device=model.device)
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.device = model.device
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
@@ -215,12 +217,14 @@ class InterleavedDecoder:
     # ----------------------------------------------------------------- choosing tokens
     def _scores(self, slots: list[int]) -> torch.Tensor:
         """Next-token scores of the rows in ``slots``: penalties, bias and bans applied to their logits."""
-        cfg, scores = self.config, self.logits[slots]
+        cfg = self.config
+        every = len(slots) == len(self.active)  # the usual case: no gather needed
+        scores = self.logits if every else self.logits[slots]
         if cfg.repetition_penalty != 1.0:
             penalised = torch.where(scores > 0, scores / cfg.repetition_penalty, scores * cfg.repetition_penalty)
-            scores = torch.where(self.seen[slots], penalised, scores)
+            scores = torch.where(self.seen if every else self.seen[slots], penalised, scores)
         if cfg.call_bias:
-            scores[:, list(self.call.all)] += torch.tensor(PUBLISHED_CALL_BIAS, device=self.device)
+            scores[:, self.call_ids] += self.call_bias
         scores[:, self.pad] = float("-inf")
         spent = [i for i, slot in enumerate(slots) if len(self.rows[self.active[slot]].lookups) >= cfg.max_lookups]
         if spent:  # no new call, and no <|db_return|> that would count as one
@@ -279,10 +283,13 @@ class InterleavedDecoder:
         # A row whose queue is empty was fed everything it had: its last logits predict its next token.
         ready = [slot for slot, r in enumerate(self.active) if not self.rows[r].queue]
         if ready:
+            seen_slots, seen_ids = [], []
             for slot, token in zip(ready, self._choose(self._scores(ready))):
                 row = self.rows[self.active[slot]]
                 self._accept(row, token)
-                self.seen[slot, row.queue] = True
+                seen_slots += [slot] * len(row.queue)
+                seen_ids += row.queue
+            self.seen[seen_slots, seen_ids] = True
         keep = [slot for slot, r in enumerate(self.active) if self.rows[r].finish_reason is None]
         if len(keep) < len(self.active):
             self._drop_finished(keep)

@@ -29,7 +29,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -482,25 +481,4 @@ def load_run(run: str | Path, config: ServerConfig | None = None, device: str | 
     return LMLMAgent.from_pretrained(run / "lmlm", store=store, device=device)
 
 
-@contextmanager
-def running_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a background thread; yields the base URL ``http://host:port/v1``."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"server did not start on {host}:{port}")
-        time.sleep(0.02)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-__all__ = ["ServerConfig", "create_app", "load_run", "running_server", "APIError", "BodyLimit", "TOKEN_ENV"]
+__all__ = ["ServerConfig", "create_app", "load_run", "APIError", "BodyLimit", "TOKEN_ENV"]

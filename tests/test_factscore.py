@@ -94,3 +94,9 @@ def test_evaluate_factscore_on_a_micro_model():
         assert result.n == 2 and len(result.responses) == 2
         assert 0 <= result.abstention_rate <= 1
     assert bio_prompt("X Y") == "Tell me a bio of X Y. X Y is"
+
+
+def test_repeated_sentences_count_once():
+    world, _, _ = micro_setup()
+    q = world.qa["retain"][0]
+    assert len(GoldJudge(world).facts(q.entity, f"{q.answer} {q.answer} {q.answer}")) == 1

@@ -87,9 +87,11 @@ def test_import_annotated_special_token_jsonl(db: Path, tmp_path: Path) -> None:
             f"{render_call('Ada Lovelace', 'notable work', 'Notes on the Analytical Engine')} her Notes. "
             "<|db_entity|> broken call")
     src = tmp_path / "corpus.jsonl"
-    src.write_text(json.dumps({"id": "doc-7", "text": text}) + "\n", encoding="utf-8")
+    src.write_text("\n".join([json.dumps({"id": "doc-7", "text": text}), "{cut off", json.dumps({"id": "x"})]) + "\n",
+                   encoding="utf-8")
     report = kb_json("import", str(src), db=db)
     assert report["inserted"] == 2
+    assert [r["where"] for r in report["rejections"]] == ["corpus.jsonl:2", "corpus.jsonl:3"]
     assert kb_json("get", "Ada Lovelace", "notable work", db=db)["source"] == "corpus.jsonl#doc-7"
 
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from lmlm_agent.agent import LMLMAgent
 from lmlm_agent.chat_model import render_prompt
 from lmlm_agent.format import strip_values
-from lmlm_agent.server import ServerConfig, create_app, running_server
+from lmlm_agent.server import ServerConfig, create_app
+from training.teacher_server import running_server  # uvicorn in a thread on a free loopback port
 from runtime_fakes import ScriptedLM, tokenizer
 
 TOKEN = "s3cret-token"

@@ -339,14 +339,14 @@ def chroma_server(tmp_path_factory) -> Iterator[str]:
     import urllib.request
     from pathlib import Path
 
-    exe = Path(sys.executable).with_name("chroma")
-    if not exe.exists() and not (exe := Path(shutil.which("chroma") or "")).is_file():
-        pytest.skip("the `chroma` command is not installed beside this Python")
+    exe = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
+    if exe is None:
+        pytest.skip("the `chroma` command is not installed")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [str(exe), "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1", "--port", str(port)],
+        [exe, "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

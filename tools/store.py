@@ -51,16 +51,16 @@ Triple = Sequence[Any]  # (entity, relation, value) or (entity, relation, value,
 TOP_K = 5
 SQL_CHUNK = 2_000  # keys per statement: far below SQLite's and PostgreSQL's parameter limits
 RELOOKUP_CAP = 20  # re-lookups listed in a forget receipt
-DEFAULT_PG_INDEX = Path("runs/kb-index")
+DEFAULT_SERVER_INDEX = Path("runs/kb-index")
 
-F = Fact.__table__
-A = AuditEntry.__table__
-M = StoreMeta.__table__
-_ROW = (F.c.id, F.c.entity, F.c.relation, F.c.value, F.c.source, F.c.key)
-_EXACT = select(*_ROW).where(F.c.namespace == bindparam("ns"), F.c.key == bindparam("key"))
-_BY_IDS = select(*_ROW).where(F.c.namespace == bindparam("ns"), F.c.id.in_(bindparam("ids", expanding=True)))
-_BY_KEYS = select(F.c.id, F.c.key, F.c.value).where(
-    F.c.namespace == bindparam("ns"), F.c.key.in_(bindparam("keys", expanding=True))
+FACTS = Fact.__table__
+AUDIT = AuditEntry.__table__
+META = StoreMeta.__table__
+_ROW = (FACTS.c.id, FACTS.c.entity, FACTS.c.relation, FACTS.c.value, FACTS.c.source, FACTS.c.key)
+_EXACT = select(*_ROW).where(FACTS.c.namespace == bindparam("ns"), FACTS.c.key == bindparam("key"))
+_BY_IDS = select(*_ROW).where(FACTS.c.namespace == bindparam("ns"), FACTS.c.id.in_(bindparam("ids", expanding=True)))
+_BY_KEYS = select(FACTS.c.id, FACTS.c.key, FACTS.c.value).where(
+    FACTS.c.namespace == bindparam("ns"), FACTS.c.key.in_(bindparam("keys", expanding=True))
 )
 
 
@@ -192,12 +192,12 @@ class SQLKnowledgeStore:
     def get(self, fact_id: int, *, namespace: str | None = None) -> Fact | None:
         """The row with this id in the namespace, or None (another namespace's id is not visible)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(F).where(F.c.namespace == self._ns(namespace), F.c.id == fact_id)).first()
+            row = conn.execute(select(FACTS).where(FACTS.c.namespace == self._ns(namespace), FACTS.c.id == fact_id)).first()
         return None if row is None else Fact(**row._mapping)
 
     def count(self, *, namespace: str | None = None) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(F).where(F.c.namespace == self._ns(namespace))).scalar_one()
+            return conn.execute(select(func.count()).select_from(FACTS).where(FACTS.c.namespace == self._ns(namespace))).scalar_one()
 
     def iter_facts(self, *, namespace: str | None = None, batch_size: int = 1_000) -> Iterator[Fact]:
         """All rows of the namespace in id order, paged by id so a million rows never sit in memory."""
@@ -205,7 +205,7 @@ class SQLKnowledgeStore:
         while True:
             with self.engine.connect() as conn:
                 page = conn.execute(
-                    select(F).where(F.c.namespace == ns, F.c.id > last).order_by(F.c.id).limit(batch_size)
+                    select(FACTS).where(FACTS.c.namespace == ns, FACTS.c.id > last).order_by(FACTS.c.id).limit(batch_size)
                 ).all()
             if not page:
                 return
@@ -214,13 +214,13 @@ class SQLKnowledgeStore:
 
     def namespaces(self) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(select(F.c.namespace).distinct().order_by(F.c.namespace)).scalars())
+            return list(conn.execute(select(FACTS.c.namespace).distinct().order_by(FACTS.c.namespace)).scalars())
 
     def audit(self, *, namespace: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The newest audit entries of the namespace (writes and deletes), newest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(A).where(A.c.namespace == self._ns(namespace)).order_by(A.c.id.desc()).limit(limit)
+                select(AUDIT).where(AUDIT.c.namespace == self._ns(namespace)).order_by(AUDIT.c.id.desc()).limit(limit)
             ).all()
         return [AuditEntry(**r._mapping) for r in rows]
 
@@ -234,7 +234,7 @@ class SQLKnowledgeStore:
         row = clean_triple(entity, relation, value, source)
         self._upsert(ns, [row])
         with self.engine.connect() as conn:
-            stored = conn.execute(select(F).where(F.c.namespace == ns, F.c.key == row.key)).one()
+            stored = conn.execute(select(FACTS).where(FACTS.c.namespace == ns, FACTS.c.key == row.key)).one()
         return Fact(**stored._mapping)
 
     def write_many(self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None) -> int:
@@ -273,7 +273,7 @@ class SQLKnowledgeStore:
                     unchanged += len(chunk) - len(fresh) - len(changed)
                     audit = self._insert_fresh(conn, ns, fresh, now, new_keys) + self._update_changed(conn, ns, changed, now)
                     if audit:
-                        conn.execute(insert(A), audit)
+                        conn.execute(insert(AUDIT), audit)
                     inserted += len(fresh)
                     updated += len(changed)
         except IntegrityError as exc:
@@ -291,7 +291,7 @@ class SQLKnowledgeStore:
                  entity_key=c.entity_key, source=c.source, created_at=now, updated_at=now)
             for c in fresh
         ]
-        ids = conn.execute(insert(F).returning(F.c.id, sort_by_parameter_order=True), values).scalars().all()
+        ids = conn.execute(insert(FACTS).returning(FACTS.c.id, sort_by_parameter_order=True), values).scalars().all()
         new_keys.extend((i, c.key) for i, c in zip(ids, fresh, strict=True))
         return [
             dict(at=now, action="insert", namespace=ns, fact_id=i, entity=c.entity, relation=c.relation,
@@ -303,7 +303,7 @@ class SQLKnowledgeStore:
     def _update_changed(conn: Any, ns: str, changed: Sequence[tuple[Any, CleanTriple]], now: Any) -> list[dict]:
         if not changed:
             return []
-        stmt = update(F).where(F.c.id == bindparam("b_id")).values(
+        stmt = update(FACTS).where(FACTS.c.id == bindparam("b_id")).values(
             value=bindparam("b_value"), source=bindparam("b_source"), updated_at=now
         )
         conn.execute(stmt, [dict(b_id=old.id, b_value=c.value, b_source=c.source) for old, c in changed])
@@ -328,12 +328,12 @@ class SQLKnowledgeStore:
         condition, selector = self._selector(fact_id, entity, relation)
         now = utcnow()
         with self.engine.begin() as conn:
-            rows = conn.execute(select(*_ROW).where(F.c.namespace == ns, condition).order_by(F.c.id)).all()
+            rows = conn.execute(select(*_ROW).where(FACTS.c.namespace == ns, condition).order_by(FACTS.c.id)).all()
             ids = [r.id for r in rows]
             for chunk in _chunks(ids, SQL_CHUNK):
-                conn.execute(delete(F).where(F.c.namespace == ns, F.c.id.in_(chunk)))
+                conn.execute(delete(FACTS).where(FACTS.c.namespace == ns, FACTS.c.id.in_(chunk)))
             if rows:
-                conn.execute(insert(A), [
+                conn.execute(insert(AUDIT), [
                     dict(at=now, action="delete", namespace=ns, fact_id=r.id, entity=r.entity, relation=r.relation,
                          old_value=r.value, new_value=None, source=r.source)
                     for r in rows
@@ -346,7 +346,7 @@ class SQLKnowledgeStore:
             index_remaining = len(self.index.present(ns, ids))
         with self.engine.connect() as conn:
             sql_remaining = sum(
-                conn.execute(select(func.count()).select_from(F).where(F.c.id.in_(chunk))).scalar_one()
+                conn.execute(select(func.count()).select_from(FACTS).where(FACTS.c.id.in_(chunk))).scalar_one()
                 for chunk in _chunks(ids, SQL_CHUNK)
             )
         pairs = list(dict.fromkeys((r.entity, r.relation) for r in rows))[:RELOOKUP_CAP]
@@ -372,15 +372,15 @@ class SQLKnowledgeStore:
                 raise InvalidInput("delete takes fact_id alone, or entity with an optional relation")
             if isinstance(fact_id, bool) or not isinstance(fact_id, int) or fact_id < 1:
                 raise InvalidInput(f"fact_id must be a positive integer, got {fact_id!r}")
-            return F.c.id == fact_id, {"fact_id": fact_id}
+            return FACTS.c.id == fact_id, {"fact_id": fact_id}
         if entity is None:
             what = "relation alone would delete across every entity" if relation is not None else "nothing was selected"
             raise InvalidInput(f"delete needs fact_id, entity, or entity and relation ({what})")
         e = clean_field("entity", entity, MAX_FIELD_CHARS)
         if relation is None:
-            return F.c.entity_key == normalise_text(e), {"entity": e}
+            return FACTS.c.entity_key == normalise_text(e), {"entity": e}
         r = clean_field("relation", relation, MAX_FIELD_CHARS)
-        return F.c.key == normalise_key(e, r), {"entity": e, "relation": r}
+        return FACTS.c.key == normalise_key(e, r), {"entity": e, "relation": r}
 
     # ------------------------------------------------------------------ index upkeep
 
@@ -448,17 +448,17 @@ def _store_id(engine: Engine) -> str:
     """The database's own id, made once: index collections are named by it, so two databases never share one."""
     import uuid
 
-    Fact.metadata.create_all(engine, tables=[F, A, M])
+    Fact.metadata.create_all(engine, tables=[FACTS, AUDIT, META])
     with engine.begin() as conn:
-        found = conn.execute(select(M.c.value).where(M.c.name == "store_id")).scalar()
+        found = conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar()
         if found:
             return found
         try:
-            conn.execute(insert(M).values(name="store_id", value=uuid.uuid4().hex))
+            conn.execute(insert(META).values(name="store_id", value=uuid.uuid4().hex))
         except IntegrityError:
             pass  # another process made it first; read theirs below
     with engine.connect() as conn:
-        return conn.execute(select(M.c.value).where(M.c.name == "store_id")).scalar_one()
+        return conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar_one()
 
 
 def default_index_location(db: str | Path | None, engine: Engine) -> str:
@@ -470,7 +470,7 @@ def default_index_location(db: str | Path | None, engine: Engine) -> str:
     if engine.url.get_backend_name() == "sqlite" and engine.url.database:
         path = Path(engine.url.database)
         return str(path.with_name(path.stem + ".chroma"))
-    return str(DEFAULT_PG_INDEX.resolve())
+    return str(DEFAULT_SERVER_INDEX.resolve())
 
 
 def open_store(

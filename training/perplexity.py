@@ -38,9 +38,12 @@ UNKNOWN = "unknown"
 MAX_QUERY_TOKENS = 32
 
 
+def _norm(field_text: str) -> str:
+    return re.sub(r"\s+", " ", field_text.replace("_", " ")).strip().lower()
+
+
 def _key(entity: str, relation: str) -> tuple[str, str]:
-    norm = lambda s: re.sub(r"\s+", " ", s.replace("_", " ")).strip().lower()  # noqa: E731
-    return norm(entity), norm(relation)
+    return _norm(entity), _norm(relation)
 
 
 class OracleDatabase:

@@ -60,10 +60,11 @@ def demo(
 
     console.rule("done")
     console.print(f"Demo finished in {minutes:.1f} min. Report: [bold]{report}[/bold]\n")
-    console.print(headline_table(pipeline.results), markup=False)
+    console.print(headline_table(pipeline.results), markup=False, soft_wrap=True)
     console.print(
         "\nTalk to the model, with citations for every looked-up fact:\n"
         f"  lmlm chat --run {run}\n"
         f"  lmlm serve --run {run}    # OpenAI-compatible API on http://127.0.0.1:8000/v1\n",
         markup=False,
+        soft_wrap=True,
     )

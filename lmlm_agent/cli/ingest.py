@@ -18,7 +18,7 @@ class IngestReport:
     calls: int = 0
     written: int = 0
     invalid: list[str] = field(default_factory=list)  # triples the store refused, with its reason
-    facts: list[dict[str, Any]] = field(default_factory=list)  # what was written: entity, relation, value, source
+    facts: list[dict[str, Any]] = field(default_factory=list)  # what was written: fact_id, entity, relation, value, source
 
     def to_json(self) -> dict[str, Any]:
         return {"documents": self.documents, "calls": self.calls, "written": self.written,
@@ -40,12 +40,13 @@ def ingest_texts(annotator: Any, store: Any, docs: Sequence[tuple[str, str]], na
             report.calls += 1
             source = f"{doc_id}@{offset}"
             try:
-                store.write(call.entity, call.relation, call.value or "", source, namespace=namespace)
+                fact = store.write(call.entity, call.relation, call.value or "", source, namespace=namespace)
             except InvalidInput as exc:
                 report.invalid.append(f"{call.entity} / {call.relation}: {exc}")
                 continue
             report.written += 1
-            report.facts.append({"entity": call.entity, "relation": call.relation, "value": call.value, "source": source})
+            report.facts.append({"fact_id": fact.id, "entity": fact.entity, "relation": fact.relation,
+                                 "value": fact.value, "source": source})
     return report
 
 

@@ -105,20 +105,34 @@ def _text_of(item: dict) -> Optional[str]:
     return next((item[k] for k in _TEXT_FIELDS if isinstance(item.get(k), str)), None)
 
 
-def _documents(path: Path, data: Any) -> Iterator[tuple[str, str]]:
-    """(document id, annotated text) from the published annotations JSON, our JSONL, or a plain text file."""
+def _documents(path: Path, data: Any, loaded: Loaded) -> Iterator[tuple[str, str]]:
+    """(document id, annotated text) from the published annotations JSON, our JSONL, or a plain text file.
+
+    Documents without a text are recorded in ``loaded.rejected`` so the import report shows them.
+    """
+    from tools.io import Rejection
+
     if isinstance(data, dict) and isinstance(data.get("examples"), list):
         for n, ex in enumerate(data["examples"]):
             if isinstance(ex, dict) and isinstance(ex.get("annotated_text"), str):
                 yield str(n), ex["annotated_text"]
+            else:
+                loaded.rejected.append(Rejection(where=f"{path.name}#{n}", reason="example without annotated_text"))
     elif path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     item = json.loads(line)
-                    text = _text_of(item) if isinstance(item, dict) else None
-                    if text is not None:
-                        yield str(item.get("id", lineno)), text
+                except json.JSONDecodeError as exc:
+                    loaded.rejected.append(Rejection(where=f"{path.name}:{lineno}", reason=f"invalid JSON: {exc.msg}"))
+                    continue
+                text = _text_of(item) if isinstance(item, dict) else None
+                if text is None:
+                    loaded.rejected.append(Rejection(where=f"{path.name}:{lineno}", reason=f"no {'/'.join(_TEXT_FIELDS)} field"))
+                else:
+                    yield str(item.get("id", lineno)), text
     else:
         yield path.stem, path.read_text(encoding="utf-8")
 
@@ -129,7 +143,7 @@ def _annotated_rows(path: Path, data: Any, source: Optional[str]) -> Loaded:
     from tools.io import Loaded, Rejection
 
     loaded = Loaded()
-    for doc_id, text in _documents(path, data):
+    for doc_id, text in _documents(path, data, loaded):
         where = f"{path.name}#{doc_id}"
         if "[dblookup(" in text:
             conversion = legacy_to_special(text)
@@ -350,3 +364,47 @@ def rebuild_index(
         _console().print(f"namespace [cyan]{ns}[/cyan]: {n:,} keys indexed")
     if not done:
         _console().print("nothing to index")
+
+
+# --------------------------------------------------------------------------- ingest (memory writes; issue 8)
+
+
+@app.command("ingest")
+def ingest(
+    path: Path = typer.Argument(..., help="Text to learn from: a .txt file (paragraphs split at blank lines) or JSONL of {id, text}."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A run directory: its annotator/ and kb.sqlite (overrides --annotator/--db)."),
+    annotator: Optional[Path] = typer.Option(None, "--annotator", help="Directory of a trained annotator (`lmlm annotate train`)."),
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    namespace: str = NAMESPACE,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Extract facts from new text with the distilled annotator and store them, with provenance
+    (<file>#<paragraph>@<offset>). A running agent or server answers from them at once, no retraining."""
+    from rich.table import Table
+    from transformers.utils import logging as hf_logging
+
+    from lmlm_agent.cli.ingest import ingest_texts, read_texts
+    from training.annotator import Annotator
+
+    hf_logging.disable_progress_bar()  # no weight-loading bar in the command's output
+
+    if run is not None:
+        annotator, db = run / "annotator", str(run / "kb.sqlite")
+    if annotator is None:
+        raise typer.BadParameter("give --run DIR or --annotator DIR")
+    with _clear_errors():
+        docs = read_texts(path)
+        report = ingest_texts(Annotator.load(annotator), _open(db, index, namespace), docs, namespace=namespace)
+    if as_json:
+        _print_json(report.to_json())
+        return
+    table = Table(title=f"{report.written} fact(s) from {report.documents} paragraph(s) into namespace {namespace}",
+                  header_style="bold")
+    for col in ("fact", "entity", "relation", "value", "source"):
+        table.add_column(col)
+    for f in report.facts:
+        table.add_row(f"#{f['fact_id']}", f["entity"], f["relation"], f["value"], f["source"])
+    _console().print(table)
+    for line in report.invalid:
+        _console().print(f"[yellow]refused:[/yellow] {line}")

@@ -1,13 +1,92 @@
-"""`lmlm serve` and `lmlm chat`."""
+"""`lmlm serve` (OpenAI-compatible HTTP API) and `lmlm chat` (terminal chat), over a run directory."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
 
-def serve() -> None:
-    """Serve a run over an OpenAI-compatible HTTP API."""
-    raise SystemExit("lmlm serve is not built yet (issue 8)")
+import typer
+
+RUN = typer.Option(..., "--run", help="A run directory (what `lmlm demo` writes): RUN/lmlm/ and RUN/kb.sqlite.")
+DEVICE = typer.Option(None, "--device", help="torch device for the model (default: CPU).")
 
 
-def chat() -> None:
-    """Chat with a trained LMLM in the terminal."""
-    raise SystemExit("lmlm chat is not built yet (issue 8)")
+def serve(
+    run: Path = RUN,
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you mean to expose it."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML of ServerConfig fields (limits, access); default RUN/server.yaml if present."
+    ),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="LMLM_API_TOKEN", show_envvar=True,
+        help="Bearer token that knowledge writes and deletes require; without one they are refused.",
+    ),
+    public_read: Optional[bool] = typer.Option(
+        None, "--public-read/--private-read", help="Whether reads and generation need the token (default: public)."
+    ),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest max_tokens a request may ask for."),
+    semantic: Optional[bool] = typer.Option(
+        None, "--semantic/--exact", help="Semantic (embedding) lookups after exact ones; needs `lmlm kb rebuild-index`."
+    ),
+    device: Optional[str] = DEVICE,
+) -> None:
+    """Serve a run over an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions
+    (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base
+    at /v1/knowledge/{namespace}/lookup|facts (writes and deletes need the bearer token)."""
+    import uvicorn
+
+    from lmlm_agent.server import ServerConfig, create_app, load_run
+
+    try:
+        settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
+                                     max_tokens=max_tokens, semantic=semantic)
+        agent = load_run(run, settings, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    writes = "writes need the bearer token" if settings.token else "writes refused (no --token / LMLM_API_TOKEN)"
+    typer.echo(f"serving {run / 'lmlm'} as '{settings.model_id}' on http://{host}:{port}/v1 ({writes})")
+    uvicorn.run(create_app(agent, settings), host=host, port=port, log_level="info")
+
+
+def chat(
+    run: Path = RUN,
+    db_off: bool = typer.Option(False, "--db-off", help="Every lookup returns 'unknown' (see what the model knows alone)."),
+    semantic: bool = typer.Option(False, "--semantic/--exact", help="Semantic lookups after exact ones (needs the index)."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens per answer."),
+    device: Optional[str] = DEVICE,
+) -> None:
+    """Ask a trained LMLM questions in the terminal; each answer streams, then the facts it looked up
+    (entity, relation, value, row id, provenance) are listed. Empty line or Ctrl-D quits."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmlm_agent.chat_model import ChatLMLM
+    from lmlm_agent.server import ServerConfig, load_run
+
+    console = Console(highlight=False)
+    try:
+        agent = load_run(run, ServerConfig(semantic=semantic), device=device)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    llm = ChatLMLM(model=str(run / "lmlm"), agent=agent, db_off=db_off, max_tokens=max_tokens)
+    console.print(f"[bold]{run / 'lmlm'}[/bold] with {'no database' if db_off else run / 'kb.sqlite'}. "
+                  "Ask about the world (e.g. 'Where was <name> born?'); an empty line quits.")
+    while True:
+        try:
+            question = console.input("[bold cyan]you>[/bold cyan] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not question:
+            break
+        console.print("[bold green]lmlm>[/bold green] ", end="")
+        cited: list[dict] = []
+        for chunk in llm.stream(question):
+            console.print(chunk.content, end="", markup=False)
+            cited += chunk.response_metadata.get("citations", [])
+        console.print()
+        if cited:
+            table = Table("entity", "relation", "value", "row", "source", title="looked up", title_justify="left")
+            for c in cited:
+                table.add_row(c["entity"], c["relation"], c["value"], str(c["fact_id"]), c.get("source") or "")
+            console.print(table)
