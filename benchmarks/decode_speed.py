@@ -22,10 +22,12 @@ Measured, same model and same number of written tokens, in one run:
 4. ``batch8`` vs ``batch1``: eight prompts of different lengths (so their lookups
    fall on different steps), decoded as one batch and one at a time; and, for
    reference, HF ``generate`` batching the same prompts without lookups
-   (``hf_batch8`` vs ``hf_batch1``): what batching can gain with this model here.
+   (``hf_batch8`` vs ``hf_batch1``): what batching can gain with this model here,
+   and our batch without lookups (``batch8_no_lookups``) against HF's batch.
 
-Each figure is the best of ``repeats`` runs (the machine is shared; the minimum is
-the least disturbed). Throughput counts written tokens only; injected value tokens
+Each figure is the best of ``repeats`` runs, the cases taken in turn each round
+(the machine is shared: the minimum is the least disturbed run, and a drift in
+load hits every case alike). Throughput counts written tokens only; injected value tokens
 are extra work for ``ours`` and ``reencode`` and are not counted.
 """
 
@@ -128,13 +130,19 @@ class DecodeSpeedConfig:
     threads: int = field(default=1, metadata={"help": "torch CPU threads (1: steadier on a shared machine)"})
 
 
-def _best_time(fn, repeats: int):
-    best, result = float("inf"), None
+def _best_times(cases: dict, model, repeats: int) -> tuple[dict[str, float], dict]:
+    """Fastest of ``repeats`` runs per case, the cases taken in turn each round, so a change in the
+    machine's load hits them all alike. A case is ``(call schedule on?, function)``."""
+    best, results = {name: float("inf") for name in cases}, {}
+    period = model.call_period
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for name, (calls, fn) in cases.items():
+            model.call_period = period if calls else 0
+            start = time.perf_counter()
+            results[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    model.call_period = period
+    return best, results
 
 
 def _world_text(n_entities: int = 60):
@@ -182,22 +190,24 @@ def run(setup: DecodeSpeedConfig, out_dir: str | Path) -> dict:
     def ours(batch: list[str]):
         return interleaved_generate(model, tokenizer, batch, store, cfg)
 
-    period = model.call_period
-    model.call_period = 0
-    t_hf, hf_ids = _best_time(lambda: hf_generate([context_ids]), setup.repeats)
-    t_plain, plain = _best_time(lambda: ours([context]), setup.repeats)
-    assert plain[0].token_ids == hf_ids[0].tolist(), "without lookups interleaved decoding must equal HF generate"
-    # HF's own batching on the same prompts: how much batch 8 can gain with this model on this machine.
     batch_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    t_hf_b1, _ = _best_time(lambda: [hf_generate([p]) for p in batch_ids], setup.repeats)
-    t_hf_b8, _ = _best_time(lambda: hf_generate(batch_ids), setup.repeats)
-    model.call_period = period
-    t_ours, with_calls = _best_time(lambda: ours([context]), setup.repeats)
-    t_re, re_ids = _best_time(lambda: reencode_generate(model, tokenizer, context, store, cfg), setup.repeats)
-    assert with_calls[0].token_ids == re_ids, "KV-cache decoding must equal re-encoding"
-    t_b1, singles = _best_time(lambda: [ours([p])[0] for p in prompts], setup.repeats)
-    t_b8, batched = _best_time(lambda: ours(prompts), setup.repeats)
-    assert [o.token_ids for o in batched] == [o.token_ids for o in singles], "batch must equal one at a time"
+    cases = {
+        "hf_generate": (False, lambda: hf_generate([context_ids])),
+        "ours_no_lookups": (False, lambda: ours([context])),
+        "ours": (True, lambda: ours([context])),
+        "reencode": (True, lambda: reencode_generate(model, tokenizer, context, store, cfg)),
+        # HF's own batching of the same prompts: what batch 8 can gain with this model on this machine.
+        "hf_batch1": (False, lambda: [hf_generate([p]) for p in batch_ids]),
+        "hf_batch8": (False, lambda: hf_generate(batch_ids)),
+        "batch8_no_lookups": (False, lambda: ours(prompts)),
+        "batch1": (True, lambda: [ours([p])[0] for p in prompts]),
+        "batch8": (True, lambda: ours(prompts)),
+    }
+    t, out = _best_times(cases, model, setup.repeats)
+    assert out["ours_no_lookups"][0].token_ids == out["hf_generate"][0].tolist(), "without lookups: must equal HF generate"
+    assert out["ours"][0].token_ids == out["reencode"], "KV-cache decoding must equal re-encoding"
+    assert [o.token_ids for o in out["batch8"]] == [o.token_ids for o in out["batch1"]], "batch must equal one at a time"
+    with_calls, batched = out["ours"], out["batch8"]
 
     lookups = len(with_calls[0].lookups)
     steps = [[r.position for r in o.lookups] for o in batched]
@@ -208,21 +218,15 @@ def run(setup: DecodeSpeedConfig, out_dir: str | Path) -> dict:
         "tokens_written": n,
         "lookups_per_answer": lookups,
         "lookup_positions_in_batch": steps,
-        "seconds": {
-            "hf_generate": t_hf, "ours_no_lookups": t_plain, "ours": t_ours, "reencode": t_re,
-            "hf_batch1": t_hf_b1, "hf_batch8": t_hf_b8, "batch1": t_b1, "batch8": t_b8,
-        },
-        "tokens_per_s": {
-            "hf_generate": n / t_hf, "ours_no_lookups": n / t_plain, "ours": n / t_ours, "reencode": n / t_re,
-            "hf_batch1": n * len(prompts) / t_hf_b1, "hf_batch8": n * len(prompts) / t_hf_b8,
-            "batch1": n * len(prompts) / t_b1, "batch8": n * len(prompts) / t_b8,
-        },
+        "seconds": t,
+        "tokens_per_s": {name: n * (len(prompts) if "batch" in name else 1) / sec for name, sec in t.items()},
         "ratios": {
-            "ours_no_lookups_vs_hf": t_hf / t_plain,
-            "ours_with_lookups_vs_hf": t_hf / t_ours,
-            "ours_vs_reencode": t_re / t_ours,
-            "batch8_vs_batch1": t_b1 / t_b8,
-            "hf_batch8_vs_batch1_no_lookups": t_hf_b1 / t_hf_b8,
+            "ours_no_lookups_vs_hf": t["hf_generate"] / t["ours_no_lookups"],
+            "ours_with_lookups_vs_hf": t["hf_generate"] / t["ours"],
+            "ours_vs_reencode": t["reencode"] / t["ours"],
+            "batch8_vs_batch1": t["batch1"] / t["batch8"],
+            "hf_batch8_vs_batch1_no_lookups": t["hf_batch1"] / t["hf_batch8"],
+            "batch8_no_lookups_vs_hf_batch8": t["hf_batch8"] / t["batch8_no_lookups"],
         },
         "targets": {"ours_with_lookups_vs_hf": 0.9, "ours_vs_reencode": 3.0, "batch8_vs_batch1": 4.0},
     }
@@ -240,6 +244,7 @@ def markdown(r: dict) -> str:
         (f"re-encode after each lookup (published), {r['lookups_per_answer']} lookups", "reencode", None),
         (f"HF `generate`, no lookups, batch 1 x {s['batch']} prompts", "hf_batch1", None),
         (f"HF `generate`, no lookups, batch {s['batch']}", "hf_batch8", "hf_batch8_vs_batch1_no_lookups"),
+        (f"interleaved, no lookups, batch {s['batch']}", "batch8_no_lookups", "batch8_no_lookups_vs_hf_batch8"),
         (f"interleaved, batch 1 x {s['batch']} prompts", "batch1", None),
         (f"interleaved, batch {s['batch']}", "batch8", "batch8_vs_batch1"),
     ]
@@ -263,7 +268,9 @@ def markdown(r: dict) -> str:
         f"- interleaved vs HF `generate` (with lookups vs none): **{x['ours_with_lookups_vs_hf']:.2f}x** (target >= 0.9)",
         f"- interleaved vs re-encode, {r['lookups_per_answer']} lookups: **{x['ours_vs_reencode']:.2f}x faster** (target >= 3)",
         f"- batch {s['batch']} vs batch 1 throughput: **{x['batch8_vs_batch1']:.2f}x** (target >= 4); "
-        f"HF `generate` batching the same prompts without lookups: {x['hf_batch8_vs_batch1_no_lookups']:.2f}x",
+        f"HF `generate` batching the same prompts without lookups: {x['hf_batch8_vs_batch1_no_lookups']:.2f}x; "
+        f"interleaved batch {s['batch']} without lookups vs HF `generate` batch {s['batch']}: "
+        f"{x['batch8_no_lookups_vs_hf_batch8']:.2f}x",
         "",
         "Tokens were checked equal: interleaved = HF `generate` without lookups, interleaved = re-encode with lookups, "
         "batch = one at a time.",

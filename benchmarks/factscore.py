@@ -8,8 +8,10 @@ Responses with no fact are abstentions: excluded from the score and reported.
 Two judges:
 - the generated world's gold triples: our biographies state one fact per sentence with
   known templates, so a sentence is parsed back into (entity, relation, value) and is
-  supported when the gold value matches; other sentences are facts supported only if
-  they state one of the entity's gold values;
+  supported when it is about the topic and the topic's gold value matches (the topic's
+  facts are the knowledge source, as a topic's Wikipedia page is in FactScore: a true
+  fact about someone else is off-topic, unsupported); other sentences are facts
+  supported only if they state one of the topic's gold values;
 - :class:`OpenAIJudge`, an OpenAI-compatible chat model that splits text into atomic
   facts and answers True/False against given knowledge (FactScore's prompts), for real data.
 """
@@ -161,7 +163,7 @@ class GoldJudge:
                 continue
             if any(_norm(v) == UNKNOWN for _, _, v in readings):
                 continue  # "X was born in unknown." claims nothing: the model abstained on it
-            judged = [(self._supports(e, r, v), e, r, v) for e, r, v in readings]
+            judged = [(e == topic and self._supports(e, r, v), e, r, v) for e, r, v in readings]
             supported, entity, relation, value = max(judged, key=lambda j: j[0])
             out.append(AtomicFact(sentence, supported, entity, relation, value))
         return out

@@ -9,10 +9,13 @@ For each forget split (forget01 ⊂ forget05 ⊂ forget10 of the world's authors
   forget loss; ascent on forget plus descent on retain; NPO's
   -2/β · log σ(β · (NLL_θ - NLL_ref)) with the model before unlearning as reference.
 
-Forget quality needs the truth ratios of "a model trained without the forget set". We
-use each model's ratios on the world's held-out people (generated like the authors,
-never in the corpus or the store): the same model, on questions about people it
-never saw, which is what the forget set should look like after forgetting.
+Forget quality needs the truth ratios of "a model trained without the forget set":
+
+- TOFU's reference, when given: retain models trained on ``world.corpus(without=forget10)``
+  (the LMLM's with a store lacking forget10's rows), scored on each forget split;
+- otherwise a proxy: each model's own ratios on the world's held-out people (generated
+  like the authors, never in the corpus or the store). It is stricter than TOFU's: the
+  forget entities' names were still seen in training, the held-out names never.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def unlearn(model, tokenizer, method: str, forget: Sequence[QAItem], retain: Seq
 
     def sample(pool: list[dict]):
         batch = rng.sample(pool, min(config.batch_size, len(pool)))
-        return pad_rows([r["input_ids"] for r in batch], [r["labels"] for r in batch], tokenizer.pad_token_id)
+        return pad_rows([r["input_ids"] for r in batch], [r["labels"] for r in batch], tokenizer.pad_token_id,
+                        model.device)
 
     model.train()
     for _ in range(config.steps):
@@ -93,22 +97,28 @@ class ForgetRow:
     seconds: float  # time the forgetting itself took (deletes or optimizer steps)
 
 
+PROXY_REFERENCE = "each model's own truth ratios on the world's held-out (never seen) people"
+RETAIN_REFERENCE = "retain models trained without forget10's documents (and, for the LMLM, its rows)"
+
+
 @dataclass
 class ForgettingResult:
     rows: list[ForgetRow]
     receipts: dict[str, dict]  # split -> entities, rows removed, all verified
-    reference: str = "each model's truth ratios on the world's held-out (never seen) people"
+    reference: str = PROXY_REFERENCE
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def copy_store(store):
-    """An in-memory working copy of a store's rows, so forgetting never touches the run's database."""
+def copy_store(store, without: Sequence[str] = ()):
+    """An in-memory copy of a store's rows (the run's database is never touched), less ``without``'s entities."""
     from tools import open_store
 
     work = open_store(None, index=False)
     work.write_many(((f.entity, f.relation, f.value, f.source) for f in store.iter_facts()), source=None)
+    for entity in without:
+        work.delete(entity=entity)
     return work
 
 
@@ -126,20 +136,30 @@ def run_forgetting(
     unlearn_config: UnlearnConfig,
     splits: Sequence[str] = FORGET_SPLITS,
     methods: Sequence[str] = GRADIENT_METHODS,
+    retain_models: tuple[Subject, Subject] | None = None,
 ) -> ForgettingResult:
-    """The forgetting table: both models before, LMLM deletion and each gradient method, per split."""
+    """The forgetting table: both models before, LMLM deletion and each gradient method, per split.
+
+    ``retain_models``: (LMLM, baseline) trained without forget10, the LMLM's store
+    already without forget10's rows; None uses the held-out-people proxy.
+    """
     from dataclasses import replace
 
     from tqdm.auto import tqdm
 
     jobs = 2 + len(splits) * (1 + len(methods))
     bar = tqdm(total=jobs, desc="forgetting", unit="run")
-    holdout_config = replace(config, rouge=False)
+    ratio_config = replace(config, rouge=False)  # the reference needs truth ratios only
     rows: list[ForgetRow] = []
-    reference = {}
-    for subject in (lmlm, baseline):
-        reference[subject.name] = evaluate_split(subject, "holdout", world.qa["holdout"], holdout_config).ratios
-        before = evaluate_tofu(subject, world.qa, config, splits, {s: reference[subject.name] for s in splits})
+    reference: dict[str, dict[str, list[float]]] = {}  # subject -> split -> ratios
+    for i, subject in enumerate((lmlm, baseline)):
+        if retain_models is None:
+            proxy = evaluate_split(subject, "holdout", world.qa["holdout"], ratio_config).ratios
+            reference[subject.name] = {s: proxy for s in splits}
+        else:
+            reference[subject.name] = {s: evaluate_split(retain_models[i], s, world.qa[s], ratio_config).ratios
+                                       for s in splits}
+        before = evaluate_tofu(subject, world.qa, config, splits, reference[subject.name])
         rows += [_row(f"{subject.name} before", s, before, 0.0) for s in splits]
         bar.update()
 
@@ -151,7 +171,7 @@ def run_forgetting(
         seconds = time.perf_counter() - start
         receipts[split] = {"entities": len(done), "rows_removed": sum(r.count for r in done),
                            "verified": all(r.verified for r in done)}
-        result = evaluate_tofu(replace(lmlm, store=store), world.qa, config, (split,), {split: reference[lmlm.name]})
+        result = evaluate_tofu(replace(lmlm, store=store), world.qa, config, (split,), reference[lmlm.name])
         rows.append(_row("lmlm-delete", split, result, seconds))
         bar.update()
         for method in methods:
@@ -159,9 +179,8 @@ def run_forgetting(
             start = time.perf_counter()
             unlearn(model, baseline.tokenizer, method, world.qa[split], world.qa["retain"], unlearn_config)
             seconds = time.perf_counter() - start
-            result = evaluate_tofu(replace(baseline, model=model), world.qa, config, (split,),
-                                   {split: reference[baseline.name]})
+            result = evaluate_tofu(replace(baseline, model=model), world.qa, config, (split,), reference[baseline.name])
             rows.append(_row(method, split, result, seconds))
             bar.update()
     bar.close()
-    return ForgettingResult(rows, receipts)
+    return ForgettingResult(rows, receipts, PROXY_REFERENCE if retain_models is None else RETAIN_REFERENCE)

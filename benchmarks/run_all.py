@@ -6,6 +6,9 @@ A run directory (what ``lmlm demo`` writes) holds::
     RUN/baseline/    the same-size baseline, trained on the same text without calls
     RUN/kb.sqlite    the LMLM's knowledge store (the world's triples)
     RUN/world/       the generated world (World.save): QA splits, gold triples, held-out people
+    RUN/lmlm_retain/, RUN/baseline_retain/   optional: the same models trained on
+                     world.corpus(without=forget10); then TOFU's forget quality uses them
+                     as reference instead of the held-out-people proxy
 
 Three subjects are measured: ``lmlm`` (its store), ``lmlm-db-off`` (every lookup
 ``unknown``) and ``baseline``. Results land in ``RUN/bench/`` as JSON, Markdown and PNG.
@@ -21,7 +24,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.cloze import ClozeConfig, cloze_items, evaluate_cloze
 from benchmarks.factscore import FactScoreConfig, evaluate_factscore
-from benchmarks.forgetting import FORGET_SPLITS, GRADIENT_METHODS, UnlearnConfig, run_forgetting
+from benchmarks.forgetting import FORGET_SPLITS, GRADIENT_METHODS, UnlearnConfig, copy_store, run_forgetting
 from benchmarks.subject import Subject
 from benchmarks.tofu import TofuConfig
 from benchmarks.world import World
@@ -53,6 +56,7 @@ class Run:
     lmlm: Subject
     lmlm_db_off: Subject
     baseline: Subject
+    retain_models: tuple[Subject, Subject] | None = None  # trained without forget10 (TOFU's reference)
 
     @property
     def subjects(self) -> list[Subject]:
@@ -81,12 +85,20 @@ def load_run(directory: str | Path, config: BenchConfig) -> Run:
     lmlm, baseline = load_checkpoint(directory / "lmlm"), load_checkpoint(directory / "baseline")
     store = open_store(directory / "kb.sqlite", **({} if config.semantic_index else {"index": False}))
     common = dict(batch_size=config.batch_size, decoding={"repetition_penalty": config.repetition_penalty})
+    world = World.load(directory / "world")
+    retain = None
+    if (directory / "lmlm_retain").exists() and (directory / "baseline_retain").exists():
+        r_lmlm, r_base = load_checkpoint(directory / "lmlm_retain"), load_checkpoint(directory / "baseline_retain")
+        retain_store = copy_store(store, without=world.splits["forget10"])
+        retain = (Subject("lmlm-retain", r_lmlm.model, r_lmlm.tokenizer, store=retain_store, **common),
+                  Subject("baseline-retain", r_base.model, r_base.tokenizer, **common))
     return Run(
         directory,
-        World.load(directory / "world"),
+        world,
         Subject("lmlm", lmlm.model, lmlm.tokenizer, store=store, **common),
         Subject("lmlm-db-off", lmlm.model, lmlm.tokenizer, db_off=True, **common),
         Subject("baseline", baseline.model, baseline.tokenizer, **common),
+        retain,
     )
 
 
@@ -120,7 +132,7 @@ def bench_tofu(run: Run, config: BenchConfig) -> dict:
     unlearn = UnlearnConfig(steps=config.unlearn_steps, lr=config.unlearn_lr, batch_size=config.unlearn_batch,
                             seed=config.seed)
     result = run_forgetting(run.world, run.lmlm, run.baseline, tofu, unlearn, _names(config.forget_splits),
-                            _names(config.methods)).to_dict()
+                            _names(config.methods), run.retain_models).to_dict()
     report.write_outputs(run.out, "tofu", {"config": asdict(config), **result},
                          report.forgetting_markdown(result), report.forgetting_figure(result))
     return result

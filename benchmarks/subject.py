@@ -70,7 +70,7 @@ class Subject:
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
             ids, labels, mask = pad_rows([r["input_ids"] for r in batch], [r["labels"] for r in batch],
-                                     self.tokenizer.pad_token_id)
+                                         self.tokenizer.pad_token_id, self.model.device)
             with torch.no_grad():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
             out.extend(sequence_nll(logits, labels).tolist())
@@ -90,7 +90,7 @@ class Subject:
             ctx, tgt = enc(contexts[start : start + self.batch_size]), enc(targets[start : start + self.batch_size])
             ids = [c + t for c, t in zip(ctx, tgt)]
             labels = [[IGNORE_INDEX] * len(c) + t for c, t in zip(ctx, tgt)]
-            t_ids, t_labels, mask = pad_rows(ids, labels, self.tokenizer.pad_token_id)
+            t_ids, t_labels, mask = pad_rows(ids, labels, self.tokenizer.pad_token_id, self.model.device)
             with torch.no_grad():
                 logits = self.model(input_ids=t_ids, attention_mask=mask).logits
             gold = t_labels[:, 1:]
@@ -116,7 +116,8 @@ class Subject:
         return out
 
 
-def pad_rows(ids: list[list[int]], labels: list[list[int]], pad_id: int):
+def pad_rows(ids: list[list[int]], labels: list[list[int]], pad_id: int, device=None):
+    """Right-padded (input_ids, labels, attention_mask) tensors on ``device``."""
     import torch
 
     width = max(len(r) for r in ids)
@@ -127,7 +128,7 @@ def pad_rows(ids: list[list[int]], labels: list[list[int]], pad_id: int):
         t_ids[i, : len(r)] = torch.tensor(r)
         t_labels[i, : len(lab)] = torch.tensor(lab)
         mask[i, : len(r)] = 1
-    return t_ids, t_labels, mask
+    return t_ids.to(device), t_labels.to(device), mask.to(device)
 
 
 def sequence_nll(logits, labels, reduction: str = "mean"):

@@ -27,7 +27,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from lmlm_agent.format import LookupCall, insert_calls, parse
 from training.data import QA_PROMPT
@@ -205,10 +205,15 @@ class World:
     def by_name(self) -> dict[str, Entity]:
         return {e.name: e for e in self.entities}
 
-    def corpus(self) -> list[Document]:
-        """The pretraining corpus: biographies and QA drills (``documents``), then the general text."""
+    def corpus(self, without: Iterable[str] = ()) -> list[Document]:
+        """The pretraining corpus: biographies and QA drills (``documents``), then the general text.
+
+        ``without``: entities whose documents are left out (a retain model for TOFU's
+        forget quality trains on ``corpus(without=splits["forget10"])``).
+        """
+        skip = set(without)
         general = [Document(f"general-{i}", "", t, t) for i, t in enumerate(self.general_text)]
-        return self.documents + general
+        return [d for d in self.documents if d.entity not in skip] + general
 
     def save(self, directory: str | Path) -> Path:
         out = Path(directory)

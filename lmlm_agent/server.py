@@ -55,7 +55,10 @@ class ServerConfig:
     max_tokens: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
     default_max_tokens: int = field(default=128, metadata={"help": "max_tokens when a chat request gives none."})
     max_messages: int = field(default=64, metadata={"help": "Most messages in one chat request."})
-    semantic: bool = field(default=True, metadata={"help": "Semantic (embedding) lookups after exact ones."})
+    semantic: bool = field(
+        default=False,
+        metadata={"help": "Semantic (embedding) lookups after exact ones; the demo's kb.sqlite needs `lmlm kb rebuild-index` first."},
+    )
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:

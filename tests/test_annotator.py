@@ -56,12 +56,16 @@ def test_windows_cover_a_long_text_once_and_repeat_the_title(tokenizer) -> None:
 
 @pytest.fixture(scope="module")
 def tiny(annotations_dir, tmp_path_factory) -> Annotator:
-    docs = load_lmlm_annotations(annotations_dir / "squad-train1k.gpt4o.json")[:6]
-    config = AnnotatorConfig(encoder_layers=1, max_length=64, batch_size=4, max_steps=2, progress=False, value_bias=4.0)
+    docs = load_lmlm_annotations(annotations_dir / "squad-train1k.gpt4o.json")[:8]
+    config = AnnotatorConfig(encoder_layers=1, max_length=64, batch_size=4, max_steps=2, progress=False, calibration_documents=2)
     annotator, report = train_annotator([(d.plain, d.annotated) for d in docs], config)
     assert report.steps == 2 and report.documents == 6 and report.relations > 0
+    assert report.calibration["documents"] == 2 and annotator.config.value_bias == report.calibration["chosen_value_bias"]
     path = annotator.save(tmp_path_factory.mktemp("annotator"))
-    return Annotator.load(path)
+    loaded = Annotator.load(path)
+    assert loaded.relations == annotator.relations and loaded.config.value_bias == annotator.config.value_bias
+    loaded.config.value_bias = 4.0  # an untrained tagger is shy: force calls so the corpus path has triples
+    return loaded
 
 
 BAD_INPUT = [

@@ -121,6 +121,8 @@ def test_tool_choice(tok, store) -> None:
     tools = as_langchain_tools(store)
     none = scripted_chat(tok, store).bind_tools(tools, tool_choice="none").invoke(QUESTION)
     assert none.response_metadata["citations"] == []  # the call token is forbidden, so no lookup
+    forced = scripted_chat(tok, store).bind_tools(tools, tool_choice="any").invoke(QUESTION)
+    assert [c["value"] for c in forced.response_metadata["citations"]] == ["1815"]  # the answer opens with a lookup
     with pytest.raises(ValueError, match="can only call 'kb_read'"):
         scripted_chat(tok, store).bind_tools(tools, tool_choice="kb_write").invoke(QUESTION)
 

@@ -50,6 +50,9 @@ def test_gold_judge_on_world_text():
     assert judge.facts(q.entity, f"{q.entity} was born in unknown. ::: ..") == []
     (free,) = judge.facts(q.entity, f"People say {q.entity} likes {q.value} a lot.")
     assert free.supported and free.relation is None
+    # A true fact about another entity is off-topic: not supported by the topic's facts.
+    other = next(d for d in world.documents if d.entity != bio.entity and "#" in d.id)
+    assert not any(f.supported for f in judge.facts(bio.entity, other.plain))
 
 
 def test_ambiguous_sentences_take_the_supported_reading():

@@ -50,3 +50,19 @@ def test_forgetting_table_on_a_micro_model():
     assert result.receipts["forget10"]["verified"]
     assert store.count() == rows_before  # the run's store is never modified
     assert copy_store(store).count() == rows_before
+
+
+def test_retain_models_as_the_reference():
+    world, tok, model = micro_setup()
+    store = gold_store(world)
+    forget = world.splits["forget10"]
+    retain_store = copy_store(store, without=forget)
+    assert retain_store.count() == store.count() - sum(len(world.by_name[n].facts) for n in forget)
+    refs = (Subject("lmlm-retain", model, tok, store=retain_store), Subject("baseline-retain", model, tok))
+    result = run_forgetting(world, Subject("lmlm", model, tok, store=store), Subject("baseline", model, tok),
+                            TofuConfig(max_questions=2, rouge=False), UnlearnConfig(steps=1, batch_size=2),
+                            splits=("forget05",), methods=("grad_diff",), retain_models=refs)
+    assert "retain models" in result.reference
+    # Deleting the rows leaves exactly the retain reference's state (same weights here): p = 1.
+    delete = next(r for r in result.rows if r.method == "lmlm-delete")
+    assert delete.forget_quality == 1.0

@@ -113,3 +113,10 @@ def test_every_question_has_its_perturbed_answers():
         w = generate_world(n, seed=1, n_perturbed=3)
         for items in w.qa.values():
             assert all(len(q.perturbed_answer) == 3 for q in items)
+
+
+def test_retain_corpus_leaves_out_the_forget_entities(world):
+    forget = set(world.splits["forget10"])
+    kept = world.corpus(without=forget)
+    assert not {d.entity for d in kept} & forget
+    assert len(kept) == len(world.corpus()) - sum(d.entity in forget for d in world.documents)

@@ -23,7 +23,7 @@ from chromadb.config import Settings
 from chromadb.errors import NotFoundError
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from tools.embedder import load_minilm
+from tools.embedder import intra_op_threads, load_minilm
 
 BATCH = 1024  # keys per add: one embedding call, well under Chroma's max batch size
 EPHEMERAL = ":memory:"
@@ -35,10 +35,15 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
     """all-MiniLM-L6-v2 from the bundled weights; the model loads on the first call, not at construction."""
 
     def __init__(self) -> None:
-        pass
+        """Nothing to configure; defined so Chroma's base class does not warn about a missing __init__."""
 
     def __call__(self, input: Documents) -> Embeddings:
         return list(load_minilm().encode(list(input), batch_size=256, normalize_embeddings=True, convert_to_numpy=True))
+
+    def embed_query(self, input: Documents) -> Embeddings:
+        """A lookup embeds one short key: a second thread gains little there and spins on a busy machine."""
+        with intra_op_threads(1):
+            return self(input)
 
     @staticmethod
     def name() -> str:

@@ -54,6 +54,10 @@ class AnnotatorConfig:
     head_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the heads."})
     warmup: float = field(default=0.1, metadata={"help": "Fraction of steps with a linear warm-up."})
     value_bias: float = field(default=0.0, metadata={"help": "Added to value-tag logits at decoding (+: more calls)."})
+    calibration_documents: int = field(
+        default=50,
+        metadata={"help": "Documents held out of training to choose value_bias (best value + entity/value F1); 0: keep value_bias."},
+    )
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
@@ -313,6 +317,7 @@ class TrainReport:
     parameters: int = 0
     final_loss: float = 0.0
     grounding: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)  # value_bias -> held-out F1s, and the choice
 
 
 def _embed_names(model, tokenizer, names: list[str]):
@@ -350,10 +355,13 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
     rng = random.Random(config.seed)
     report = TrainReport()
     stats: Counter = Counter()
-    grounded = []
+    grounded, held_out = [], []
     for text, annotated in documents:
         if config.max_documents and len(grounded) >= config.max_documents:
             break
+        if len(held_out) < config.calibration_documents:
+            held_out.append((text, annotated))
+            continue
         g = ground(text, annotated, stats) if text.strip() else None
         if g is not None:
             grounded.append(g)
@@ -403,8 +411,30 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
     bar.close()
     model.eval()
     report.steps, report.final_loss = step, float(ema or 0.0)
+    annotator = Annotator(model, tokenizer, relations, config)
+    if held_out:
+        report.calibration = _calibrate(annotator, held_out)
     report.seconds = time.perf_counter() - started
-    return Annotator(model, tokenizer, relations, config, asdict(report)), report
+    annotator.report = asdict(report)
+    return annotator, report
+
+
+CALIBRATION_BIASES = (-1.0, 0.0, 1.0, 2.0, 3.0)
+
+
+def _calibrate(annotator: "Annotator", held_out: list[tuple[str, str]]) -> dict:
+    """Set ``value_bias`` to the grid point with the best value + entity/value F1 on held-out documents."""
+    from training.annotation_eval import agreement
+
+    scores = {}
+    for bias in CALIBRATION_BIASES:
+        annotator.config.value_bias = bias
+        results = annotator.annotate([t for t, _ in held_out])
+        report = agreement((r.annotated, ref) for r, (_, ref) in zip(results, held_out))
+        scores[bias] = {k: round(c.f1, 4) for k, c in report.counts.items()}
+    best = max(scores, key=lambda b: scores[b]["value"] + scores[b]["entity_value"])
+    annotator.config.value_bias = best
+    return {"documents": len(held_out), "chosen_value_bias": best, "f1": {str(b): f for b, f in scores.items()}}
 
 
 def _truncate(encoder, layers: int) -> None:

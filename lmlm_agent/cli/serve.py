@@ -27,13 +27,14 @@ def serve(
     ),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest max_tokens a request may ask for."),
     semantic: Optional[bool] = typer.Option(
-        None, "--semantic/--exact", help="Semantic (embedding) lookups after exact ones; needs `lmlm kb rebuild-index`."
+        None, "--semantic/--exact", help="Semantic (embedding) lookups after exact ones (default: exact only); needs `lmlm kb rebuild-index`."
     ),
     device: Optional[str] = DEVICE,
 ) -> None:
-    """Serve a run over an OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions
-    (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base
-    at /v1/knowledge/{namespace}/lookup|facts (writes and deletes need the bearer token)."""
+    """Serve a run over an OpenAI-compatible API.
+
+    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token).
+    """
     import uvicorn
 
     from lmlm_agent.server import ServerConfig, create_app, load_run
@@ -56,8 +57,10 @@ def chat(
     max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens per answer."),
     device: Optional[str] = DEVICE,
 ) -> None:
-    """Ask a trained LMLM questions in the terminal; each answer streams, then the facts it looked up
-    (entity, relation, value, row id, provenance) are listed. Empty line or Ctrl-D quits."""
+    """Ask a trained LMLM questions in the terminal.
+
+    Each question is answered on its own (an LMLM answers one line, in the question/answer form it was trained on); the answer streams, then the facts it looked up are listed with their row id and provenance. An empty line or Ctrl-D quits.
+    """
     from rich.console import Console
     from rich.table import Table
 
