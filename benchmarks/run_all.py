@@ -87,7 +87,7 @@ def load_run(directory: str | Path, config: BenchConfig) -> Run:
     common = dict(batch_size=config.batch_size, decoding={"repetition_penalty": config.repetition_penalty})
     world = World.load(directory / "world")
     retain = None
-    if (directory / "lmlm_retain").exists() and (directory / "baseline_retain").exists():
+    if all((directory / name / "config.json").exists() for name in ("lmlm_retain", "baseline_retain")):
         r_lmlm, r_base = load_checkpoint(directory / "lmlm_retain"), load_checkpoint(directory / "baseline_retain")
         retain_store = copy_store(store, without=world.splits["forget10"])
         retain = (Subject("lmlm-retain", r_lmlm.model, r_lmlm.tokenizer, store=retain_store, **common),

@@ -10,6 +10,7 @@ from transformers import RepetitionPenaltyLogitsProcessor
 from lmlm_agent.decoding import (
     PUBLISHED_CALL_BIAS,
     DecodingConfig,
+    InterleavedDecoder,
     interleaved_generate,
     settled_text,
     stream_generate,
@@ -216,3 +217,13 @@ def test_micro_batch_equals_single_and_sampling_is_seeded(tok, micro):
     hot = DecodingConfig(max_new_tokens=20, do_sample=True, temperature=1.5, top_p=0.9, seed=7)
     first, again = (interleaved_generate(micro, tok, PROMPTS, store, hot) for _ in range(2))
     assert [o.token_ids for o in first] == [o.token_ids for o in again]
+
+
+def test_context_window_ends_a_row_and_long_prompts_keep_their_end(tok):
+    model = scripted(tok)
+    model.config.max_position_embeddings = 12
+    prompt_len = len(tok.encode("Ada Lovelace"))
+    (out,) = interleaved_generate(model, tok, "Ada Lovelace", DictStore(FACTS))
+    assert out.finish_reason == "context" and prompt_len + len(out.token_ids) <= 13
+    decoder = InterleavedDecoder(model, tok, ["x " * 40 + "Ada Lovelace"], None, DecodingConfig())
+    assert len(decoder.rows[0].prompt_ids) == 11 and tok.decode(decoder.rows[0].prompt_ids).endswith("Ada Lovelace")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, delete, text
 
 from tools import UNKNOWN, InvalidInput, SQLKnowledgeStore, normalise_key, open_store
@@ -121,6 +124,16 @@ def test_rewrite_updates_value_in_place_and_audits_it(store: SQLKnowledgeStore) 
     assert actions == [("update", "1815", "1816"), ("insert", None, "1815")]
 
 
+def test_pairs_that_join_to_the_same_key_stay_distinct(store: SQLKnowledgeStore) -> None:
+    a = store.write("New York", "city population", "8.3 million")
+    b = store.write("New York City", "population", "8,336,817")
+    assert a.id != b.id and a.key == b.key == "new york city population" and store.count() == 2
+    assert store.read("new york", "City_Population").value == "8.3 million"
+    assert store.read("New York City", "population").value == "8,336,817"
+    assert [r.id for r in store.delete(entity="New York City", relation="population").removed] == [b.id]
+    assert store.read("New York", "city population").fact_id == a.id
+
+
 def test_write_many_upserts_and_counts(store: SQLKnowledgeStore) -> None:
     assert store.write_many(PEOPLE, source="seed") == len(PEOPLE)
     batch = [("Ada Lovelace", "birth year", "1815"),  # unchanged
@@ -187,6 +200,23 @@ def test_hostile_and_unicode_text_round_trips_exactly(store: SQLKnowledgeStore) 
     assert store.read("Beyoncé", "Birthplace").value == "Houston"
     assert store.count() == len(HOSTILE)  # the table survived the injection-looking strings
     assert store.delete(entity="Robert'); DROP TABLE kb_fact;--").count == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(entity=st.text(min_size=1, max_size=40), relation=st.text(min_size=1, max_size=40), value=st.text(min_size=1, max_size=80))
+def test_any_text_is_stored_exactly_or_refused_cleanly(entity: str, relation: str, value: str) -> None:
+    """Arbitrary unicode: either the write is refused with InvalidInput and nothing changes, or it reads back exactly."""
+    with open_store(index=False) as s:
+        s.write("anchor", "kept", "yes")
+        try:
+            fact = s.write(entity, relation, value)
+        except InvalidInput:
+            assert s.count() == 1
+        else:
+            got = s.read(entity, relation)
+            assert (got.match, got.fact_id, got.value) == ("exact", fact.id, fact.value)
+            assert fact.value == unicodedata.normalize("NFC", value).strip()
+        assert s.read("anchor", "kept").value == "yes"
 
 
 def test_ten_kilobyte_value_round_trips(store: SQLKnowledgeStore) -> None:

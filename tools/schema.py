@@ -20,7 +20,7 @@ from sqlmodel import Field as SQLField
 UNKNOWN = "unknown"
 """The value of a miss: what the published LMLM runtime injects when nothing is found."""
 
-# Entity and relation are part of the unique (namespace, key) index: PostgreSQL caps an
+# Entity and relation are part of the unique (namespace, entity, relation) index: PostgreSQL caps an
 # index row near 2,700 bytes, so 256 + 256 characters (up to 4 bytes each) plus the
 # namespace stay below it. Values are not indexed and may be long, but bounded.
 MAX_FIELD_CHARS = 256
@@ -84,14 +84,21 @@ def clean_namespace(namespace: object) -> str:
 
 
 class CleanTriple(NamedTuple):
-    """A validated write: stripped fields plus the normalised keys they are matched by."""
+    """A validated write: stripped fields plus the normalised forms they are matched by."""
 
     entity: str
     relation: str
     value: str
     source: str | None
-    key: str
+    key: str  # normalised "entity relation": what the index embeds
     entity_key: str
+    relation_key: str
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """The identity of a fact within a namespace (the joined key alone would merge "New York" +
+        "city population" with "New York City" + "population")."""
+        return self.entity_key, self.relation_key
 
 
 def clean_triple(entity: object, relation: object, value: object, source: object = None) -> CleanTriple:
@@ -100,7 +107,7 @@ def clean_triple(entity: object, relation: object, value: object, source: object
     r = clean_field("relation", relation, MAX_FIELD_CHARS)
     v = clean_field("value", value, MAX_VALUE_CHARS)
     s = None if source is None else clean_field("source", source, MAX_SOURCE_CHARS)
-    return CleanTriple(e, r, v, s, normalise_key(e, r), normalise_text(e))
+    return CleanTriple(e, r, v, s, normalise_key(e, r), normalise_text(e), normalise_text(r))
 
 
 def utcnow() -> datetime:
@@ -112,12 +119,16 @@ def utcnow() -> datetime:
 
 
 class Fact(SQLModel, table=True):
-    """One (entity, relation, value) row. ``key`` is unique per namespace: a rewrite updates the value."""
+    """One (entity, relation, value) row, unique per normalised (entity, relation) in a namespace.
+
+    A rewrite of the same (entity, relation) updates the value; ``key`` (the normalised
+    ``"entity relation"``) is what the semantic index embeds.
+    """
 
     __tablename__ = "kb_fact"
     __table_args__ = (
-        UniqueConstraint("namespace", "key", name="uq_kb_fact_namespace_key"),
-        Index("ix_kb_fact_namespace_entity_key", "namespace", "entity_key"),
+        # Also serves exact lookups and delete-by-entity (its (namespace, entity_key) prefix).
+        UniqueConstraint("namespace", "entity_key", "relation_key", name="uq_kb_fact_namespace_entity_relation"),
         # Never reuse a deleted id on SQLite: index entries and receipts refer to ids.
         {"sqlite_autoincrement": True},
     )
@@ -129,6 +140,7 @@ class Fact(SQLModel, table=True):
     value: str = SQLField(sa_column=Column(Text, nullable=False))
     key: str = SQLField(sa_column=Column(Text, nullable=False))
     entity_key: str = SQLField(sa_column=Column(Text, nullable=False))
+    relation_key: str = SQLField(sa_column=Column(Text, nullable=False))
     source: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))
     updated_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))

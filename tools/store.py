@@ -6,7 +6,7 @@ row SQL no longer has is never returned), and the best one at or above the
 threshold wins; below it the fallback policy decides (``unknown``: a miss,
 ``top1``: the best candidate anyway, marked ``fallback``).
 
-Writes upsert on (namespace, key): writing a known (entity, relation) again with
+Writes upsert on the normalised (namespace, entity, relation): writing a known pair again with
 a new value replaces the value (audited as an update); with the same value it
 changes nothing. Namespaces are a hard boundary: every statement filters on one.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -57,10 +57,13 @@ FACTS = Fact.__table__
 AUDIT = AuditEntry.__table__
 META = StoreMeta.__table__
 _ROW = (FACTS.c.id, FACTS.c.entity, FACTS.c.relation, FACTS.c.value, FACTS.c.source, FACTS.c.key)
-_EXACT = select(*_ROW).where(FACTS.c.namespace == bindparam("ns"), FACTS.c.key == bindparam("key"))
+_EXACT = select(*_ROW).where(
+    FACTS.c.namespace == bindparam("ns"), FACTS.c.entity_key == bindparam("ek"), FACTS.c.relation_key == bindparam("rk")
+)
 _BY_IDS = select(*_ROW).where(FACTS.c.namespace == bindparam("ns"), FACTS.c.id.in_(bindparam("ids", expanding=True)))
-_BY_KEYS = select(FACTS.c.id, FACTS.c.key, FACTS.c.value).where(
-    FACTS.c.namespace == bindparam("ns"), FACTS.c.key.in_(bindparam("keys", expanding=True))
+_BY_PAIRS = select(FACTS.c.id, FACTS.c.entity_key, FACTS.c.relation_key, FACTS.c.value).where(
+    FACTS.c.namespace == bindparam("ns"),
+    tuple_(FACTS.c.entity_key, FACTS.c.relation_key).in_(bindparam("pairs", expanding=True)),
 )
 
 
@@ -156,7 +159,7 @@ class SQLKnowledgeStore:
         if not key or not storable(key):
             return LookupResult(**miss)  # nothing stored can have this key
         with self.engine.connect() as conn:
-            row = conn.execute(_EXACT, {"ns": ns, "key": key}).first()
+            row = conn.execute(_EXACT, {"ns": ns, "ek": normalise_text(entity), "rk": normalise_text(relation)}).first()
             if row is not None:
                 return self._result(row, 1.0, "exact", ns, key)
             if self.index is None:
@@ -229,12 +232,14 @@ class SQLKnowledgeStore:
     def write(
         self, entity: str, relation: str, value: str, source: str | None = None, *, namespace: str | None = None
     ) -> Fact:
-        """Insert, or replace the value of the same (namespace, key); returns the stored row."""
+        """Insert, or replace the value of the same normalised (entity, relation); returns the stored row."""
         ns = self._ns(namespace)
         row = clean_triple(entity, relation, value, source)
         self._upsert(ns, [row])
         with self.engine.connect() as conn:
-            stored = conn.execute(select(FACTS).where(FACTS.c.namespace == ns, FACTS.c.key == row.key)).one()
+            stored = conn.execute(select(FACTS).where(
+                FACTS.c.namespace == ns, FACTS.c.entity_key == row.entity_key, FACTS.c.relation_key == row.relation_key
+            )).one()
         return Fact(**stored._mapping)
 
     def write_many(self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None) -> int:
@@ -260,16 +265,18 @@ class SQLKnowledgeStore:
             raise InvalidInput(f"triple #{n}: {exc}") from None
 
     def _upsert(self, ns: str, rows: list[CleanTriple]) -> WriteStats:
-        latest = {r.key: r for r in rows}  # within a batch the last row for a key wins
+        """One SQL transaction for all rows (all or nothing), then the new keys go to the index."""
+        latest = {r.pair: r for r in rows}  # within a batch the last row for an (entity, relation) wins
         inserted = updated = unchanged = 0
         new_keys: list[tuple[int, str]] = []
         now = utcnow()
         try:
             with self.engine.begin() as conn:
                 for chunk in _chunks(list(latest.values()), SQL_CHUNK):
-                    existing = {r.key: r for r in conn.execute(_BY_KEYS, {"ns": ns, "keys": [c.key for c in chunk]})}
-                    fresh = [c for c in chunk if c.key not in existing]
-                    changed = [(existing[c.key], c) for c in chunk if c.key in existing and existing[c.key].value != c.value]
+                    found = conn.execute(_BY_PAIRS, {"ns": ns, "pairs": [c.pair for c in chunk]})
+                    existing = {(r.entity_key, r.relation_key): r for r in found}
+                    fresh = [c for c in chunk if c.pair not in existing]
+                    changed = [(existing[c.pair], c) for c in chunk if c.pair in existing and existing[c.pair].value != c.value]
                     unchanged += len(chunk) - len(fresh) - len(changed)
                     audit = self._insert_fresh(conn, ns, fresh, now, new_keys) + self._update_changed(conn, ns, changed, now)
                     if audit:
@@ -284,11 +291,12 @@ class SQLKnowledgeStore:
 
     @staticmethod
     def _insert_fresh(conn: Any, ns: str, fresh: Sequence[CleanTriple], now: Any, new_keys: list[tuple[int, str]]) -> list[dict]:
+        """Insert new rows; their (id, key) go to ``new_keys`` for the index; returns their audit entries."""
         if not fresh:
             return []
         values = [
             dict(namespace=ns, entity=c.entity, relation=c.relation, value=c.value, key=c.key,
-                 entity_key=c.entity_key, source=c.source, created_at=now, updated_at=now)
+                 entity_key=c.entity_key, relation_key=c.relation_key, source=c.source, created_at=now, updated_at=now)
             for c in fresh
         ]
         ids = conn.execute(insert(FACTS).returning(FACTS.c.id, sort_by_parameter_order=True), values).scalars().all()
@@ -301,6 +309,7 @@ class SQLKnowledgeStore:
 
     @staticmethod
     def _update_changed(conn: Any, ns: str, changed: Sequence[tuple[Any, CleanTriple]], now: Any) -> list[dict]:
+        """Replace the values of existing rows (ids and keys unchanged, so no re-embedding); returns audit entries."""
         if not changed:
             return []
         stmt = update(FACTS).where(FACTS.c.id == bindparam("b_id")).values(
@@ -380,7 +389,8 @@ class SQLKnowledgeStore:
         if relation is None:
             return FACTS.c.entity_key == normalise_text(e), {"entity": e}
         r = clean_field("relation", relation, MAX_FIELD_CHARS)
-        return FACTS.c.key == normalise_key(e, r), {"entity": e, "relation": r}
+        pair = (FACTS.c.entity_key == normalise_text(e)) & (FACTS.c.relation_key == normalise_text(r))
+        return pair, {"entity": e, "relation": r}
 
     # ------------------------------------------------------------------ index upkeep
 
@@ -449,6 +459,7 @@ def _store_id(engine: Engine) -> str:
     import uuid
 
     Fact.metadata.create_all(engine, tables=[FACTS, AUDIT, META])
+    _check_columns(engine)
     with engine.begin() as conn:
         found = conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar()
         if found:
@@ -459,6 +470,20 @@ def _store_id(engine: Engine) -> str:
             pass  # another process made it first; read theirs below
     with engine.connect() as conn:
         return conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar_one()
+
+
+def _check_columns(engine: Engine) -> None:
+    """Refuse a database whose tables predate the current schema, instead of failing on the first query."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(engine)
+    for table in (FACTS, AUDIT):
+        missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
+        if missing:
+            raise InvalidInput(
+                f"{table.name} lacks column(s) {', '.join(sorted(missing))}: the database was made by an older "
+                "version; export it with that version or re-import its source into a new database"
+            )
 
 
 def default_index_location(db: str | Path | None, engine: Engine) -> str:

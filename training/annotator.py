@@ -44,14 +44,18 @@ class AnnotatorConfig:
 
     encoder: str = field(default="", metadata={"help": "Encoder directory; empty: the offline MiniLM."})
     encoder_layers: int = field(default=6, metadata={"help": "Keep the first N transformer layers (smaller, faster)."})
+    frozen_layers: int = field(
+        default=2, metadata={"help": "Freeze the embeddings and the first N layers (no backward pass through them)."}
+    )
     max_length: int = field(default=256, metadata={"help": "Tokens per window; longer documents are split."})
     span_dim: int = field(default=256, metadata={"help": "Width of span representations."})
     epochs: float = field(default=3.0, metadata={"help": "Passes over the training windows (fractions allowed)."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many optimiser steps (0: no limit)."})
     max_documents: int = field(default=0, metadata={"help": "Train on at most this many documents (0: all)."})
     batch_size: int = field(default=16, metadata={"help": "Windows per optimiser step."})
-    lr: float = field(default=1e-4, metadata={"help": "Learning rate of the encoder."})
+    lr: float = field(default=2e-4, metadata={"help": "Learning rate of the encoder."})
     head_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the heads."})
+    tag_weight: float = field(default=3.0, metadata={"help": "Loss weight of value/mention tags against O."})
     warmup: float = field(default=0.1, metadata={"help": "Fraction of steps with a linear warm-up."})
     value_bias: float = field(default=0.0, metadata={"help": "Added to value-tag logits at decoding (+: more calls)."})
     calibration_documents: int = field(
@@ -284,13 +288,16 @@ def _collate(batch: list[WindowExample], pad_id: int):
     }
 
 
-def _loss(model, t):
+def _loss(model, t, tag_weight: float):
     import torch
     import torch.nn.functional as F
 
     h = model.hidden(t["ids"], t["mask"])
-    loss = F.cross_entropy(model.value_tags(h).transpose(1, 2), t["value_tags"], ignore_index=IGNORE)
-    loss = loss + F.cross_entropy(model.entity_tags(h).transpose(1, 2), t["entity_tags"], ignore_index=IGNORE)
+    # Value and mention tokens are rare next to O: weight them up so the tagger dares to tag.
+    weight = torch.tensor([1.0, tag_weight, tag_weight])
+    tags = F.cross_entropy(model.value_tags(h).transpose(1, 2), t["value_tags"], weight=weight, ignore_index=IGNORE)
+    tags = tags + F.cross_entropy(model.entity_tags(h).transpose(1, 2), t["entity_tags"], weight=weight, ignore_index=IGNORE)
+    loss = tags
     if len(t["values"]):
         vb, vs, ve = t["values"].T
         v = model.value_span(model.span_input(h, vb, vs, ve))
@@ -300,8 +307,9 @@ def _loss(model, t):
         # Marginal likelihood: any mention of the right name is a right answer.
         loss = loss + (torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~t["gold"], -1e4), -1)).mean()
         if (t["relations"] != IGNORE).any():
-            loss = loss + F.cross_entropy(model.relation_logits(v), t["relations"], ignore_index=IGNORE)
-    return loss
+            # Detached: the many-way relation loss must not drown the tagger's signal in the encoder.
+            loss = loss + F.cross_entropy(model.relation_logits(v.detach()), t["relations"], ignore_index=IGNORE)
+    return loss, tags.item()
 
 
 # --------------------------------------------------------------------------- training
@@ -374,6 +382,7 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path)
     _truncate(encoder, config.encoder_layers)
+    _freeze(encoder, config.frozen_layers)
     model = build_model(encoder, len(relations), config.span_dim)
     if relations:
         model.relations.data.copy_(_embed_names(model, tokenizer, relations))
@@ -386,7 +395,7 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
     total = max(1, math.ceil(per_epoch * config.epochs))
     if config.max_steps:
         total = min(total, config.max_steps)
-    enc_params = list(model.encoder.parameters())
+    enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW([{"params": enc_params, "lr": config.lr}, {"params": head_params, "lr": config.head_lr}], weight_decay=0.01)
     warm = max(1, int(total * config.warmup))
@@ -396,16 +405,16 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
     step, ema = 0, None
     while examples and step < total:
         for batch in _batches(examples, config.batch_size, rng):
-            loss = _loss(model, _collate(batch, tokenizer.pad_token_id))
+            loss, tag_loss = _loss(model, _collate(batch, tokenizer.pad_token_id), config.tag_weight)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(enc_params, 1.0)
             opt.step()
             sched.step()
             opt.zero_grad()
             step += 1
             ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
             bar.update()
-            bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{ema:.3f}", tags=f"{tag_loss:.3f}", refresh=False)
             if step >= total:
                 break
     bar.close()
@@ -435,6 +444,12 @@ def _calibrate(annotator: "Annotator", held_out: list[tuple[str, str]]) -> dict:
     best = max(scores, key=lambda b: scores[b]["value"] + scores[b]["entity_value"])
     annotator.config.value_bias = best
     return {"documents": len(held_out), "chosen_value_bias": best, "f1": {str(b): f for b, f in scores.items()}}
+
+
+def _freeze(encoder, layers: int) -> None:
+    if layers > 0:
+        for module in [encoder.embeddings, *encoder.encoder.layer[:layers]]:
+            module.requires_grad_(False)
 
 
 def _truncate(encoder, layers: int) -> None:

@@ -47,19 +47,20 @@ class DemoSize:
     bench: dict[str, Any] = field(default_factory=dict)  # benchmarks.run_all.BenchConfig fields
     annotator_batch: int = 8
     annotator_max_length: int = 128  # tokens per window: a generated biography fits in one
+    vocab_size: int = 4096  # of the BPE both models share; the output layer is a large share of a small model's cost
 
 
 SIZES: dict[str, DemoSize] = {
     # A minute on a laptop: checks the plumbing, not the science (the models barely train).
     "tiny": DemoSize(
         entities=10, teacher_docs=8, annotator_eval_docs=3, annotator_layers=1, annotator_steps=2,
-        preset="micro", pretrain_steps=2, context_length=64, batch_size=4, eval_docs=3,
+        preset="micro", pretrain_steps=2, context_length=64, batch_size=4, vocab_size=512, eval_docs=3,
         bench=dict(tofu_questions=3, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent",
                    unlearn_steps=1, factscore_people=2, factscore_tokens=16, cloze_items=3, batch_size=8),
     ),
     "small": DemoSize(
         entities=150, teacher_docs=120, annotator_eval_docs=30, annotator_layers=2, annotator_steps=60,
-        preset="demo", pretrain_steps=300, context_length=128, batch_size=16, eval_docs=40,
+        preset="demo", pretrain_steps=200, context_length=128, batch_size=8, vocab_size=2048, eval_docs=40,
         bench=dict(tofu_questions=40, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
                    unlearn_steps=10, factscore_people=20, factscore_tokens=64, cloze_items=60, batch_size=16),
     ),
@@ -215,7 +216,7 @@ class DemoRun:
         config = load_config(PretrainConfig, self.size.preset, [
             f"max_steps={self.size.pretrain_steps}", f"context_length={self.size.context_length}",
             f"per_device_batch_size={self.size.batch_size}", "logging_steps=25", f"seed={SEED}",
-            f"warmup_steps={max(1, self.size.pretrain_steps // 10)}", "progress=true",
+            f"warmup_steps={max(1, self.size.pretrain_steps // 10)}", f"vocab_size={self.size.vocab_size}", "progress=true",
         ])
         pair = train_pair(config, train, self.directory)
         meta = {k: json.loads((p / "lmlm.json").read_text()) for k, p in (("lmlm", pair.lmlm), ("baseline", pair.baseline))}
@@ -268,7 +269,7 @@ class DemoRun:
         text = " ".join(r.statements[0].format(e=person.name, v=person.facts[r.name])
                         for r in RELATIONS["person"] if r.name in person.facts)
         store = open_store(self.directory / "kb.sqlite", index=False)
-        agent = LMLMAgent.from_pretrained(self.directory / "lmlm", store=store, max_new_tokens=48)
+        agent = LMLMAgent.from_pretrained(self.directory / "lmlm", store=store, device=self.device, max_new_tokens=48)
 
         def ask(stage: str) -> dict[str, Any]:
             answer = agent.ask(question)
