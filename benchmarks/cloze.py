@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -56,10 +56,8 @@ def is_hit(continuation: str, answer: str, k: int = 5) -> bool:
 
 @dataclass
 class ClozeConfig:
-    max_items: int | None = 200  # facts to ask (None: every gold triple)
-    max_new_tokens: int = 40  # enough for a lookup block and 5 words
-    words: int = 5  # a hit is the object within this many first words
-    seed: int = 0
+    max_new_tokens: int = field(default=40, metadata={"help": "Greedy tokens per item: a lookup block and 5 words."})
+    words: int = field(default=5, metadata={"help": "A hit is the object within this many first words."})
 
 
 @dataclass

@@ -175,8 +175,8 @@ class GoldJudge:
 
 @dataclass
 class FactScoreConfig:
-    max_entities: int | None = 50  # people to ask about (None: all)
-    max_new_tokens: int = 256  # FactScore's generation length
+    max_entities: int | None = field(default=50, metadata={"help": "Topics to ask about (None: all)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Greedy tokens per bio (FactScore: 256)."})
 
 
 def evaluate_factscore(subject: Subject, world: World, topics: Sequence[str], config: FactScoreConfig) -> FactScoreResult:

@@ -65,7 +65,9 @@ def factscore_markdown(results: Sequence[dict]) -> str:
         "# FactScore-style precision of generated biographies",
         "",
         "Prompt `Tell me a bio of X. X is`, greedy; atomic facts judged against the world's gold triples; "
-        "score = supported share x length penalty exp(1 - 10/n) for n < 10 facts; abstentions excluded.",
+        "score = supported share x length penalty exp(1 - 10/n) for n < 10 facts; abstentions excluded. "
+        "A person of the generated world has at most 7 facts, so the penalty applies to every bio; "
+        "precision is the unpenalised supported share. Facts about other entities count as unsupported.",
         "",
         table(["model", "bios", "FactScore", "precision", "abstained", "facts/bio", "supported/bio"], rows),
         "",
@@ -86,7 +88,9 @@ def cloze_markdown(results: Sequence[dict]) -> str:
         "# Cloze (T-REx style)",
         "",
         "Prompt = the statement up to its object; an LMLM must start with a lookup. hit@5: the object among "
-        "the first 5 words written; precision@1 and NLL: the object's tokens under teacher forcing.",
+        "the first 5 words written; precision@1 and NLL: the object's tokens under teacher forcing "
+        "(for an LMLM after its gold call: the loss on the value it repeats, which is trained text, "
+        "given what the database returned).",
         "",
         table(["model", "items", "hit@5", "token precision@1", "object NLL/token"], rows),
         "",

@@ -26,7 +26,7 @@ from benchmarks.cloze import ClozeConfig, cloze_items, evaluate_cloze
 from benchmarks.factscore import FactScoreConfig, evaluate_factscore
 from benchmarks.forgetting import FORGET_SPLITS, GRADIENT_METHODS, UnlearnConfig, copy_store, run_forgetting
 from benchmarks.subject import Subject
-from benchmarks.tofu import TofuConfig
+from benchmarks.tofu import TofuConfig, evaluate_tofu, load_tofu
 from benchmarks.world import World
 
 
@@ -47,6 +47,7 @@ class BenchConfig:
     semantic_index: bool = field(default=False, metadata={"help": "Open the store with its semantic index (slower; exact keys suffice for the world)."})
     threads: int = field(default=1, metadata={"help": "torch threads (1 is fastest on a small shared CPU)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed for items and unlearning batches."})
+    tofu_data: str = field(default="", metadata={"help": "A directory of real TOFU *_perturbed.json files: `bench tofu` then scores the models on them (no forgetting)."})
 
 
 @dataclass
@@ -119,7 +120,7 @@ def bench_cloze(run: Run, config: BenchConfig) -> list[dict]:
     from tqdm.auto import tqdm
 
     items = cloze_items(run.world, config.cloze_items, config.seed)
-    results = [evaluate_cloze(s, items, ClozeConfig(max_items=config.cloze_items, seed=config.seed)).to_dict()
+    results = [evaluate_cloze(s, items, ClozeConfig()).to_dict()
                for s in tqdm(run.subjects, desc="cloze", unit="model")]
     report.write_outputs(run.out, "cloze", {"config": asdict(config), "results": results},
                          report.cloze_markdown(results), report.cloze_figure(results))
@@ -129,6 +130,8 @@ def bench_cloze(run: Run, config: BenchConfig) -> list[dict]:
 def bench_tofu(run: Run, config: BenchConfig) -> dict:
     tofu = TofuConfig(max_questions=config.tofu_questions, max_new_tokens=config.rouge_tokens,
                       rouge=config.rouge_tokens > 0)
+    if config.tofu_data:
+        return bench_tofu_files(run, config, tofu)
     unlearn = UnlearnConfig(steps=config.unlearn_steps, lr=config.unlearn_lr, batch_size=config.unlearn_batch,
                             seed=config.seed)
     result = run_forgetting(run.world, run.lmlm, run.baseline, tofu, unlearn, _names(config.forget_splits),
@@ -138,12 +141,28 @@ def bench_tofu(run: Run, config: BenchConfig) -> dict:
     return result
 
 
+def bench_tofu_files(run: Run, config: BenchConfig, tofu: TofuConfig) -> dict:
+    """TOFU's own evaluation sets, by path: probability, ROUGE-L, truth ratio and utility per model."""
+    qa = load_tofu(config.tofu_data)
+    forget = [s for s in qa if s.startswith("forget")]
+    results = {s.name: evaluate_tofu(s, qa, tofu, forget).to_dict() for s in (run.lmlm, run.baseline)}
+    rows = [(name, split, r["n"], r["probability"], r["rouge_l"], r["truth_ratio"], res["model_utility"])
+            for name, res in results.items() for split, r in res["splits"].items()]
+    markdown = "\n".join([f"# TOFU evaluation sets from {config.tofu_data}", "",
+                          report.table(["model", "split", "n", "probability", "ROUGE-L", "truth ratio",
+                                        "model utility"], rows), ""])
+    report.write_outputs(run.out, "tofu", {"config": asdict(config), "results": results}, markdown)
+    return results
+
+
 def bench_all(run: Run, config: BenchConfig) -> Path:
     """Every benchmark, then ``report.md``: the targets table followed by each benchmark's report."""
     factscore, cloze, tofu = bench_factscore(run, config), bench_cloze(run, config), bench_tofu(run, config)
-    parts = [report.targets_markdown(factscore, cloze, tofu)]
+    forgetting = tofu if "rows" in tofu else None  # None: tofu_data scored TOFU's own sets instead
+    parts = [report.targets_markdown(factscore, cloze, forgetting)]
     parts += [(run.out / f"{name}.md").read_text() for name in ("factscore", "cloze", "tofu")]
     (run.out / "report.md").write_text("\n".join(parts))
     (run.out / "summary.json").write_text(json.dumps({"factscore": factscore, "cloze": cloze,
-                                                      "tofu": tofu["rows"]}, indent=2, default=str))
+                                                      "tofu": forgetting["rows"] if forgetting else tofu},
+                                                     indent=2, default=str))
     return run.out / "report.md"

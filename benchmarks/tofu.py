@@ -117,9 +117,9 @@ def load_tofu(directory: str | Path) -> dict[str, list[QAItem]]:
 
 @dataclass
 class TofuConfig:
-    max_questions: int | None = 100  # per split (None: all); generation dominates the cost on CPU
-    max_new_tokens: int = 200  # TOFU's generation length for ROUGE
-    rouge: bool = True  # off: skip generation (probability and truth ratio only)
+    max_questions: int | None = field(default=100, metadata={"help": "Questions per split (None: all); generation dominates the cost on CPU."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Greedy tokens per answer for ROUGE-L (TOFU: 200)."})
+    rouge: bool = field(default=True, metadata={"help": "Generate for ROUGE-L; off: probability and truth ratio only (utility over 6 values)."})
 
 
 @dataclass

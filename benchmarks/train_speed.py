@@ -7,8 +7,9 @@
 
 Both start from the same initial weights and see the same rows in the same order.
 Throughput counts input tokens per second of optimiser steps, after ``warmup``
-untimed steps; the two arms alternate for ``rounds`` rounds (the machine may be
-shared) and each arm's figure is its total tokens over its total time. The one-off
+untimed steps; the two arms alternate for ``rounds`` rounds in ABBA order (the
+machine may be shared) and each arm's figure is its total tokens over its total
+time; the per-round ratios show the noise. The one-off
 cost of building the mask (in data preparation) is measured separately.
 """
 
@@ -36,9 +37,9 @@ class TrainSpeedConfig:
     vocab_size: int = field(default=4096, metadata={"help": "Tokenizer vocabulary."})
     context_length: int = field(default=256, metadata={"help": "Tokens per row."})
     batch_size: int = field(default=8, metadata={"help": "Rows per step."})
-    steps: int = field(default=12, metadata={"help": "Timed steps per arm and round."})
+    steps: int = field(default=8, metadata={"help": "Timed steps per arm and round."})
     warmup: int = field(default=2, metadata={"help": "Untimed steps before timing, per arm and round."})
-    rounds: int = field(default=2, metadata={"help": "Alternations of the two arms."})
+    rounds: int = field(default=4, metadata={"help": "Rounds of the two arms, in ABBA order."})
     max_documents: int = field(default=300, metadata={"help": "Documents used (enough rows for every step)."})
 
 
@@ -102,13 +103,19 @@ def run(cfg: TrainSpeedConfig, out_dir: str | Path) -> dict:
     set_seed(0)
     init = build_model(cfg.preset, tokenizer).state_dict()
     totals = {"masked": [0, 0.0], "plain": [0, 0.0]}
-    for _ in range(cfg.rounds):
-        for arm, dataset in (("masked", masked_ds), ("plain", plain_ds)):
+    per_round = []
+    arms = [("masked", masked_ds), ("plain", plain_ds)]
+    for r in range(cfg.rounds):
+        speeds = {}
+        # ABBA order: neither arm always runs first (the shared machine's load drifts).
+        for arm, dataset in arms if r % 2 == 0 else arms[::-1]:
             model = build_model(cfg.preset, tokenizer)
             model.load_state_dict(init)
             tokens, seconds = _timed_train(model, tokenizer, dataset, cfg, out / f"_{arm}")
             totals[arm][0] += tokens
             totals[arm][1] += seconds
+            speeds[arm] = tokens / seconds
+        per_round.append({**{a: round(v, 1) for a, v in speeds.items()}, "ratio": round(speeds["masked"] / speeds["plain"], 3)})
 
     speed = {arm: t / s for arm, (t, s) in totals.items()}
     result = {
@@ -120,6 +127,7 @@ def run(cfg: TrainSpeedConfig, out_dir: str | Path) -> dict:
         "tokens_per_second": {arm: round(v, 1) for arm, v in speed.items()},
         "timed_tokens": {arm: t for arm, (t, _) in totals.items()},
         "ratio_masked_over_plain": round(speed["masked"] / speed["plain"], 3),
+        "rounds": per_round,
         "target_ratio": 0.95,
         "masked_fraction_of_tokens": round(1 - masked_rows.trained_tokens / masked_rows.tokens, 3),
         "data_prep_tokens_per_second": {"with_value_mask": round(masked_rows.tokens / prep_masked),
@@ -145,7 +153,8 @@ def markdown(r: dict) -> str:
         f"| masked (values at -100) | {tps['masked']:.1f} | {r['timed_tokens']['masked']} |",
         f"| plain TRL SFT | {tps['plain']:.1f} | {r['timed_tokens']['plain']} |",
         "",
-        f"Ratio masked / plain: **{r['ratio_masked_over_plain']:.3f}** ({verdict} the {r['target_ratio']} target). "
+        f"Ratio masked / plain: **{r['ratio_masked_over_plain']:.3f}** ({verdict} the {r['target_ratio']} target); "
+        f"per round: {', '.join(str(x['ratio']) for x in r['rounds'])}. "
         f"{r['masked_fraction_of_tokens']:.1%} of the tokens are masked.",
         "",
         f"Data preparation (once): {prep['with_value_mask']:,} tokens/s with the value mask, "

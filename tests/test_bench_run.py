@@ -33,3 +33,22 @@ def test_bench_all_writes_json_markdown_and_plots(tmp_path):
     assert {r["method"] for r in rows} == {"lmlm before", "baseline before", "lmlm-delete", "grad_ascent", "npo"}
     cloze = {r["subject"] for r in json.loads((out / "cloze.json").read_text())["results"]}
     assert cloze == {"lmlm", "lmlm-db-off", "baseline"}
+
+
+def test_bench_tofu_on_tofu_files(tmp_path):
+    world, tok, model = micro_setup()
+    save_checkpoint(tmp_path / "lmlm", model, tok, kind="lmlm")
+    save_checkpoint(tmp_path / "baseline", model, tok, kind="baseline")
+    open_store(tmp_path / "kb.sqlite", index=False).write_many(world.triples, source="world")
+    world.save(tmp_path / "world")
+    data = tmp_path / "tofu"
+    data.mkdir()
+    row = {"question": "Who wrote it?", "answer": "Ada wrote it.", "paraphrased_answer": "It was Ada.",
+           "perturbed_answer": ["Bob wrote it.", "Cy wrote it."]}
+    for stem in ("forget01_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
+        (data / f"{stem}.json").write_text(json.dumps(row) + "\n")
+    args = ["bench", "tofu", "--run", str(tmp_path), "--set", f"tofu_data={data}", "--set", "rouge_tokens=2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads((tmp_path / "bench" / "tofu.json").read_text())["results"]
+    assert set(out) == {"lmlm", "baseline"} and set(out["lmlm"]["splits"]) == {"forget01", "retain", "real_authors", "world_facts"}

@@ -75,3 +75,10 @@ def test_server_over_the_run(run) -> None:
         resp = client.post("/v1/chat/completions", json={"model": "lmlm", "max_tokens": 8,
                                                          "messages": [{"role": "user", "content": "Who?"}]})
         assert resp.status_code == 200 and "citations" in resp.json()
+
+
+def test_resume_refuses_other_settings(run) -> None:
+    from lmlm_agent.cli.demo_pipeline import SettingsMismatch
+
+    with pytest.raises(SettingsMismatch, match="other settings"):
+        DemoRun(run, "small").run(resume=True)  # the tiny run's annotator and models are no small ones

@@ -94,3 +94,10 @@ def test_cli_pretrain_then_resume_then_finetune(docs, tmp_path):
     tuned = load_checkpoint(finetune(cfg, qa))
     assert tuned.meta["finetuned"] == "qa" and tuned.meta["kind"] == "lmlm" and tuned.meta["steps"] == 1
     assert "{question}" in tuned.meta["qa_prompt"]
+
+
+def test_baseline_refuses_a_tokenizer_of_its_own(docs):
+    from training.pretrain import pretrain
+
+    with pytest.raises(ValueError, match="LMLM's tokenizer"):
+        pretrain(load_config(PretrainConfig, "micro", ["baseline=true"]), docs)

@@ -39,13 +39,18 @@ def pretrain(
     """Train an LMLM (or, with ``config.baseline``, the baseline) and return the checkpoint directory.
 
     ``documents`` default to ``config.data``; the tokenizer to ``config.tokenizer``,
-    else one trained on the annotated text (so an LMLM and its baseline built from
-    the same documents share it).
+    else (LMLM only) one trained on the annotated text. A baseline needs the LMLM's
+    tokenizer (``tokenizer`` or ``config.tokenizer``); :func:`train_pair` passes it.
     """
+    from transformers import set_seed
+
     docs = list(documents) if documents is not None else read_documents(config.data)
     if not docs:
         raise ValueError("no training documents")
     resume = resume_path(config)
+    if config.baseline and tokenizer is None and not (config.tokenizer or resume):
+        # BPE training is not bit-reproducible across processes: a baseline must be given the LMLM's.
+        raise ValueError("the baseline needs the LMLM's tokenizer: set `tokenizer` to the LMLM checkpoint")
     if tokenizer is None:
         tokenizer = _load_or_train_tokenizer(resume or config.tokenizer, docs, config.vocab_size)
     annotated = [d.annotated for d in docs]
@@ -56,8 +61,6 @@ def pretrain(
         "%s: %d documents -> %d rows of %d tokens (%d tokens, %d trained)",
         kind, len(docs), len(packed.input_ids), config.context_length, packed.tokens, packed.trained_tokens,
     )
-    from transformers import set_seed
-
     set_seed(config.seed)  # the initial weights, as well as the data order
     model = build_model(config.preset, tokenizer, **_position_override(config))
     meta = {

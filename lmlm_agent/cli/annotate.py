@@ -42,6 +42,7 @@ def corpus(
     db: Optional[str] = typer.Option(None, "--db", help="Knowledge base (SQLite path or URL) to receive the triples."),
     namespace: Optional[str] = typer.Option(None, help="Knowledge-base namespace."),
     batch_size: int = typer.Option(64, help="Documents per batch."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Annotate a corpus; with --db, each triple goes to the knowledge base as source doc:<id>@<offset>."""
     from training.annotator import Annotator
@@ -53,7 +54,7 @@ def corpus(
 
         store = open_store(db, index=False)
     summary = annotate_corpus(
-        Annotator.load(annotator_dir), in_path, out_path, store, CorpusConfig(batch_size=batch_size, namespace=namespace)
+        Annotator.load(annotator_dir, threads=threads), in_path, out_path, store, CorpusConfig(batch_size=batch_size, namespace=namespace)
     )
     typer.echo(json.dumps(summary, indent=1))
 
@@ -64,12 +65,13 @@ def evaluate(
     annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory."),
     out: Path = typer.Option(Path("runs/annotation-eval"), "--out", help="Directory for annotation_eval.json and .md."),
     value_bias: Optional[float] = typer.Option(None, help="Override the annotator's value-tag bias (+: more calls)."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Precision/recall/F1 of the annotator's calls against the reference, per document, micro-averaged."""
     from training.annotator import Annotator
     from training.annotator_run import evaluate_annotator
 
-    annotator = Annotator.load(annotator_dir)
+    annotator = Annotator.load(annotator_dir, threads=threads)
     if value_bias is not None:
         annotator.config.value_bias = value_bias
     report = evaluate_annotator(annotator, reference, annotator_dir)

@@ -25,6 +25,9 @@ def demo(
         None, "--run-dir", help="Where the run goes (default runs/demo-<UTC time>); `lmlm chat/serve --run` read it."
     ),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run in --run-dir: its finished annotator, corpus and models are kept."
+    ),
 ) -> None:
     """Run everything end to end on a generated world and write RUN/report.md with plots.
 
@@ -33,7 +36,7 @@ def demo(
     from rich.console import Console
 
     console = Console(highlight=False)
-    from lmlm_agent.cli.demo_pipeline import SIZES, DemoRun
+    from lmlm_agent.cli.demo_pipeline import SIZES, DemoRun, SettingsMismatch
 
     if size not in SIZES:
         raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
@@ -48,12 +51,17 @@ def demo(
 
         if not torch.cuda.is_available():
             raise typer.BadParameter("--device cuda, but torch sees no CUDA device")
+    if resume and run_dir is None:
+        raise typer.BadParameter("--resume needs the --run-dir of the interrupted run")
     run = run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S", time.gmtime())
     console.print(f"[bold]lmlm demo[/bold] size={size} -> {run}")
     started = time.perf_counter()
     pipeline = DemoRun(run, size, device=None if device == "auto" else device, threads=threads,
                        announce=lambda line: console.print(line, markup=False))
-    report = pipeline.run()
+    try:
+        report = pipeline.run(resume=resume)
+    except SettingsMismatch as exc:
+        raise typer.BadParameter(str(exc)) from None
     minutes = (time.perf_counter() - started) / 60
     from lmlm_agent.cli.demo_pipeline import headline_table
 

@@ -13,6 +13,9 @@ measures is written into the run directory as it goes (the layout that
     RUN/lmlm/  RUN/baseline/  RUN/perplexity.{json,md,png}  RUN/bench/  RUN/memory.json
     RUN/report.md  RUN/summary.png  RUN/demo.json (settings and stage timings)
 
+An interrupted run continues with ``run(resume=True)`` (``lmlm demo --resume``):
+the costly stages it finished (annotator, corpus, models) are loaded, not redone.
+
 Only the front door imports this module: it reaches every package.
 """
 
@@ -37,7 +40,7 @@ class DemoSize:
     entities: int  # people, places, organisations and works of the generated world
     teacher_docs: int  # biographies the teacher annotates: the annotator's training set
     annotator_eval_docs: int  # held-out biographies the annotator is scored on
-    annotator_layers: int  # MiniLM layers kept in the annotator
+    annotator_layers: int  # MiniLM layers kept in the annotator; all but the last are frozen (cheap steps)
     annotator_steps: int
     preset: str  # training/configs/<preset>.yaml: model size and optimiser
     pretrain_steps: int
@@ -46,6 +49,7 @@ class DemoSize:
     eval_docs: int  # held-out documents for perplexity (never trained on)
     bench: dict[str, Any] = field(default_factory=dict)  # benchmarks.run_all.BenchConfig fields
     annotator_batch: int = 8
+    annotator_calibration_docs: int = 20  # of the teacher's documents, held out to choose the annotator's value bias
     annotator_max_length: int = 128  # tokens per window: a generated biography fits in one
     vocab_size: int = 4096  # of the BPE both models share; the output layer is a large share of a small model's cost
 
@@ -53,14 +57,14 @@ class DemoSize:
 SIZES: dict[str, DemoSize] = {
     # A minute on a laptop: checks the plumbing, not the science (the models barely train).
     "tiny": DemoSize(
-        entities=10, teacher_docs=8, annotator_eval_docs=3, annotator_layers=1, annotator_steps=2,
+        entities=10, teacher_docs=8, annotator_eval_docs=3, annotator_layers=1, annotator_steps=2, annotator_calibration_docs=2,
         preset="micro", pretrain_steps=2, context_length=64, batch_size=4, vocab_size=512, eval_docs=3,
         bench=dict(tofu_questions=3, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent",
                    unlearn_steps=1, factscore_people=2, factscore_tokens=16, cloze_items=3, batch_size=8),
     ),
     "small": DemoSize(
-        entities=150, teacher_docs=120, annotator_eval_docs=30, annotator_layers=2, annotator_steps=60,
-        preset="demo", pretrain_steps=200, context_length=128, batch_size=8, vocab_size=2048, eval_docs=40,
+        entities=150, teacher_docs=140, annotator_eval_docs=30, annotator_layers=3, annotator_steps=60,
+        preset="demo", pretrain_steps=150, context_length=128, batch_size=4, vocab_size=2048, eval_docs=40,
         bench=dict(tofu_questions=40, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
                    unlearn_steps=10, factscore_people=20, factscore_tokens=64, cloze_items=60, batch_size=16),
     ),
@@ -77,6 +81,10 @@ SIZES: dict[str, DemoSize] = {
         bench=dict(tofu_questions=400, rouge_tokens=200, factscore_people=100, factscore_tokens=256, cloze_items=500),
     ),
 }
+
+
+class SettingsMismatch(ValueError):
+    """A run directory resumed with settings other than those it was made with."""
 
 
 @dataclass
@@ -105,29 +113,59 @@ class DemoRun:
     # ------------------------------------------------------------------ driver
     STAGES = ("world", "teacher", "annotator", "corpus", "pretrain", "perplexity", "benchmarks", "memory", "report")
 
-    def run(self) -> Path:
+    def run(self, resume: bool = False) -> Path:
+        """Every stage in order. ``resume``: keep the costly stages an interrupted run of this directory finished."""
         import torch
 
         torch.set_num_threads(self.threads)
         self.directory.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        previous = self._finished_stages() if resume else {}
         for n, name in enumerate(self.STAGES, 1):
             self.announce(f"[{n}/{len(self.STAGES)}] {name}: {getattr(self, name).__doc__.strip().splitlines()[0]}")
+            if name in previous and self._restore(name):
+                self.timings.append(previous[name])
+                self.announce(f"      kept from the interrupted run ({previous[name].seconds:.1f} s then)")
+                continue
             t0 = time.perf_counter()
             note = getattr(self, name)() or ""
             self.timings.append(StageTiming(name, time.perf_counter() - t0, note))
             self.announce(f"      done in {self.timings[-1].seconds:.1f} s{'  (' + note + ')' if note else ''}")
-            self._save_state(time.perf_counter() - started)
+            self._save_state()
         return self.directory / "report.md"
 
-    def _save_state(self, wall: float) -> None:
+    def _finished_stages(self) -> dict[str, StageTiming]:
+        state = self.directory / "demo.json"
+        if not state.exists():
+            return {}
+        saved = json.loads(state.read_text())
+        if saved.get("settings") != asdict(self.size):
+            raise SettingsMismatch(f"{self.directory} was made with other settings (size {saved.get('size')}); use a new --run-dir")
+        return {t["name"]: StageTiming(**t) for t in saved["stages"]}
+
+    def _restore(self, name: str) -> bool:
+        """Load a finished costly stage's outputs instead of recomputing them; False: run the stage again."""
+        d = self.directory
+        if name == "annotator" and (d / "annotator" / "annotation_eval.json").exists():
+            from training.annotator import Annotator
+
+            self._annotator = Annotator.load(d / "annotator", threads=self.threads)
+            self.results["annotator"] = json.loads((d / "annotator" / "annotation_eval.json").read_text())
+            return True
+        if name == "corpus" and (d / "corpus" / "annotated.jsonl").exists() and (d / "kb.sqlite").exists():
+            return True
+        if name == "pretrain" and all((d / k / "lmlm.json").exists() for k in ("lmlm", "baseline")):
+            self.results["pretrain"] = _training_summary(d)
+            return True
+        return False  # cheap stages (or unfinished ones) run again
+
+    def _save_state(self) -> None:
         state = {
             "size": self.size_name,
             "settings": asdict(self.size),
             "device": self.device or "auto",
             "threads": self.threads,
             "machine": machine(),
-            "wall_seconds": round(wall, 1),
+            "wall_seconds": round(sum(t.seconds for t in self.timings), 1),
             "cpu_seconds": round(cpu_seconds(), 1),
             "stages": [asdict(t) for t in self.timings],
         }
@@ -145,7 +183,7 @@ class DemoRun:
         rng.shuffle(bios)
         self._teacher_docs = bios[: self.size.teacher_docs]
         self._annotator_eval = bios[self.size.teacher_docs : self.size.teacher_docs + self.size.annotator_eval_docs]
-        held = [d for d in bios[self.size.teacher_docs + self.size.annotator_eval_docs :]]
+        held = bios[self.size.teacher_docs + self.size.annotator_eval_docs :]  # seen by neither teacher nor annotator
         self._eval_ids = {d.id for d in held[: self.size.eval_docs]}
         return f"{len(self._world.entities)} entities, {len(self._world.triples)} facts, {len(self._world.corpus())} documents"
 
@@ -174,8 +212,9 @@ class DemoRun:
         from training.annotator_run import evaluate_annotator
 
         config = AnnotatorConfig(
-            encoder_layers=self.size.annotator_layers, max_steps=self.size.annotator_steps, epochs=100.0,
-            batch_size=self.size.annotator_batch, max_length=self.size.annotator_max_length,
+            encoder_layers=self.size.annotator_layers, frozen_layers=self.size.annotator_layers - 1,
+            max_steps=self.size.annotator_steps, epochs=100.0, batch_size=self.size.annotator_batch,
+            max_length=self.size.annotator_max_length, calibration_documents=self.size.annotator_calibration_docs,
             threads=self.threads, seed=SEED,
         )
         self._annotator, _ = train_annotator(self._teacher_pairs, config)
@@ -210,34 +249,32 @@ class DemoRun:
         from training.corpus import read_documents
         from training.pretrain import train_pair
 
-        docs = read_documents(self.directory / "corpus" / "annotated.jsonl")
-        self._eval_docs = [d for d in docs if d.id in self._eval_ids]
-        train = [d for d in docs if d.id not in self._eval_ids]
+        train = [d for d in read_documents(self.directory / "corpus" / "annotated.jsonl") if d.id not in self._eval_ids]
         config = load_config(PretrainConfig, self.size.preset, [
             f"max_steps={self.size.pretrain_steps}", f"context_length={self.size.context_length}",
             f"per_device_batch_size={self.size.batch_size}", "logging_steps=25", f"seed={SEED}",
             f"warmup_steps={max(1, self.size.pretrain_steps // 10)}", f"vocab_size={self.size.vocab_size}", "progress=true",
         ])
-        pair = train_pair(config, train, self.directory)
-        meta = {k: json.loads((p / "lmlm.json").read_text()) for k, p in (("lmlm", pair.lmlm), ("baseline", pair.baseline))}
-        self.results["pretrain"] = {k: {f: m.get(f) for f in ("parameters", "steps", "tokens", "train_loss", "train_seconds")}
-                                    for k, m in meta.items()}
+        train_pair(config, train, self.directory)
+        self.results["pretrain"] = _training_summary(self.directory)
         loss = {k: v["train_loss"] for k, v in self.results["pretrain"].items()}
         return f"{len(train)} documents; final loss LMLM {loss['lmlm']:.2f}, baseline {loss['baseline']:.2f}"
 
     def perplexity(self) -> str:
         """perplexity of both models on held-out documents (static, dynamic with the KB, normalised)."""
         from tools import open_store
+        from training.corpus import read_documents
         from training.perplexity import evaluate_checkpoint, markdown
 
         store = open_store(self.directory / "kb.sqlite", index=False)
+        held_out = [d for d in read_documents(self.directory / "corpus" / "annotated.jsonl") if d.id in self._eval_ids]
 
         def lookup(entity: str, relation: str) -> str | None:
             hit = store.read(entity, relation)
             return hit.value if hit.found else None
 
-        reports = [evaluate_checkpoint(self.directory / "lmlm", self._eval_docs, lookup),
-                   evaluate_checkpoint(self.directory / "baseline", self._eval_docs)]
+        reports = [evaluate_checkpoint(self.directory / "lmlm", held_out, lookup),
+                   evaluate_checkpoint(self.directory / "baseline", held_out)]
         rows = [r.to_dict() for r in reports]
         (self.directory / "perplexity.json").write_text(json.dumps(rows, indent=1))
         (self.directory / "perplexity.md").write_text(markdown(reports))
@@ -289,14 +326,19 @@ class DemoRun:
 
     def report(self) -> str:
         """write report.md and summary.png."""
-        wall = sum(t.seconds for t in self.timings)
-        self._save_state(wall)
         _summary_plot(self.results, self.directory / "summary.png")
         (self.directory / "report.md").write_text(render_report(self))
         return str(self.directory / "report.md")
 
 
 # --------------------------------------------------------------------------- report
+
+
+def _training_summary(directory: Path) -> dict[str, dict[str, Any]]:
+    """Parameters, steps, tokens, final loss and seconds of both checkpoints, from their lmlm.json."""
+    keys = ("parameters", "steps", "tokens", "train_loss", "train_seconds")
+    metas = {k: json.loads((directory / k / "lmlm.json").read_text()) for k in ("lmlm", "baseline")}
+    return {k: {f: m.get(f) for f in keys} for k, m in metas.items()}
 
 
 def cpu_seconds() -> float:

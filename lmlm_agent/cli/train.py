@@ -22,6 +22,8 @@ def _pretrain(config: str, overrides: List[str], baseline: bool) -> None:
     cfg = load_config(PretrainConfig, config, [*overrides, f"baseline={str(baseline).lower()}"])
     if not cfg.data:
         raise typer.BadParameter("no training data: set `data:` in the config or pass --set data=FILE")
+    if baseline and not (cfg.tokenizer or cfg.resume):
+        raise typer.BadParameter("the baseline shares the LMLM's tokenizer: pass --set tokenizer=LMLM_CHECKPOINT")
     typer.echo(f"checkpoint: {pretrain(cfg)}")
 
 
@@ -39,7 +41,7 @@ def baseline_cmd(
     config: str = typer.Option("demo", "--config", "-c", help=CONFIG_HELP),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
-    """Pretrain the baseline: same documents with the calls removed (pass --set tokenizer=LMLM_DIR to share its tokenizer)."""
+    """Pretrain the baseline: same documents with the calls removed; needs --set tokenizer=LMLM_CHECKPOINT."""
     _pretrain(config, overrides or [], baseline=True)
 
 
