@@ -142,7 +142,7 @@ def _token_span(w: Window, span: tuple[int, int], body_only: bool) -> tuple[int,
     return toks[0], toks[-1]
 
 
-def _bio(n: int, spans: Iterable[tuple[int, int]], mask: Sequence[bool]) -> list[int]:
+def _bio(spans: Iterable[tuple[int, int]], mask: Sequence[bool]) -> list[int]:
     tags = [O if m else IGNORE for m in mask]
     for s, e in spans:
         tags[s] = B
@@ -179,8 +179,8 @@ def window_examples(tokenizer, g: Grounded, relation_ids: dict[str, int], max_le
         out.append(
             WindowExample(
                 w,
-                _bio(len(w.ids), [(s, e) for _, (s, e) in facts], w.body),
-                _bio(len(w.ids), [c for c in cands if c != w.title or _is_mention(g, w, c)], labelled),
+                _bio([(s, e) for _, (s, e) in facts], w.body),
+                _bio([c for c in cands if c != w.title or _is_mention(g, w, c)], labelled),
                 values,
                 cands,
                 gold,
@@ -463,7 +463,7 @@ def _truncate(encoder, layers: int) -> None:
 
 @dataclass
 class Annotation:
-    """One document's output; ``status`` is ok, empty or contains_call_tokens (left unchanged)."""
+    """One document's output; ``status`` is ok, or empty / contains_call_tokens / roundtrip_failed (text left unchanged)."""
 
     text: str
     annotated: str
@@ -568,7 +568,7 @@ class Annotator:
                 r.calls.sort(key=lambda p: p[0])
                 r.annotated = insert_calls(r.text, r.calls)
                 if strip_calls(r.annotated) != r.text:  # cannot happen by construction; never ship it if it does
-                    raise AssertionError("annotation changed the text")
+                    r.annotated, r.calls, r.status = r.text, [], "roundtrip_failed"
         return results
 
     def _predict(self, windows: list[Window], texts: list[str]) -> list[list[tuple[int, LookupCall]]]:

@@ -113,15 +113,15 @@ def calls_with_offsets(annotated: str) -> tuple[str, list[tuple[int, LookupCall]
     return "".join(plain), placed, len(parsed.errors)
 
 
-def _offset_map(src: str, dst: str):
-    """A function from offsets of ``src`` to offsets of ``dst`` along their character alignment."""
-    opcodes = SequenceMatcher(None, src, dst, autojunk=False).get_opcodes()
+def _offset_map(matcher: SequenceMatcher, src_len: int, dst_len: int):
+    """A function from offsets of the matcher's first string to offsets of its second, along the alignment."""
+    opcodes = matcher.get_opcodes()
 
     def mapped(offset: int) -> int:
-        for tag, i1, i2, j1, j2 in opcodes:
-            if i1 <= offset < i2 or (offset == i2 and tag == "equal" and i2 == len(src)):
+        for tag, i1, i2, j1, _ in opcodes:
+            if i1 <= offset < i2 or (offset == i2 == src_len and tag == "equal"):
                 return j1 + (offset - i1) if tag == "equal" else j1
-        return len(dst)
+        return dst_len
 
     return mapped
 
@@ -143,8 +143,10 @@ def align_calls(text: str, annotated: str) -> Alignment:
     broken += len(conv.dropped) if conv else 0
     if plain == text:
         return Alignment(placed, 1.0, broken)
-    similarity = SequenceMatcher(None, plain, text, autojunk=False).ratio() if plain and text else 0.0
-    to_text = _offset_map(plain, text)
+    # autojunk off: in prose, spaces and "e" are "popular" and would be ignored by the matcher.
+    matcher = SequenceMatcher(None, plain, text, autojunk=False)
+    similarity = matcher.ratio() if plain and text else 0.0
+    to_text = _offset_map(matcher, len(plain), len(text))
     return Alignment([(to_text(o), c) for o, c in placed], similarity, broken)
 
 
