@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
+        if math.isinf(x):
+            return "∞" if x > 0 else "-∞"
         return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
     return str(x)
 
@@ -163,7 +165,7 @@ def targets_markdown(factscore: Sequence[dict] | None, cloze: Sequence[dict] | N
             continue
         by = {r["subject"]: r[key] for r in results}
         lmlm, base, off = by.get("lmlm", math.nan), by.get("baseline", math.nan), by.get("lmlm-db-off", math.nan)
-        ratio = lmlm / base if base else math.inf
+        ratio = lmlm / base if base else (math.inf if lmlm > 0 else math.nan)  # 0 / 0 is no evidence of a gain
         check(f"{name}: LMLM / baseline >= 2", ratio, ratio >= 2)
         loss = 1 - off / lmlm if lmlm else math.nan
         check(f"{name}: DB-off loses >= 50 % of LMLM", loss, loss >= 0.5)

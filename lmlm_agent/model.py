@@ -11,6 +11,7 @@ from typing import Any
 # with a 32k vocabulary and context 1024 (DESIGN.md section 5).
 PRESETS: dict[str, dict[str, int]] = {
     "micro": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=256),
+    "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=344, max_position_embeddings=256),
     "demo": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=704, max_position_embeddings=512),
     "lmlm-176m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048, max_position_embeddings=1024),
     "lmlm-382m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=1024),
@@ -31,7 +32,7 @@ def build_model(preset: str, tokenizer, **overrides: Any):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=preset in ("micro", "demo"),
+        tie_word_embeddings=preset in ("micro", "small", "demo"),
         **size,
     )
     return LlamaForCausalLM(config)

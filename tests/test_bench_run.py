@@ -52,3 +52,15 @@ def test_bench_tofu_on_tofu_files(tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "bench" / "tofu.json").read_text())["results"]
     assert set(out) == {"lmlm", "baseline"} and set(out["lmlm"]["splits"]) == {"forget01", "retain", "real_authors", "world_facts"}
+
+
+def test_targets_ratio_with_zero_baseline():
+    from benchmarks.report import targets_markdown
+
+    def ratio_row(lmlm, base):
+        rows = [{"subject": "lmlm", "score": lmlm}, {"subject": "baseline", "score": base}, {"subject": "lmlm-db-off", "score": 0.0}]
+        return next(line for line in targets_markdown(rows, None, None).splitlines() if "LMLM / baseline" in line)
+
+    assert ratio_row(0.0, 0.0) == "| FactScore: LMLM / baseline >= 2 | n/a | no |"  # 0 / 0: no evidence of a gain
+    assert ratio_row(0.2, 0.0) == "| FactScore: LMLM / baseline >= 2 | ∞ | yes |"
+    assert ratio_row(0.2, 0.05) == "| FactScore: LMLM / baseline >= 2 | 4.000 | yes |"

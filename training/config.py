@@ -105,7 +105,7 @@ class PretrainConfig(TrainingOptions):
     """`lmlm train pretrain` (values masked) and `lmlm train baseline` (same text, calls removed)."""
 
     data: str = field(default="", metadata={"help": "Annotated documents: our JSONL or the published annotation JSON."})
-    preset: str = field(default="demo", metadata={"help": "Model size: micro, demo, lmlm-176m, lmlm-382m (lmlm_agent.model.PRESETS)."})
+    preset: str = field(default="demo", metadata={"help": "Model size: micro, small, demo, lmlm-176m, lmlm-382m (lmlm_agent.model.PRESETS)."})
     tokenizer: str | None = field(
         default=None,
         metadata={"help": "Directory of a tokenizer (e.g. the LMLM checkpoint, for its baseline); None: train one on the data."},

@@ -63,10 +63,10 @@ SIZES: dict[str, DemoSize] = {
                    unlearn_steps=1, factscore_people=2, factscore_tokens=16, cloze_items=3, batch_size=8),
     ),
     "small": DemoSize(
-        entities=150, teacher_docs=140, annotator_eval_docs=30, annotator_layers=3, annotator_steps=60,
-        preset="demo", pretrain_steps=150, context_length=128, batch_size=4, vocab_size=2048, eval_docs=40,
-        bench=dict(tofu_questions=40, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
-                   unlearn_steps=10, factscore_people=20, factscore_tokens=64, cloze_items=60, batch_size=16),
+        entities=250, teacher_docs=120, annotator_eval_docs=20, annotator_layers=3, annotator_steps=250, annotator_calibration_docs=10,
+        preset="small", pretrain_steps=600, context_length=128, batch_size=16, vocab_size=1024, eval_docs=30,
+        bench=dict(tofu_questions=30, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
+                   unlearn_steps=10, factscore_people=20, factscore_tokens=128, cloze_items=80, batch_size=16),
     ),
     "medium": DemoSize(
         entities=600, teacher_docs=400, annotator_eval_docs=100, annotator_layers=3, annotator_steps=400, annotator_batch=16,

@@ -8,7 +8,7 @@ import typer
 
 app = typer.Typer(help="Pretrain an LMLM (values masked from the loss), the baseline, and fine-tune.", no_args_is_help=True)
 
-CONFIG_HELP = "YAML config file, or a preset name from training/configs (micro, demo, lmlm-176m, lmlm-382m, finetune-demo)."
+CONFIG_HELP = "YAML config file, or a preset name from training/configs (micro, small, demo, lmlm-176m, lmlm-382m, finetune-demo)."
 SET_HELP = "Override one config key: --set key=value (repeatable), e.g. --set data=corpus.jsonl --set max_steps=200."
 
 
