@@ -404,3 +404,23 @@ def test_chroma_server_by_url(chroma_server: str, tmp_path, ns: str) -> None:
         assert s.delete(entity="Alan Turing").index_remaining == 0
     with pytest.raises(ConnectionError, match="no Chroma server answers"):
         open_store(tmp_path / "kb.sqlite", index="http://127.0.0.1:9")
+
+
+def test_query_embedding_matches_sentence_transformers() -> None:
+    """Lookups embed keys through a direct encoder call; it must give the vectors the index was built with."""
+    import numpy as np
+
+    from tools.embedder import embed_queries, load_minilm
+
+    keys = ["ada lovelace birth year", "x", "a much longer key that needs padding against the short ones"]
+    expected = load_minilm().encode(keys, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.allclose(embed_queries(keys), expected, atol=1e-5)
+
+
+def test_semantic_hit_in_other_namespace_is_not_returned(tmp_path) -> None:
+    """Ids from the index are checked against SQL by primary key; the namespace filter must still hold."""
+    a = open_store(tmp_path / "kb.sqlite", index=tmp_path / "idx", namespace="ns-a")
+    a.write("Ada Lovelace", "birth year", "1815")
+    b = open_store(tmp_path / "kb.sqlite", index=tmp_path / "idx", namespace="ns-b")
+    assert b.read("Ada Lovelace", "year of birth").match == "miss"
+    assert a.read("Ada Lovelace", "year of birth").value == "1815"

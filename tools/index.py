@@ -23,7 +23,7 @@ from chromadb.config import Settings
 from chromadb.errors import NotFoundError
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from tools.embedder import intra_op_threads, load_minilm
+from tools.embedder import embed_queries, intra_op_threads, load_minilm
 
 BATCH = 1024  # keys per add: one embedding call, well under Chroma's max batch size
 EPHEMERAL = ":memory:"
@@ -43,7 +43,7 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
     def embed_query(self, input: Documents) -> Embeddings:
         """A lookup embeds one short key: a second thread gains little there and spins on a busy machine."""
         with intra_op_threads(1):
-            return self(input)
+            return list(embed_queries(list(input)))
 
     @staticmethod
     def name() -> str:

@@ -60,7 +60,10 @@ _ROW = (FACTS.c.id, FACTS.c.entity, FACTS.c.relation, FACTS.c.value, FACTS.c.sou
 _EXACT = select(*_ROW).where(
     FACTS.c.namespace == bindparam("ns"), FACTS.c.entity_key == bindparam("ek"), FACTS.c.relation_key == bindparam("rk")
 )
-_BY_IDS = select(*_ROW).where(FACTS.c.namespace == bindparam("ns"), FACTS.c.id.in_(bindparam("ids", expanding=True)))
+# By primary key alone: with the namespace in the WHERE clause SQLite scans the namespace's
+# (namespace, entity, relation) index instead, which grows with the store (9 ms at 100k rows).
+# The namespace boundary is enforced on the rows returned.
+_BY_IDS = select(*_ROW, FACTS.c.namespace).where(FACTS.c.id.in_(bindparam("ids", expanding=True)))
 _BY_PAIRS = select(FACTS.c.id, FACTS.c.entity_key, FACTS.c.relation_key, FACTS.c.value).where(
     FACTS.c.namespace == bindparam("ns"),
     tuple_(FACTS.c.entity_key, FACTS.c.relation_key).in_(bindparam("pairs", expanding=True)),
@@ -165,7 +168,7 @@ class SQLKnowledgeStore:
             if self.index is None:
                 return LookupResult(**miss)
             hits = self.index.query(ns, key, self.top_k)
-            rows = {r.id: r for r in conn.execute(_BY_IDS, {"ns": ns, "ids": [h.fact_id for h in hits]})} if hits else {}
+            rows = {r.id: r for r in conn.execute(_BY_IDS, {"ids": [h.fact_id for h in hits]}) if r.namespace == ns} if hits else {}
         # A hit counts only if SQL still has the row under the key that was embedded.
         live = [(h, rows[h.fact_id]) for h in hits if h.fact_id in rows and rows[h.fact_id].key == h.key]
         if live:

@@ -179,11 +179,17 @@ class DemoRun:
         self._world = generate_world(self.size.entities, seed=SEED)
         self._world.save(self.directory / "world")
         bios = [d for d in self._world.documents if "#" in d.id]  # biographies are "<name>#<k>", QA drills "<name>?<rel>"
+        drills = [d for d in self._world.documents if "?" in d.id]
         rng = random.Random(SEED)
         rng.shuffle(bios)
-        self._teacher_docs = bios[: self.size.teacher_docs]
-        self._annotator_eval = bios[self.size.teacher_docs : self.size.teacher_docs + self.size.annotator_eval_docs]
-        held = bios[self.size.teacher_docs + self.size.annotator_eval_docs :]  # seen by neither teacher nor annotator
+        rng.shuffle(drills)
+        # The seed set holds both kinds of document the corpus has: an annotator that never saw a
+        # drill takes its leading "Question:" for a document title and makes it the entity.
+        n_drills = self.size.teacher_docs // 4
+        n_bios = self.size.teacher_docs - n_drills
+        self._teacher_docs = bios[:n_bios] + drills[:n_drills]
+        self._annotator_eval = bios[n_bios : n_bios + self.size.annotator_eval_docs]
+        held = bios[n_bios + self.size.annotator_eval_docs :]  # seen by neither teacher nor annotator
         self._eval_ids = {d.id for d in held[: self.size.eval_docs]}
         return f"{len(self._world.entities)} entities, {len(self._world.triples)} facts, {len(self._world.corpus())} documents"
 
