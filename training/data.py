@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from lmlm_agent.format import strip_calls
+from lmlm_agent.format import QA_PROMPT, qa_prompt, strip_calls
 from lmlm_agent.tokenizer import CallTokenIds, call_token_ids
 
 IGNORE_INDEX = -100
 
-# How a QA fine-tuned model is prompted; saved in the checkpoint's lmlm.json as ``qa_prompt``
-# so evaluations can read it without importing training/.
-QA_PROMPT = "Question: {question}\nAnswer:"
+# QA_PROMPT (the runtime's, so training and ``LMLMAgent.ask`` prompt alike) is saved in a
+# fine-tuned checkpoint's lmlm.json as ``qa_prompt``; re-exported here for training code.
 
 
 def value_mask(ids: Sequence[int], call: CallTokenIds, inside: bool | None = None) -> list[bool]:
@@ -129,7 +128,7 @@ def qa_example(question: str, answer: str, tokenizer, max_length: int) -> dict[s
     ``answer`` may contain lookup calls. Returns None when truncation leaves no trained token.
     """
     call = call_token_ids(tokenizer)
-    prompt = encode([QA_PROMPT.format(question=question.strip())], tokenizer)[0]
+    prompt = encode([qa_prompt(question)], tokenizer)[0]
     reply = encode([" " + answer.strip()], tokenizer)[0] + [tokenizer.eos_token_id]
     ids = (prompt + reply)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt) + mask_labels(reply, call, inside=False))[:max_length]
