@@ -29,8 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lmlm_agent.format import LookupCall, insert_calls, parse
-from training.data import QA_PROMPT
+from lmlm_agent.format import QA_PROMPT, LookupCall, insert_calls, parse
 
 # --------------------------------------------------------------------------- relations
 

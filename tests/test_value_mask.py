@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lmlm_agent.format import render_call, strip_calls
+from lmlm_agent.format import QA_PROMPT, render_call, strip_calls
 from lmlm_agent.tokenizer import CallTokenIds, call_token_ids, train_tokenizer
 from training.data import (
     IGNORE_INDEX,
-    QA_PROMPT,
     baseline_texts,
     call_block_mask,
     mask_labels,

@@ -12,13 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from lmlm_agent.format import QA_PROMPT, qa_prompt, strip_calls
+from lmlm_agent.format import qa_prompt, strip_calls
 from lmlm_agent.tokenizer import CallTokenIds, call_token_ids
 
 IGNORE_INDEX = -100
-
-# QA_PROMPT (the runtime's, so training and ``LMLMAgent.ask`` prompt alike) is saved in a
-# fine-tuned checkpoint's lmlm.json as ``qa_prompt``; re-exported here for training code.
 
 
 def value_mask(ids: Sequence[int], call: CallTokenIds, inside: bool | None = None) -> list[bool]:
@@ -139,7 +136,6 @@ def qa_example(question: str, answer: str, tokenizer, max_length: int) -> dict[s
 
 __all__ = [
     "IGNORE_INDEX",
-    "QA_PROMPT",
     "PackedData",
     "baseline_texts",
     "call_block_mask",

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lmlm_agent.format import strip_calls
+from lmlm_agent.format import QA_PROMPT, strip_calls
 from lmlm_agent.model import load_checkpoint
 from training.config import FinetuneConfig
 from training.corpus import iter_jsonl
-from training.data import QA_PROMPT, qa_example
+from training.data import qa_example
 from training.pretrain import resume_path, run_trainer
 
 logger = logging.getLogger(__name__)
