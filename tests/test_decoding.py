@@ -227,3 +227,27 @@ def test_context_window_ends_a_row_and_long_prompts_keep_their_end(tok):
     assert out.finish_reason == "context" and prompt_len + len(out.token_ids) <= 13
     decoder = InterleavedDecoder(model, tok, ["x " * 40 + "Ada Lovelace"], None, DecodingConfig())
     assert len(decoder.rows[0].prompt_ids) == 11 and tok.decode(decoder.rows[0].prompt_ids).endswith("Ada Lovelace")
+
+
+def test_growing_cache_layer_matches_dynamic_layer():
+    """Appending into spare room must give the same keys/values as concatenating, through growth, crop and row drops."""
+    from transformers.cache_utils import DynamicLayer
+
+    from lmlm_agent.decoding import GrowingLayer
+
+    torch.manual_seed(0)
+    grown, plain = GrowingLayer(), DynamicLayer()
+    for width in [70, 1, 1, 5, 1, 40]:  # the first prefill fills 64+ slots; later ones force regrowth
+        k, v = torch.randn(3, 2, width, 4), torch.randn(3, 2, width, 4)
+        for a, b in zip(grown.update(k, v), plain.update(k, v)):
+            assert torch.equal(a, b)
+        assert grown.get_seq_length() == plain.get_seq_length()
+    grown.crop(-3)
+    plain.crop(-3)
+    keep = torch.tensor([2, 0])
+    grown.batch_select_indices(keep)
+    plain.batch_select_indices(keep)
+    k, v = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    for a, b in zip(grown.update(k, v), plain.update(k, v)):
+        assert torch.equal(a, b)
+    assert grown.get_seq_length() == plain.get_seq_length() == 70 + 1 + 1 + 5 + 1 + 40 - 3 + 1
