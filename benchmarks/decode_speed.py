@@ -127,7 +127,7 @@ class DecodeSpeedConfig:
     period: int = field(default=24, metadata={"help": "a call every this many positions"})
     batch: int = field(default=8, metadata={"help": "prompts in the batched run"})
     repeats: int = field(default=3, metadata={"help": "runs per figure; the fastest is kept"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads (1: steadier on a shared machine)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: one per core; 1 is steadier when other jobs share the machine)"})
 
 
 def _best_times(cases: dict, model, repeats: int) -> tuple[dict[str, float], dict]:
@@ -158,7 +158,8 @@ def run(setup: DecodeSpeedConfig, out_dir: str | Path) -> dict:
 
     # HF generate still passes the cache as past_key_values, which transformers 5 warns about on every step.
     warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
-    torch.set_num_threads(setup.threads)
+    threads = setup.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -214,7 +215,7 @@ def run(setup: DecodeSpeedConfig, out_dir: str | Path) -> dict:
     result = {
         "setup": asdict(setup),
         "model": {"preset": setup.preset, "parameters": count_parameters(model), **PRESETS[setup.preset], **window},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": setup.threads},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": threads},
         "tokens_written": n,
         "lookups_per_answer": lookups,
         "lookup_positions_in_batch": steps,

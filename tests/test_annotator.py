@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from lmlm_agent.format import render_call, strip_calls
-from training.annotator import AnnotatorConfig, Annotator, make_windows, train_annotator
-from training.annotator_data import ground, title_span
+from training.annotator import AnnotatorConfig, Annotator, Window, _continues_word, _decode_bio, make_windows, train_annotator
+from training.annotator_data import ground, name_spans, title_span
 from training.annotator_run import annotate_corpus
 from training.corpus import load_lmlm_annotations
 
@@ -32,6 +32,38 @@ def test_ground_finds_values_after_their_calls_and_entity_mentions() -> None:
     assert stats["values_not_in_text"] == 1  # the paraphrased value cannot be grounded
     assert [DOC[s:e] for s, e in g.mentions] == ["Ada_Lovelace", "Ada Lovelace"]
     assert title_span(DOC) == (0, 12) and title_span("No title here: at all") is None
+
+
+def test_name_spans_are_whole_capitalised_runs() -> None:
+    text = "The Bank of England in 1815 met U.S. Army officers. Lan Yu. The Ming founder Zhu Yuanzhang"
+    assert [text[s:e] for s, e in name_spans(text)] == [
+        "Bank of England", "U.S. Army", "Lan Yu", "Ming", "Zhu Yuanzhang"
+    ]
+
+
+def test_viterbi_tags_whole_words_and_never_starts_a_span_with_i() -> None:
+    import torch
+
+    text = "paid 50000 dollars on Monday"
+    # Tokens: "paid", "500", "00", "dollars", "on", "Monday"; "00" continues "500".
+    spans = [(0, 4), (5, 8), (8, 10), (11, 18), (19, 21), (22, 28)]
+    w = Window(ids=[0] * 6, spans=spans, body=[True] * 6, title=None)
+    cont = _continues_word(w, text)
+    assert cont == [False, False, True, False, False, False]
+    logits = torch.tensor(
+        [
+            [4.0, 0.0, 0.0],  # paid: O
+            [0.0, 3.0, 0.0],  # 500: B
+            [2.0, 0.0, 1.0],  # 00: argmax O would cut the number in two; a word is tagged whole (I)
+            [0.0, 0.0, 4.0],  # dollars: I continues the value
+            [6.0, 0.0, 0.0],  # on: O
+            [0.0, 1.0, 4.0],  # Monday: an I right after an O is ill-formed; the best well-formed tag is B
+        ]
+    )
+    # One batch: the window as is, the same with its last token not allowed, and a shorter one (padding).
+    batch = torch.stack([logits, logits, logits])
+    allowed = [[True] * 6, [True] * 5 + [False], [True] * 4]
+    assert _decode_bio(batch, allowed, [cont, cont, cont[:4]]) == [[(1, 3), (5, 5)], [(1, 3)], [(1, 3)]]
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 Design (extractive, so the output is always the input text plus calls):
 
 - a token tagger marks value spans (BIO) and entity mentions (BIO) in the text;
-- for each value, a pair scorer chooses its entity among the tagged mentions and the
-  document title (span representations + a bucketed distance), trained with the
+- for each value, a pair scorer chooses its entity among the tagged mentions, the
+  capitalised names of the text and the document title (span representations + a bucketed distance), trained with the
   marginal likelihood over every mention of the teacher's entity;
 - a relation head scores the relation names seen in training; its label matrix starts
   from the encoder's own embeddings of the names, so rare names are not blank rows;
@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 from lmlm_agent.format import SPECIAL_TOKENS, LookupCall, insert_calls, strip_calls
 from training.annotation_eval import normalise
-from training.annotator_data import Grounded, ground, title_span
+from training.annotator_data import Grounded, ground, name_spans, title_span
 
 
 def default_encoder() -> str:
@@ -167,10 +167,8 @@ def window_examples(tokenizer, g: Grounded, relation_ids: dict[str, int], max_le
         labelled = [s is not None for s in w.spans]
         facts = [(f, _token_span(w, f.value, body_only=True)) for f in g.facts]
         facts = [(f, t) for f, t in facts if t]
-        cands = {t for m in g.mentions if (t := _token_span(w, m, body_only=False))}
-        if w.title:
-            cands.add(w.title)
-        cands = sorted(cands)
+        mentions = {t for m in g.mentions if (t := _token_span(w, m, body_only=False))}
+        cands = sorted(mentions | _name_candidates(w, g.text))
         values, gold = [], []
         for f, (s, e) in facts:
             values.append((s, e, relation_ids.get(normalise(f.relation), IGNORE)))
@@ -180,7 +178,7 @@ def window_examples(tokenizer, g: Grounded, relation_ids: dict[str, int], max_le
             WindowExample(
                 w,
                 _bio([(s, e) for _, (s, e) in facts], w.body),
-                _bio([c for c in cands if c != w.title or _is_mention(g, w, c)], labelled),
+                _bio(mentions, labelled),
                 values,
                 cands,
                 gold,
@@ -189,8 +187,10 @@ def window_examples(tokenizer, g: Grounded, relation_ids: dict[str, int], max_le
     return out
 
 
-def _is_mention(g: Grounded, w: Window, c: tuple[int, int]) -> bool:
-    return (w.spans[c[0]][0], w.spans[c[1]][1]) in set(g.mentions)
+def _name_candidates(w: Window, text: str) -> set[tuple[int, int]]:
+    """The window's title and capitalised names, as token spans: entity candidates beside the tagged mentions."""
+    found = {t for n in name_spans(text) if (t := _token_span(w, n, body_only=True))}
+    return found | {w.title} if w.title else found
 
 
 def _surface(text: str, w: Window, c: tuple[int, int]) -> str:
@@ -472,18 +472,63 @@ class Annotation:
     status: str = "ok"
 
 
-def _decode_bio(tags: Sequence[int], allowed: Sequence[bool]) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for i, (t, ok) in enumerate(zip(tags, allowed)):
-        if not ok or t == O or (t == B and start is not None):
-            if start is not None:
+def _continues_word(w: Window, text: str) -> list[bool]:
+    """Per token: it is the rest of the previous token's word ("##ing", the "000" of "50000")."""
+    out = [False] * len(w.spans)
+    for i in range(1, len(w.spans)):
+        a, b = w.spans[i - 1], w.spans[i]
+        out[i] = bool(a and b and b[0] == a[1] and b[0] > 0 and text[b[0] - 1].isalnum() and text[b[0]].isalnum())
+    return out
+
+
+def _decode_bio(logits, allowed: Sequence[Sequence[bool]], continues: Sequence[Sequence[bool]]) -> list[list[tuple[int, int]]]:
+    """Per window, the most likely well-formed tagging (Viterbi over log-probabilities), as inclusive token spans.
+
+    ``logits`` is (windows, tokens, 3); ``allowed``/``continues`` are per window and
+    token (shorter rows are padding). Well-formed: no I after O, no tag outside
+    ``allowed`` tokens, and a word is tagged whole (its later pieces continue
+    whatever its first piece started). Token-wise argmax broke values into fragments
+    like "000" or "%" that match no teacher value.
+    """
+    import torch
+
+    n_win, n = logits.shape[:2]
+    neg = -1e9
+    mask = torch.zeros(n_win, n, dtype=torch.bool)
+    cont = torch.zeros(n_win, n, dtype=torch.bool)
+    for b, (a, c) in enumerate(zip(allowed, continues)):
+        mask[b, : len(a)] = torch.tensor(a, dtype=torch.bool)
+        cont[b, : len(c)] = torch.tensor(c, dtype=torch.bool)
+    cont &= mask & torch.cat([torch.zeros(n_win, 1, dtype=torch.bool), mask[:, :-1]], 1)
+    outside = torch.tensor([0.0, neg, neg])
+    emit = torch.where(mask[..., None], logits.float().log_softmax(-1), outside)
+    # trans[prev, cur]: no I after O; within a word: O stays O, B and I go on as I.
+    trans = torch.zeros(3, 3)
+    trans[O, I] = neg
+    within = torch.full((3, 3), neg)
+    within[O, O] = within[B, I] = within[I, I] = 0.0
+    score = outside.expand(n_win, 3)  # before the first token: as after an O
+    back = torch.zeros(n_win, n, 3, dtype=torch.long)
+    for i in range(n):
+        total = score[:, :, None] + torch.where(cont[:, i, None, None], within, trans)
+        best, back[:, i] = total.max(1)
+        score = best + emit[:, i]
+    state = score.argmax(-1)
+    tags = torch.zeros(n_win, n, dtype=torch.long)
+    for i in range(n - 1, -1, -1):
+        tags[:, i] = state
+        state = back[:, i].gather(1, state[:, None]).squeeze(1)
+    out = []
+    for row in tags.tolist():
+        spans, start = [], None
+        for i, t in enumerate(row + [O]):
+            if start is not None and t != I:
                 spans.append((start, i - 1))
                 start = None
-        if ok and t in (B, I) and start is None:
-            start = i
-    if start is not None:
-        spans.append((start, len(tags) - 1))
-    return spans
+            if t == B:
+                start = i
+        out.append(spans)
+    return out
 
 
 def _word_span(text: str, s: int, e: int) -> tuple[int, int]:
@@ -585,15 +630,14 @@ class Annotator:
         vlog = m.value_tags(h)
         vlog[..., B] += self.config.value_bias
         vlog[..., I] += self.config.value_bias
-        vtags, etags = vlog.argmax(-1).tolist(), m.entity_tags(h).argmax(-1).tolist()
+        continues = [_continues_word(w, text) for w, text in zip(windows, texts)]
+        value_spans = _decode_bio(vlog, [w.body for w in windows], continues)
+        mention_spans = _decode_bio(m.entity_tags(h), [[s is not None for s in w.spans] for w in windows], continues)
         out = []
         for b, (w, text) in enumerate(zip(windows, texts)):
-            n = len(w.ids)
-            values = _decode_bio(vtags[b][:n], w.body)
-            cands = set(_decode_bio(etags[b][:n], [s is not None for s in w.spans]))
-            if w.title:
-                cands.add(w.title)
-            cands = sorted(cands)
+            values = value_spans[b]
+            cands = set(mention_spans[b])
+            cands = sorted(cands | _name_candidates(w, text))
             calls: list[tuple[int, LookupCall]] = []
             if values and cands and self.relations:
                 bt = torch.full((len(values),), b, dtype=torch.long)

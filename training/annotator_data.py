@@ -40,6 +40,27 @@ class Grounded:
     mentions: list[tuple[int, int]] = field(default_factory=list)  # spans naming some fact's entity
 
 
+# A run of capitalised words (or initials: "U.S."), with the lower-case joiners names carry ("Bank of England").
+_CAP_WORD = r"(?:[A-Z](?:\.[A-Z])+\.?|[A-Z][\w'-]*)"
+_NAME_RE = re.compile(_CAP_WORD + r"(?:\s+(?:(?:of|the|and|de|del|du|da|van|von|for)\s+)*" + _CAP_WORD + ")*")
+_ARTICLE_RE = re.compile(r"^(?:The|A|An)\s+")
+
+
+def name_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of capitalised word runs: entity candidates that need no tagger to find them.
+
+    Which of them (if any) names a value's entity stays the learned pair scorer's choice;
+    the mention tagger, trained on 900 documents, often cuts such names short.
+    """
+    spans = []
+    for m in _NAME_RE.finditer(text):
+        s, e = m.span()
+        s += len(a.group(0)) if (a := _ARTICLE_RE.match(m.group(0))) else 0
+        if e > s:
+            spans.append((s, e))
+    return spans
+
+
 def find_spans(text: str, name: str) -> list[tuple[int, int]]:
     """Whole-word occurrences of ``name`` in ``text``, blind to case, ``_`` and whitespace runs."""
     words = normalise(name).split()
@@ -82,4 +103,4 @@ def ground(text: str, annotated: str, stats: Counter) -> Grounded | None:
     return g
 
 
-__all__ = ["title_span", "Fact", "Grounded", "find_spans", "ground"]
+__all__ = ["title_span", "name_spans", "Fact", "Grounded", "find_spans", "ground"]
