@@ -86,6 +86,9 @@ def scheduled_model(preset: str, tokenizer, entity: str, relation: str, period: 
     call = call_token_ids(tokenizer)
     enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     model.call_script = [call.entity, *enc(" " + entity), call.relationship, *enc(" " + relation), call.ret]
+    if 0 < period <= len(model.call_script):
+        # A call must end before the next one starts, or no call is ever completed.
+        raise ValueError(f"period {period} must exceed the call's {len(model.call_script)} tokens")
     model.call_period = period
     model.banned = [*call.all, tokenizer.eos_token_id, tokenizer.pad_token_id]
     return model

@@ -251,3 +251,27 @@ def test_growing_cache_layer_matches_dynamic_layer():
     for a, b in zip(grown.update(k, v), plain.update(k, v)):
         assert torch.equal(a, b)
     assert grown.get_seq_length() == plain.get_seq_length() == 70 + 1 + 1 + 5 + 1 + 40 - 3 + 1
+
+
+def test_decode_benchmark_runs_small_and_checks_its_decoders_agree(tmp_path):
+    """The benchmark itself: its token-equality checks pass and it writes JSON and Markdown (timings not judged)."""
+    import json
+
+    from benchmarks.decode_speed import DecodeSpeedConfig, run
+
+    setup = DecodeSpeedConfig(
+        preset="micro", vocab_size=512, context_tokens=60, batch_prompt_tokens=40, max_new_tokens=48, period=20,
+        batch=3, repeats=1, threads=1,
+    )
+    result = run(setup, tmp_path)
+    assert result["lookups_per_answer"] >= 2
+    assert all(r > 0 for r in result["ratios"].values())
+    assert json.loads((tmp_path / "decode_speed.json").read_text())["tokens_written"] == 48
+    assert "batch 3 vs batch 1" in (tmp_path / "decode_speed.md").read_text()
+
+
+def test_decode_benchmark_rejects_a_period_shorter_than_its_call(tok):
+    from benchmarks.decode_speed import scheduled_model
+
+    with pytest.raises(ValueError, match="must exceed"):
+        scheduled_model("micro", tok, "Ada Lovelace", "birth year", period=3)
