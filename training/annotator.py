@@ -4,8 +4,10 @@ Design (extractive, so the output is always the input text plus calls):
 
 - a token tagger marks value spans (BIO) and entity mentions (BIO) in the text;
 - for each value, a pair scorer chooses its entity among the tagged mentions, the
-  capitalised names of the text and the document title (span representations + a bucketed distance), trained with the
-  marginal likelihood over every mention of the teacher's entity;
+  capitalised names of the text and the document title (span representations + a
+  bucketed distance), trained with the marginal likelihood over every candidate that
+  spells the teacher's entity;
+- tags are read by Viterbi: well-formed BIO over whole words, never argmax fragments;
 - a relation head scores the relation names seen in training; its label matrix starts
   from the encoder's own embeddings of the names, so rare names are not blank rows;
 - each call is inserted with ``insert_calls`` just before its value, so stripping the
