@@ -28,7 +28,7 @@ are dropped from the batch, with their cache rows.
 
 The cache (:func:`growing_cache`) writes each step's keys and values into
 buffers with spare room instead of concatenating: transformers' ``DynamicCache``
-copies the whole cache every step, which on a CPU costs a quarter of a step at
+copies the whole cache every step, which on a CPU costs a sixth of a step at
 900 tokens of context.
 """
 
