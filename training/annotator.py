@@ -42,16 +42,18 @@ def default_encoder() -> str:
 
 @dataclass
 class AnnotatorConfig:
-    """Model size and training budget (the defaults train in a few CPU-minutes)."""
+    """Model size and training budget (the defaults train on 900 SQuAD paragraphs in ~14 minutes on 2 CPU cores)."""
 
     encoder: str = field(default="", metadata={"help": "Encoder directory; empty: the offline MiniLM."})
-    encoder_layers: int = field(default=6, metadata={"help": "Keep the first N transformer layers (smaller, faster)."})
+    # 4 of MiniLM's 6 layers: on squad-eval100 as good as 6 (value F1 0.256 vs 0.268, entity+value 0.089 vs 0.082)
+    # and 23-24 paragraphs/s on 2 CPU cores instead of 17-20.
+    encoder_layers: int = field(default=4, metadata={"help": "Keep the first N transformer layers (smaller, faster)."})
     frozen_layers: int = field(
-        default=2, metadata={"help": "Freeze the embeddings and the first N layers (no backward pass through them)."}
+        default=1, metadata={"help": "Freeze the embeddings and the first N layers (no backward pass through them)."}
     )
     max_length: int = field(default=256, metadata={"help": "Tokens per window; longer documents are split."})
     span_dim: int = field(default=256, metadata={"help": "Width of span representations."})
-    epochs: float = field(default=3.0, metadata={"help": "Passes over the training windows (fractions allowed)."})
+    epochs: float = field(default=8.0, metadata={"help": "Passes over the training windows (fractions allowed)."})
     max_steps: int = field(default=0, metadata={"help": "Stop after this many optimiser steps (0: no limit)."})
     max_documents: int = field(default=0, metadata={"help": "Train on at most this many documents (0: all)."})
     batch_size: int = field(default=16, metadata={"help": "Windows per optimiser step."})
