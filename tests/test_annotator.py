@@ -8,7 +8,25 @@ from collections import Counter
 import pytest
 
 from lmlm_agent.format import render_call, strip_calls
-from training.annotator import AnnotatorConfig, Annotator, Window, _continues_word, _decode_bio, make_windows, train_annotator
+from training.annotation_eval import normalise
+from training.annotator import (
+    CASE_DIGIT,
+    CASE_LOWER,
+    CASE_NONE,
+    CASE_OTHER,
+    CASE_TITLE,
+    CASE_UPPER,
+    AnnotatorConfig,
+    Annotator,
+    Window,
+    _candidate_features,
+    _continues_word,
+    _decode_bio,
+    _word_span,
+    make_windows,
+    train_annotator,
+    word_cores,
+)
 from training.annotator_data import ground, name_spans, title_span
 from training.annotator_run import annotate_corpus
 from training.corpus import load_lmlm_annotations
@@ -48,7 +66,7 @@ def test_viterbi_tags_whole_words_and_never_starts_a_span_with_i() -> None:
     # Tokens: "paid", "500", "00", "dollars", "on", "Monday"; "00" continues "500".
     spans = [(0, 4), (5, 8), (8, 10), (11, 18), (19, 21), (22, 28)]
     w = Window(ids=[0] * 6, spans=spans, body=[True] * 6, title=None)
-    cont = _continues_word(w, text)
+    cont = _continues_word(w, word_cores(text))
     assert cont == [False, False, True, False, False, False]
     logits = torch.tensor(
         [
@@ -64,6 +82,41 @@ def test_viterbi_tags_whole_words_and_never_starts_a_span_with_i() -> None:
     batch = torch.stack([logits, logits, logits])
     allowed = [[True] * 6, [True] * 5 + [False], [True] * 4]
     assert _decode_bio(batch, allowed, [cont, cont, cont[:4]]) == [[(1, 3), (5, 5)], [(1, 3)], [(1, 3)]]
+
+
+def test_word_cores_keep_numbers_and_ranges_whole_and_drop_outer_punctuation() -> None:
+    text = 'Paid $38,000 (1603–1639), to the U.S. Army—its "best" year; Germany\'s.[citation'
+    words = [text[s:e] for s, e in word_cores(text)]
+    assert words == ["Paid", "$38,000", "1603–1639", "to", "the", "U.S", "Army", "its", "best", "year", "Germany", "citation"]
+    # "$", "38", ",", "000": one word, so a value cannot stop at "$"; the comma after ")" is not part of it.
+    spans = [(5, 6), (6, 8), (8, 9), (9, 12), (13, 14), (14, 18), (18, 19), (19, 23), (23, 24), (24, 25)]
+    w = Window(ids=[0] * len(spans), spans=spans, body=[True] * len(spans), title=None)
+    assert _continues_word(w, word_cores(text)) == [False, True, True, True, False, False, True, True, False, False]
+    # A tagged piece widens to its whole word, never past it.
+    assert text[slice(*_word_span(word_cores(text), 5, 6))] == "$38,000"
+    assert text[slice(*_word_span(word_cores(text), 14, 18))] == "1603–1639"
+
+
+def test_window_casing_classes(tokenizer) -> None:
+    text = "NASA sent Ada 2 probes, ok"
+    w = make_windows(tokenizer, text, 32)[0]
+    pieces = [text[s[0] : s[1]] if s else "" for s in w.spans]
+    case = {p: c for p, c in zip(pieces, w.case) if p}
+    assert case == {"NASA": CASE_UPPER, "sent": CASE_LOWER, "Ada": CASE_TITLE, "2": CASE_DIGIT, ",": CASE_OTHER, "ok": CASE_LOWER} | {
+        p: CASE_LOWER for p in pieces if p.startswith("prob") or p == "s"
+    }
+    assert w.case[0] == w.case[-1] == CASE_NONE  # [CLS], [SEP]
+
+
+def test_candidate_features_mark_the_title_and_count_repeated_names() -> None:
+    text = "Ada: Ada met Bo. Bo met Ada and Ada."
+    spans = [(0, 3), (3, 4), (5, 8), (9, 12), (13, 15), (15, 16), (17, 19), (20, 23), (24, 27), (28, 31), (32, 35), (35, 36)]
+    w = Window(ids=[0] * len(spans), spans=spans, body=[True] * len(spans), title=(0, 0))
+    cands = [(0, 0), (2, 2), (4, 4), (6, 6), (10, 10)]  # title, Ada, Bo, Bo, Ada
+    dist, count = _candidate_features(w, text, [(8, 8)], cands)
+    assert count == [2, 2, 1, 1, 2]  # buckets count - 1: "ada" names three candidates, "bo" two
+    assert dist[0][0] == 17  # the title has its own bucket, whatever its distance
+    assert dist[0][1] < 8 < dist[0][4]  # before the value / after it
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +169,7 @@ def test_tiny_annotator_round_trips_every_document(tiny) -> None:
     assert results[4].annotated == BAD_INPUT[4]
     assert results[3].windows > 1 and results[3].calls  # split, annotated, re-joined
     for offset, call in results[3].calls:
-        assert BAD_INPUT[3][offset:].lower().startswith(call.value.lower())
+        assert normalise(BAD_INPUT[3][offset : offset + len(call.value)]) == normalise(call.value)  # "_" reads as a space
 
 
 def test_corpus_run_is_resumable_and_fills_the_knowledge_base(tiny, tmp_path) -> None:

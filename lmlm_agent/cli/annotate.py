@@ -34,6 +34,26 @@ def train(
     typer.echo(json.dumps({**annotator.report, "out": str(out), "size_mb": round(model_size_bytes(out) / 1e6, 1)}, indent=1))
 
 
+@app.command("calibrate")
+def calibrate_command(
+    records: list[Path] = typer.Option(..., "--records", help="Teacher annotations the annotator did not train on; repeatable."),
+    annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory; its biases are updated in place."),
+    documents: int = typer.Option(50, help="Use the first N documents (training holds out the first 50 of its records by default)."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+) -> None:
+    """Re-choose the decoding biases (value_bias, span_bias) on held-out teacher documents, never the evaluation set."""
+    from training.annotator import Annotator, calibrate
+    from training.corpus import read_documents
+
+    docs = [d for path in records for d in read_documents(path)][:documents]
+    if not docs:
+        raise typer.BadParameter("no documents in --records", param_hint="--records")
+    annotator = Annotator.load(annotator_dir, threads=threads)
+    annotator.report["calibration"] = calibrate(annotator, [(d.plain, d.annotated) for d in docs])
+    annotator.save(annotator_dir)
+    typer.echo(json.dumps(annotator.report["calibration"], indent=1))
+
+
 @app.command("corpus")
 def corpus(
     in_path: Path = typer.Argument(..., help="JSONL of {id, text}."),
@@ -65,6 +85,7 @@ def evaluate(
     annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory."),
     out: Path = typer.Option(Path("runs/annotation-eval"), "--out", help="Directory for annotation_eval.json and .md."),
     value_bias: Optional[float] = typer.Option(None, help="Override the annotator's value-tag bias (+: more calls)."),
+    span_bias: Optional[float] = typer.Option(None, help="Override the annotator's inside-a-value bias (+: longer values)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Precision/recall/F1 of the annotator's calls against the reference, per document, micro-averaged."""
@@ -74,6 +95,8 @@ def evaluate(
     annotator = Annotator.load(annotator_dir, threads=threads)
     if value_bias is not None:
         annotator.config.value_bias = value_bias
+    if span_bias is not None:
+        annotator.config.span_bias = span_bias
     report = evaluate_annotator(annotator, reference, annotator_dir)
     js, md = report.write(out)
     typer.echo(report.to_markdown())
