@@ -22,7 +22,8 @@ from training.annotator import (
     _candidate_features,
     _continues_word,
     _decode_bio,
-    _word_span,
+    choose_values,
+    value_candidates,
     make_windows,
     train_annotator,
     word_cores,
@@ -92,9 +93,21 @@ def test_word_cores_keep_numbers_and_ranges_whole_and_drop_outer_punctuation() -
     spans = [(5, 6), (6, 8), (8, 9), (9, 12), (13, 14), (14, 18), (18, 19), (19, 23), (23, 24), (24, 25)]
     w = Window(ids=[0] * len(spans), spans=spans, body=[True] * len(spans), title=None)
     assert _continues_word(w, word_cores(text)) == [False, True, True, True, False, False, True, True, False, False]
-    # A tagged piece widens to its whole word, never past it.
-    assert text[slice(*_word_span(word_cores(text), 5, 6))] == "$38,000"
-    assert text[slice(*_word_span(word_cores(text), 14, 18))] == "1603–1639"
+
+
+def test_value_candidates_are_whole_words_and_chosen_best_first_without_overlap(tokenizer) -> None:
+    text = "Paid $38,000 (1603–1639) to U.S. Army."
+    w = make_windows(tokenizer, text, 64)[0]
+    assert [text[s:e] for s, e in w.word_chars] == ["Paid", "$38,000", "1603–1639", "to", "U.S", "Army"]
+    assert [text[w.spans[a][0] : w.spans[b][1]] for a, b in w.words] == [text[s:e] for s, e in w.word_chars]
+    assert value_candidates(4, 2) == [(0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3)]
+    words = value_candidates(6, 3)
+    logits = [-1.0] * len(words)
+    logits[words.index((4, 5))] = 2.0  # "U.S Army"
+    logits[words.index((5, 5))] = 3.0  # "Army": better, and it shares a word with "U.S Army", which loses
+    logits[words.index((1, 1))] = 0.5  # "$38,000"
+    logits[words.index((1, 2))] = 0.4  # overlaps "$38,000", which is better
+    assert [words[i] for i in choose_values(logits, words)] == [(1, 1), (5, 5)]
 
 
 def test_window_casing_classes(tokenizer) -> None:

@@ -65,15 +65,13 @@ class AnnotatorConfig:
     batch_size: int = field(default=16, metadata={"help": "Windows per optimiser step."})
     lr: float = field(default=2e-4, metadata={"help": "Learning rate of the encoder."})
     head_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the heads."})
-    tag_weight: float = field(default=3.0, metadata={"help": "Loss weight of value/mention tags against O."})
+    tag_weight: float = field(default=3.0, metadata={"help": "Loss weight of value spans and mention tags against the rest."})
+    max_value_words: int = field(default=8, metadata={"help": "Longest value considered, in words (8 covers 99% of the teacher's)."})
     warmup: float = field(default=0.1, metadata={"help": "Fraction of steps with a linear warm-up."})
-    value_bias: float = field(default=0.0, metadata={"help": "Added to value-tag logits at decoding (+: more calls)."})
-    span_bias: float = field(
-        default=0.0, metadata={"help": "Added to the inside-a-value logit at decoding (+: longer values, no more calls)."}
-    )
+    value_bias: float = field(default=0.0, metadata={"help": "Added to value-span logits at decoding (+: more calls)."})
     calibration_documents: int = field(
         default=50,
-        metadata={"help": "Documents held out of training to choose value_bias and span_bias (best value + entity/value F1); 0: keep them."},
+        metadata={"help": "Documents held out of training to choose value_bias (best value + entity/value F1); 0: keep it."},
     )
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
@@ -92,6 +90,32 @@ IGNORE = -100
 _SENTENCE_END = {".", "!", "?"}
 
 
+_LEADING = "([{\"'«“‘"
+_TRAILING = ")]}\"',.;:!?»”’"
+# Where a written word holds two: an em-dash, a citation bracket, a possessive 's.
+_WORD_BREAK = re.compile(r"—|\[|['’]s\b")
+
+
+def word_cores(text: str) -> list[tuple[int, int]]:
+    """Character spans of the words a value is made of: whitespace-separated, without leading and trailing
+    punctuation, split at em-dashes, brackets and possessives. "$38,000", "1603–1639" and "U.S" are one
+    word each; only 1.2% of the teacher's grounded values start or end inside one (mostly "mid-1962")."""
+    out = []
+    for chunk in re.finditer(r"\S+", text):
+        cuts = [chunk.start()]
+        for m in _WORD_BREAK.finditer(text, chunk.start(), chunk.end()):
+            cuts += [m.start(), m.end()]
+        cuts.append(chunk.end())
+        for s, e in zip(cuts[::2], cuts[1::2]):
+            while s < e and text[s] in _LEADING:
+                s += 1
+            while e > s and text[e - 1] in _TRAILING:
+                e -= 1
+            if e > s:
+                out.append((s, e))
+    return out
+
+
 @dataclass
 class Window:
     """One model input: token ids and each token's character span (None for [CLS]/[SEP])."""
@@ -101,6 +125,8 @@ class Window:
     body: list[bool]  # False for the repeated title in front and for [CLS]/[SEP]
     title: tuple[int, int] | None  # token span of the title in this window, inclusive
     case: list[int] = field(default_factory=list)  # per token, a CASE_* class of its characters
+    words: list[tuple[int, int]] = field(default_factory=list)  # body words (word_cores) as inclusive token spans
+    word_chars: list[tuple[int, int]] = field(default_factory=list)  # the same words as character spans
 
 
 CASE_NONE, CASE_LOWER, CASE_TITLE, CASE_UPPER, CASE_DIGIT, CASE_OTHER = range(6)
@@ -127,6 +153,7 @@ def make_windows(tokenizer, text: str, max_length: int) -> list[Window]:
     if n_title > max_length // 4:
         n_title = 0  # not a title but a long first clause: do not repeat it
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    cores = word_cores(text)
     out: list[Window] = []
     start = 0
     while True:
@@ -152,10 +179,36 @@ def make_windows(tokenizer, text: str, max_length: int) -> list[Window]:
         if n_title:
             t = (1, n_title) if prefix else ((body_at, body_at + n_title - 1) if start == 0 else None)
         case = [case_class(text[s[0] : s[1]]) if s else CASE_NONE for s in w_spans]
-        out.append(Window(w_ids, w_spans, w_body, t, case))
+        words, chars = _window_words(w_spans, body_at, cores)
+        out.append(Window(w_ids, w_spans, w_body, t, case, words, chars))
         if end >= len(ids):
             return out
         start = end
+
+
+def _core_index(cores: list[tuple[int, int]], span: tuple[int, int]) -> int | None:
+    """The word (index into ``cores``) that holds a character span whole, if any."""
+    k = bisect.bisect_right(cores, (span[0], math.inf)) - 1
+    return k if k >= 0 and cores[k][0] <= span[0] and span[1] <= cores[k][1] else None
+
+
+def _window_words(spans: list, body_at: int, cores: list[tuple[int, int]]) -> tuple[list, list]:
+    """The words of a window's body as token spans and character spans; punctuation between words is in none."""
+    words, chars, last = [], [], None
+    for i in range(body_at, len(spans)):
+        k = _core_index(cores, spans[i]) if spans[i] else None
+        if k is not None and k == last:
+            words[-1] = (words[-1][0], i)
+        elif k is not None:
+            words.append((i, i))
+            chars.append(cores[k])
+        last = k
+    return words, chars
+
+
+def value_candidates(n_words: int, max_words: int) -> list[tuple[int, int]]:
+    """Every run of 1..max_words consecutive words, as inclusive word spans: the values the scorer chooses from."""
+    return [(a, b) for a in range(n_words) for b in range(a, min(n_words, a + max_words))]
 
 
 def _token_span(w: Window, span: tuple[int, int], body_only: bool) -> tuple[int, int] | None:
@@ -185,7 +238,9 @@ def _bio(spans: Iterable[tuple[int, int]], mask: Sequence[bool]) -> list[int]:
 @dataclass
 class WindowExample:
     window: Window
-    value_tags: list[int]
+    value_spans: list[tuple[int, int]]  # candidate values (value_candidates) as inclusive token spans
+    value_widths: list[int]  # their length in words, minus one
+    value_labels: list[bool]  # which of them the teacher chose
     entity_tags: list[int]
     values: list[tuple[int, int, int]]  # token start, token end, relation id (IGNORE when unknown)
     candidates: list[tuple[int, int]]
@@ -194,11 +249,25 @@ class WindowExample:
     count: list[int]  # per candidate: how often its name occurs (bucket)
 
 
-def window_examples(tokenizer, g: Grounded, relation_ids: dict[str, int], max_length: int) -> list[WindowExample]:
+def _value_spans(w: Window, max_words: int) -> tuple[list[tuple[int, int]], list[int], list[tuple[int, int]]]:
+    """A window's candidate values: token spans, widths, and word spans."""
+    words = value_candidates(len(w.words), max_words)
+    return [(w.words[a][0], w.words[b][1]) for a, b in words], [b - a for a, b in words], words
+
+
+def _snap_to_words(w: Window, span: tuple[int, int]) -> tuple[int, int] | None:
+    """A token span widened or trimmed to the words it touches ("U.S." -> "U.S"), as values are predicted."""
+    inside = [t for t in w.words if t[0] <= span[1] and span[0] <= t[1]]
+    return (inside[0][0], inside[-1][1]) if inside else None
+
+
+def window_examples(
+    tokenizer, g: Grounded, relation_ids: dict[str, int], max_length: int, max_words: int
+) -> list[WindowExample]:
     out = []
     for w in make_windows(tokenizer, g.text, max_length):
         labelled = [s is not None for s in w.spans]
-        facts = [(f, _token_span(w, f.value, body_only=True)) for f in g.facts]
+        facts = [(f, _snap_to_words(w, t)) for f in g.facts if (t := _token_span(w, f.value, body_only=True))]
         facts = [(f, t) for f, t in facts if t]
         mentions = {t for m in g.mentions if (t := _token_span(w, m, body_only=False))}
         cands = sorted(mentions | _name_candidates(w, g.text))
@@ -208,10 +277,14 @@ def window_examples(tokenizer, g: Grounded, relation_ids: dict[str, int], max_le
             want = normalise(f.entity)
             gold.append([normalise(_surface(g.text, w, c)) == want for c in cands])
         dist, count = _candidate_features(w, g.text, [(s, e) for s, e, _ in values], cands)
+        spans, widths, _ = _value_spans(w, max_words)
+        chosen = {(s, e) for s, e, _ in values}
         out.append(
             WindowExample(
                 w,
-                _bio([(s, e) for _, (s, e) in facts], w.body),
+                spans,
+                widths,
+                [sp in chosen for sp in spans],
                 _bio(mentions, labelled),
                 values,
                 cands,
@@ -256,16 +329,20 @@ def _distance_bucket(value_start: int, cand_start: int, is_title: bool) -> int:
     return 8 + (b if d > 0 else -b)
 
 
-def build_model(encoder, n_relations: int, span_dim: int, case_features: bool):
+def build_model(encoder, n_relations: int, config: AnnotatorConfig):
     import torch
     from torch import nn
 
     class AnnotatorModel(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            h = encoder.config.hidden_size
+            h, span_dim = encoder.config.hidden_size, config.span_dim
             self.encoder = encoder
-            self.value_tags = nn.Linear(h, 3)
+            # A value is scored as a whole span (first word, last word, width), so it cannot end on "and" or "(".
+            self.value_start = nn.Linear(h, span_dim)
+            self.value_end = nn.Linear(h, span_dim)
+            self.value_width = nn.Embedding(config.max_value_words, span_dim)
+            self.value_score = nn.Sequential(nn.GELU(), nn.Linear(span_dim, 1))
             self.entity_tags = nn.Linear(h, 3)
             self.value_span = nn.Sequential(nn.Linear(2 * h, span_dim), nn.GELU())
             self.entity_span = nn.Sequential(nn.Linear(2 * h, span_dim), nn.GELU())
@@ -275,13 +352,18 @@ def build_model(encoder, n_relations: int, span_dim: int, case_features: bool):
             self.relation_query = nn.Linear(span_dim, h)
             self.relations = nn.Parameter(torch.zeros(max(1, n_relations), h))
             # Starts at zero: training begins from the pretrained encoder's own inputs.
-            self.case = nn.Embedding(6, h, _weight=torch.zeros(6, h)) if case_features else None
+            self.case = nn.Embedding(6, h, _weight=torch.zeros(6, h)) if config.case_features else None
 
         def hidden(self, ids, mask, case):
             if self.case is None:
                 return self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             embeds = self.encoder.embeddings.word_embeddings(ids) + self.case(case)
             return self.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+
+        def value_logits(self, hidden, b, s, e, width):
+            """Candidate values (window b, first token s, last token e, width in words - 1) -> (n,) logits."""
+            x = self.value_start(hidden[b, s]) + self.value_end(hidden[b, e]) + self.value_width(width)
+            return self.value_score(x).squeeze(-1)
 
         @staticmethod
         def span_input(hidden, b, s, e):
@@ -306,16 +388,15 @@ def _collate(batch: list[WindowExample], pad_id: int):
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     case = torch.zeros((len(batch), width), dtype=torch.long)
-    vt = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     et = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     vals, rels, cands, gold, dist, count = [], [], [], [], [], []
+    spans = [(b, s, e, wd, y) for b, x in enumerate(batch) for (s, e), wd, y in zip(x.value_spans, x.value_widths, x.value_labels)]
     k = max([len(x.candidates) for x in batch] + [1])
     for b, x in enumerate(batch):
         n = len(x.window.ids)
         ids[b, :n] = torch.tensor(x.window.ids)
         mask[b, :n] = 1
         case[b, :n] = torch.tensor(x.window.case)
-        vt[b, :n] = torch.tensor(x.value_tags)
         et[b, :n] = torch.tensor(x.entity_tags)
         pad = [0] * (k - len(x.candidates))
         for (s, e, r), g, d in zip(x.values, x.gold, x.dist):
@@ -332,7 +413,9 @@ def _collate(batch: list[WindowExample], pad_id: int):
         "ids": ids,
         "mask": mask,
         "case": case,
-        "value_tags": vt,
+        "value_spans": torch.tensor([sp[:4] for sp in spans], dtype=torch.long).reshape(-1, 4),
+        "value_labels": torch.tensor([sp[4] for sp in spans], dtype=torch.float),
+        "words": sum(len(x.window.words) for x in batch),
         "entity_tags": et,
         "values": torch.tensor(vals, dtype=torch.long).reshape(-1, 3),
         "relations": torch.tensor(rels, dtype=torch.long),
@@ -349,10 +432,15 @@ def _loss(model, t, tag_weight: float):
     import torch.nn.functional as F
 
     h = model.hidden(t["ids"], t["mask"], t["case"])
-    # Value and mention tokens are rare next to O: weight them up so the tagger dares to tag.
+    # Values and mentions are rare next to the rest: weight them up so the model dares to choose them.
     weight = torch.tensor([1.0, tag_weight, tag_weight])
-    tags = F.cross_entropy(model.value_tags(h).transpose(1, 2), t["value_tags"], weight=weight, ignore_index=IGNORE)
-    tags = tags + F.cross_entropy(model.entity_tags(h).transpose(1, 2), t["entity_tags"], weight=weight, ignore_index=IGNORE)
+    tags = F.cross_entropy(model.entity_tags(h).transpose(1, 2), t["entity_tags"], weight=weight, ignore_index=IGNORE)
+    b, s, e, width = t["value_spans"].T
+    # Summed over a window's ~1,500 candidate spans and divided by its words: on the scale of a per-token loss.
+    values = F.binary_cross_entropy_with_logits(
+        model.value_logits(h, b, s, e, width), t["value_labels"], pos_weight=torch.tensor(tag_weight), reduction="sum"
+    ) / max(1, t["words"])
+    tags = tags + values
     loss = tags
     if len(t["values"]):
         vb, vs, ve = t["values"].T
@@ -439,11 +527,11 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
     encoder = AutoModel.from_pretrained(path)
     _truncate(encoder, config.encoder_layers)
     _freeze(encoder, config.frozen_layers)
-    model = build_model(encoder, len(relations), config.span_dim, config.case_features)
+    model = build_model(encoder, len(relations), config)
     if relations:
         model.relations.data.copy_(_embed_names(model, tokenizer, relations))
     ids = {r: i for i, r in enumerate(relations)}
-    examples = [x for g in grounded for x in window_examples(tokenizer, g, ids, config.max_length)]
+    examples = [x for g in grounded for x in window_examples(tokenizer, g, ids, config.max_length, config.max_value_words)]
     report.windows = len(examples)
     report.parameters = sum(p.numel() for p in model.parameters())
 
@@ -484,33 +572,22 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
     return annotator, report
 
 
-CALIBRATION_BIASES = (-1.0, 0.0, 1.0, 2.0, 3.0)
-CALIBRATION_SPAN_BIASES = (0.0, 1.0, 2.0)
+CALIBRATION_BIASES = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
 
 
 def calibrate(annotator: "Annotator", held_out: list[tuple[str, str]]) -> dict:
-    """Set ``value_bias`` and ``span_bias`` to the grid point with the best value + entity/value F1 on held-out documents.
-
-    The span bias exists because token-wise training ends values early: 146 of 167 predicted
-    values that overlapped a teacher value without matching it were shorter ("suleiman the").
-    """
+    """Set ``value_bias`` to the grid point with the best value + entity/value F1 on held-out documents."""
     from training.annotation_eval import agreement
 
     scores = {}
     for bias in CALIBRATION_BIASES:
-        for span_bias in CALIBRATION_SPAN_BIASES:
-            annotator.config.value_bias, annotator.config.span_bias = bias, span_bias
-            results = annotator.annotate([t for t, _ in held_out])
-            report = agreement((r.annotated, ref) for r, (_, ref) in zip(results, held_out))
-            scores[(bias, span_bias)] = {k: round(c.f1, 4) for k, c in report.counts.items()}
+        annotator.config.value_bias = bias
+        results = annotator.annotate([t for t, _ in held_out])
+        report = agreement((r.annotated, ref) for r, (_, ref) in zip(results, held_out))
+        scores[bias] = {k: round(c.f1, 4) for k, c in report.counts.items()}
     best = max(scores, key=lambda b: scores[b]["value"] + scores[b]["entity_value"])
-    annotator.config.value_bias, annotator.config.span_bias = best
-    return {
-        "documents": len(held_out),
-        "chosen_value_bias": best[0],
-        "chosen_span_bias": best[1],
-        "f1": {f"{b:+g}/{sb:+g}": f for (b, sb), f in scores.items()},
-    }
+    annotator.config.value_bias = best
+    return {"documents": len(held_out), "chosen_value_bias": best, "f1": {str(b): f for b, f in scores.items()}}
 
 
 def _freeze(encoder, layers: int) -> None:
@@ -539,44 +616,12 @@ class Annotation:
     status: str = "ok"
 
 
-_LEADING = "([{\"'«“‘"
-_TRAILING = ")]}\"',.;:!?»”’"
-# Where a written word holds two: an em-dash, a citation bracket, a possessive 's.
-_WORD_BREAK = re.compile(r"—|\[|['’]s\b")
-
-
-def word_cores(text: str) -> list[tuple[int, int]]:
-    """Character spans of the words a value is made of: whitespace-separated, without leading and trailing
-    punctuation, split at em-dashes, brackets and possessives. "$38,000", "1603–1639" and "U.S" are one
-    word each; only 1.2% of the teacher's grounded values start or end inside one (mostly "mid-1962")."""
-    out = []
-    for chunk in re.finditer(r"\S+", text):
-        cuts = [chunk.start()]
-        for m in _WORD_BREAK.finditer(text, chunk.start(), chunk.end()):
-            cuts += [m.start(), m.end()]
-        cuts.append(chunk.end())
-        for s, e in zip(cuts[::2], cuts[1::2]):
-            while s < e and text[s] in _LEADING:
-                s += 1
-            while e > s and text[e - 1] in _TRAILING:
-                e -= 1
-            if e > s:
-                out.append((s, e))
-    return out
-
-
 def _continues_word(w: Window, cores: list[tuple[int, int]]) -> list[bool]:
     """Per token: it is the rest of the previous token's word ("##ing", the "000" and "," of "50,000")."""
-    starts = [s for s, _ in cores]
-
-    def core_of(span):
-        k = bisect.bisect_right(starts, span[0]) - 1
-        return k if k >= 0 and span[1] <= cores[k][1] else None
-
     out = [False] * len(w.spans)
     for i in range(1, len(w.spans)):
         a, b = w.spans[i - 1], w.spans[i]
-        out[i] = bool(a and b and b[0] == a[1] and (k := core_of(b)) is not None and k == core_of(a))
+        out[i] = bool(a and b and b[0] == a[1] and (k := _core_index(cores, b)) is not None and k == _core_index(cores, a))
     return out
 
 
@@ -630,15 +675,16 @@ def _decode_bio(logits, allowed: Sequence[Sequence[bool]], continues: Sequence[S
     return out
 
 
-def _word_span(cores: list[tuple[int, int]], s: int, e: int) -> tuple[int, int]:
-    """Widen a character span to whole words (a tagged word-piece never splits a word)."""
-    k = bisect.bisect_right(cores, (s, math.inf)) - 1
-    if k >= 0 and cores[k][0] <= s < cores[k][1]:
-        s = cores[k][0]
-    k = bisect.bisect_right(cores, (e - 1, math.inf)) - 1
-    if k >= 0 and cores[k][0] < e <= cores[k][1]:
-        e = cores[k][1]
-    return s, e
+def choose_values(logits: Sequence[float], words: Sequence[tuple[int, int]]) -> list[int]:
+    """Indices of the candidate values to keep: positive logit, best first, no word in two values."""
+    taken: set[int] = set()
+    chosen = []
+    for i in sorted((i for i, x in enumerate(logits) if x > 0), key=lambda i: -logits[i]):
+        a, b = words[i]
+        if taken.isdisjoint(range(a, b + 1)):
+            taken.update(range(a, b + 1))
+            chosen.append(i)
+    return sorted(chosen)
 
 
 def _field(s: str) -> str:
@@ -674,13 +720,12 @@ class Annotator:
 
         d = Path(directory)
         meta = json.loads((d / "annotator.json").read_text(encoding="utf-8"))
-        meta["config"].setdefault("case_features", False)  # saved before the casing input existed
         config = AnnotatorConfig.from_json(meta["config"])
         if threads:
             config.threads = threads
         torch.set_num_threads(config.threads)
         encoder = AutoModel.from_pretrained(d / "encoder")
-        model = build_model(encoder, len(meta["relations"]), config.span_dim, config.case_features)
+        model = build_model(encoder, len(meta["relations"]), config)
         missing = model.load_state_dict(load_file(str(d / "heads.safetensors")), strict=False)
         if missing.unexpected_keys or any(not k.startswith("encoder.") for k in missing.missing_keys):
             raise ValueError(f"{d}: heads do not fit the model ({missing})")
@@ -731,16 +776,19 @@ class Annotator:
             mask[b, : len(w.ids)] = 1
             case[b, : len(w.ids)] = torch.tensor(w.case)
         h = m.hidden(ids, mask, case)
-        vlog = m.value_tags(h)
-        vlog[..., B] += self.config.value_bias
-        vlog[..., I] += self.config.value_bias + self.config.span_bias
+        spans = [_value_spans(w, self.config.max_value_words) for w in windows]
+        flat = torch.tensor([(b, s, e, wd) for b, sp in enumerate(spans) for (s, e), wd in zip(sp[0], sp[1])], dtype=torch.long)
+        logits = (m.value_logits(h, *flat.reshape(-1, 4).T) + self.config.value_bias).tolist()
         cores = {id(t): word_cores(t) for t in texts}
         continues = [_continues_word(w, cores[id(text)]) for w, text in zip(windows, texts)]
-        value_spans = _decode_bio(vlog, [w.body for w in windows], continues)
         mention_spans = _decode_bio(m.entity_tags(h), [[s is not None for s in w.spans] for w in windows], continues)
-        out = []
+        out, at = [], 0
         for b, (w, text) in enumerate(zip(windows, texts)):
-            values = value_spans[b]
+            tokens, _, words = spans[b]
+            chosen = choose_values(logits[at : at + len(words)], words)
+            at += len(words)
+            values = [tokens[i] for i in chosen]
+            chars = [(w.word_chars[words[i][0]][0], w.word_chars[words[i][1]][1]) for i in chosen]
             cands = set(mention_spans[b])
             cands = sorted(cands | _name_candidates(w, text))
             calls: list[tuple[int, LookupCall]] = []
@@ -754,8 +802,7 @@ class Annotator:
                 count = torch.tensor([count] * len(values))
                 best = m.pair_logits(v, c.unsqueeze(0).expand(len(values), -1, -1), torch.tensor(dist), count).argmax(-1).tolist()
                 rel = m.relation_logits(v).argmax(-1).tolist()
-                for (s, e), j, r in zip(values, best, rel):
-                    start, end = _word_span(cores[id(text)], w.spans[s][0], w.spans[e][1])
+                for (start, end), j, r in zip(chars, best, rel):
                     cs, ce = cands[j]
                     entity = _field(text[w.spans[cs][0] : w.spans[ce][1]])
                     value = _field(text[start:end])

@@ -144,7 +144,6 @@ def evaluate_annotator(annotator: Annotator, reference: str | Path, annotator_di
         "train_documents": train.get("documents"),
         "encoder_layers": annotator.config.encoder_layers,
         "value_bias": annotator.config.value_bias,
-        "span_bias": annotator.config.span_bias,
         "case_features": annotator.config.case_features,
     }
     return report

@@ -41,7 +41,7 @@ def calibrate_command(
     documents: int = typer.Option(50, help="Use the first N documents (training holds out the first 50 of its records by default)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
-    """Re-choose the decoding biases (value_bias, span_bias) on held-out teacher documents, never the evaluation set."""
+    """Re-choose the value bias (how many calls) on held-out teacher documents, never the evaluation set."""
     from training.annotator import Annotator, calibrate
     from training.corpus import read_documents
 
@@ -84,8 +84,7 @@ def evaluate(
     reference: Path = typer.Option(..., "--reference", help="Teacher annotations to score against (e.g. squad-eval100.gpt4o.json)."),
     annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory."),
     out: Path = typer.Option(Path("runs/annotation-eval"), "--out", help="Directory for annotation_eval.json and .md."),
-    value_bias: Optional[float] = typer.Option(None, help="Override the annotator's value-tag bias (+: more calls)."),
-    span_bias: Optional[float] = typer.Option(None, help="Override the annotator's inside-a-value bias (+: longer values)."),
+    value_bias: Optional[float] = typer.Option(None, help="Override the annotator's value-span bias (+: more calls)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Precision/recall/F1 of the annotator's calls against the reference, per document, micro-averaged."""
@@ -95,8 +94,6 @@ def evaluate(
     annotator = Annotator.load(annotator_dir, threads=threads)
     if value_bias is not None:
         annotator.config.value_bias = value_bias
-    if span_bias is not None:
-        annotator.config.span_bias = span_bias
     report = evaluate_annotator(annotator, reference, annotator_dir)
     js, md = report.write(out)
     typer.echo(report.to_markdown())
