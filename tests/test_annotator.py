@@ -200,8 +200,28 @@ def test_corpus_run_is_resumable_and_fills_the_knowledge_base(tiny, tmp_path) ->
     fact = next(iter(store.iter_facts()))
     doc_id, at = fact.source.removeprefix("doc:").split("@")
     row = next(json.loads(x) for x in out.read_text().splitlines() if json.loads(x)["id"] == doc_id)
-    assert row["plain"][int(at) :].lower().startswith(fact.value.lower())
+    assert normalise(row["plain"][int(at) : int(at) + len(fact.value)]) == normalise(fact.value)
     assert all(strip_calls(json.loads(x)["text"]) == json.loads(x)["plain"] for x in out.read_text().splitlines()[:4])
     again = annotate_corpus(tiny, src, out, store)
     assert again.get("documents", 0) == 0 and again["skipped_done"] == 5
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_calibrate_command_rechooses_the_value_bias_in_place(tiny, annotations_dir, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lmlm_agent.cli import app
+
+    original, tiny.config.value_bias = tiny.config.value_bias, 9.0  # far outside the grid: calibration must replace it
+    path = tiny.save(tmp_path / "annotator")
+    tiny.config.value_bias = original
+    records = str(annotations_dir / "squad-train1k.gpt4o.json")
+    result = CliRunner().invoke(app, ["annotate", "calibrate", "--records", records, "--annotator", str(path), "--documents", "3"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((path / "annotator.json").read_text())
+    assert meta["train"]["calibration"]["documents"] == 3
+    assert meta["config"]["value_bias"] == meta["train"]["calibration"]["chosen_value_bias"] != 9.0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = CliRunner().invoke(app, ["annotate", "calibrate", "--records", str(empty), "--annotator", str(path)])
+    assert result.exit_code != 0 and "no documents" in result.output

@@ -2,12 +2,14 @@
 
 Design (extractive, so the output is always the input text plus calls):
 
-- a token tagger marks value spans (BIO) and entity mentions (BIO) in the text;
+- each token's casing is added to its input embedding (MiniLM is uncased);
+- values are scored as whole spans of 1..8 words (first token, last token, width) and
+  kept best first without overlap, so a value never ends on "and" or splits "$38,000";
+- entity mentions are BIO-tagged and read by Viterbi (well-formed, whole words);
 - for each value, a pair scorer chooses its entity among the tagged mentions, the
-  capitalised names of the text and the document title (span representations + a
-  bucketed distance), trained with the marginal likelihood over every candidate that
-  spells the teacher's entity;
-- tags are read by Viterbi: well-formed BIO over whole words, never argmax fragments;
+  capitalised names of the text and the document title (span representations, a
+  bucketed distance, how often the name recurs), trained with the marginal likelihood
+  over every candidate that spells the teacher's entity;
 - a relation head scores the relation names seen in training; its label matrix starts
   from the encoder's own embeddings of the names, so rare names are not blank rows;
 - each call is inserted with ``insert_calls`` just before its value, so stripping the
@@ -728,7 +730,7 @@ class Annotator:
         model = build_model(encoder, len(meta["relations"]), config)
         missing = model.load_state_dict(load_file(str(d / "heads.safetensors")), strict=False)
         if missing.unexpected_keys or any(not k.startswith("encoder.") for k in missing.missing_keys):
-            raise ValueError(f"{d}: heads do not fit the model ({missing})")
+            raise ValueError(f"{d}: heads do not fit the model; saved by another version of the annotator? Retrain it. ({missing})")
         model.eval()
         return cls(model, AutoTokenizer.from_pretrained(d / "encoder"), meta["relations"], config, meta.get("train"))
 

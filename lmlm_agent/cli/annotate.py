@@ -37,7 +37,7 @@ def train(
 @app.command("calibrate")
 def calibrate_command(
     records: list[Path] = typer.Option(..., "--records", help="Teacher annotations the annotator did not train on; repeatable."),
-    annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory; its biases are updated in place."),
+    annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory; its value bias is updated in place."),
     documents: int = typer.Option(50, help="Use the first N documents (training holds out the first 50 of its records by default)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
