@@ -27,6 +27,7 @@ from training.annotator import (
     make_windows,
     train_annotator,
     word_cores,
+    word_ids,
 )
 from training.annotator_data import ground, name_spans, title_span
 from training.annotator_run import annotate_corpus
@@ -66,8 +67,8 @@ def test_viterbi_tags_whole_words_and_never_starts_a_span_with_i() -> None:
     text = "paid 50000 dollars on Monday"
     # Tokens: "paid", "500", "00", "dollars", "on", "Monday"; "00" continues "500".
     spans = [(0, 4), (5, 8), (8, 10), (11, 18), (19, 21), (22, 28)]
-    w = Window(ids=[0] * 6, spans=spans, body=[True] * 6, title=None)
-    cont = _continues_word(w, word_cores(text))
+    w = Window(ids=[0] * 6, spans=spans, body=[True] * 6, title=None, word_of=word_ids(spans, word_cores(text)))
+    cont = _continues_word(w)
     assert cont == [False, False, True, False, False, False]
     logits = torch.tensor(
         [
@@ -91,8 +92,8 @@ def test_word_cores_keep_numbers_and_ranges_whole_and_drop_outer_punctuation() -
     assert words == ["Paid", "$38,000", "1603–1639", "to", "the", "U.S", "Army", "its", "best", "year", "Germany", "citation"]
     # "$", "38", ",", "000": one word, so a value cannot stop at "$"; the comma after ")" is not part of it.
     spans = [(5, 6), (6, 8), (8, 9), (9, 12), (13, 14), (14, 18), (18, 19), (19, 23), (23, 24), (24, 25)]
-    w = Window(ids=[0] * len(spans), spans=spans, body=[True] * len(spans), title=None)
-    assert _continues_word(w, word_cores(text)) == [False, True, True, True, False, False, True, True, False, False]
+    w = Window(ids=[0] * len(spans), spans=spans, body=[True] * len(spans), title=None, word_of=word_ids(spans, word_cores(text)))
+    assert _continues_word(w) == [False, True, True, True, False, False, True, True, False, False]
 
 
 def test_value_candidates_are_whole_words_and_chosen_best_first_without_overlap(tokenizer) -> None:
