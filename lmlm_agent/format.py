@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Union
+from typing import Iterable, Iterator, Literal, Union
 
 DB_ENTITY = "<|db_entity|>"
 DB_RELATIONSHIP = "<|db_relationship|>"
@@ -26,6 +26,71 @@ DB_END = "<|db_end|>"
 SPECIAL_TOKENS: tuple[str, ...] = (DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, DB_END)
 
 _TOKEN_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+_LONGEST_TOKEN = max(len(t) for t in SPECIAL_TOKENS)
+
+
+def _join_removing_formed_tokens(pieces: Iterable[str]) -> str:
+    """Concatenate ``pieces``, removing every special token that only the joining forms.
+
+    Dropping a fragment can join ``<|db_`` and ``end|>`` into ``<|db_end|>``; such a
+    token is removed like a stray one, and so is the next one its removal forms.
+    Tokens inside a piece are kept. Linear: each removal shortens the output by a
+    whole token, only the last ``_LONGEST_TOKEN - 1`` characters of the output and
+    the next ones of the piece are searched, and the output is cut by moving an end
+    index, never by copying. (Two tokens never overlap: each holds ``<|`` only at
+    its start, so a token across a join cannot overlap a kept one.)
+    """
+    out = _Tail()
+    reach = _LONGEST_TOKEN - 1
+    for piece in pieces:
+        at = 0
+        while at < len(piece):
+            tail = out.last(reach)
+            if "<" not in tail:  # a token across the join starts in the tail
+                break
+            window = tail + piece[at : at + reach]
+            formed = next((m for m in _TOKEN_RE.finditer(window) if m.start() < len(tail) < m.end()), None)
+            if formed is None:
+                break
+            out.drop(len(tail) - formed.start())
+            at += formed.end() - len(tail)
+        out.append(piece[at:] if at else piece)
+    return out.text()
+
+
+class _Tail:
+    """Text built from parts, whose end can be read and cut cheaply: part ``k`` counts up to ``ends[k]``."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.ends: list[int] = []
+
+    def append(self, part: str) -> None:
+        if part:
+            self.parts.append(part)
+            self.ends.append(len(part))
+
+    def last(self, n: int) -> str:
+        taken: list[str] = []
+        size = 0
+        for part, end in zip(reversed(self.parts), reversed(self.ends)):
+            if size >= n:
+                break
+            taken.append(part[max(0, end - (n - size)) : end])
+            size += len(taken[-1])
+        return "".join(reversed(taken))
+
+    def drop(self, n: int) -> None:
+        while n > 0:
+            cut = min(n, self.ends[-1])
+            self.ends[-1] -= cut
+            n -= cut
+            if self.ends[-1] == 0:
+                self.parts.pop()
+                self.ends.pop()
+
+    def text(self) -> str:
+        return "".join(p if e == len(p) else p[:e] for p, e in zip(self.parts, self.ends))
 
 
 @dataclass(frozen=True)
@@ -80,7 +145,12 @@ class ParsedText:
 
     @property
     def plain(self) -> str:
-        """The ordinary text: calls (with one following space) and broken fragments removed."""
+        """The ordinary text: calls (with one following space) and broken fragments removed.
+
+        It holds no special token: one that the removals would form by joining the
+        text around them (``<|db_`` + ``end|>``) is removed too, so ``strip_calls``
+        is idempotent.
+        """
         out: list[str] = []
         after_call = False
         for seg in self.segments:
@@ -89,7 +159,7 @@ class ParsedText:
                 after_call = False
             else:
                 after_call = isinstance(seg, LookupCall)
-        return "".join(out)
+        return _join_removing_formed_tokens(out)
 
     @property
     def pending(self) -> LookupCall | None:
@@ -234,25 +304,31 @@ def extract_triples(text: str) -> list[tuple[str, str, str]]:
 
 
 def strip_values(text: str) -> str:
-    """Keep the calls as queries but drop the returned values (what a model must generate)."""
+    """Keep the calls as queries but drop the returned values (what a model must generate).
+
+    Broken fragments are dropped; the output holds no ``<|db_end|>``, so no value can be read back.
+    """
     out: list[str] = []
     for seg in parse(text).segments:
         if isinstance(seg, str):
             out.append(seg)
         elif isinstance(seg, LookupCall):
             out.append(render_call(seg.entity, seg.relation))
-    return "".join(out)
+    return _join_removing_formed_tokens(out)
 
 
 # --------------------------------------------------------------------------- legacy form
 # The published annotator writes ``[dblookup('Entity', 'Relation') -> Value]``.
 
 _LEGACY_OPEN = "[dblookup("
-_LEGACY_ARGS_RE = re.compile(r"^\s*(['\"])(?P<e>.*?)\1\s*,\s*(['\"])(?P<r>.*)\3\s*$", re.S)
+_LEGACY_QUOTES = "'\""
+# Between the two quoted arguments.
+_LEGACY_SEPARATOR_RE = re.compile(r"\s*,\s*")
 # ``)`` then ``->``; the published data once has a stray ``]`` in between: ``[dblookup('E', 'R')] -> V]``.
 _LEGACY_ARROW_RE = re.compile(r"\)\]?\s*->")
 # The head of an unreadable call: through the first ``)`` (and a ``]`` right after it) or ``]``.
 _LEGACY_HEAD_RE = re.compile(r"[^)\]]*(\)\]?|\])")
+_BRACKET_RE = re.compile(r"[\[\]]")
 
 
 @dataclass
@@ -264,21 +340,36 @@ class Conversion:
     dropped: list[str] = field(default_factory=list)
 
 
-def _legacy_end(text: str, arrow_end: int) -> int:
-    """Index of the ``]`` closing a legacy call whose value starts at ``arrow_end``."""
+def _legacy_args(args: str) -> tuple[str, str] | None:
+    """Entity and relation of ``'E', 'R'`` (either quote, quotes allowed inside: ``'O'Brien'``).
+
+    The entity is the shortest quoted run that a ``,`` and the relation's opening
+    quote follow; the relation runs to the last quote. One pass over ``args``
+    (a backtracking regex took quadratic time on arguments full of quotes).
+    """
+    body = args.strip()
+    if len(body) < 2 or body[0] not in _LEGACY_QUOTES or body[-1] not in _LEGACY_QUOTES:
+        return None
+    entity_quote, relation_quote, last = body[0], body[-1], len(body) - 1
+    k = body.find(entity_quote, 1)
+    while 0 <= k < last:
+        sep = _LEGACY_SEPARATOR_RE.match(body, k + 1)
+        if sep and sep.end() < last and body[sep.end()] == relation_quote:
+            return body[1:k], body[sep.end() + 1 : last]
+        k = body.find(entity_quote, k + 1)
+    return None
+
+
+def _legacy_end(text: str, start: int, limit: int) -> int:
+    """Index of the ``]`` closing a legacy call whose value runs from ``start``; -1 if none before ``limit``."""
     depth = 0
-    for j in range(arrow_end, len(text)):
-        ch = text[j]
-        if ch == "[":
-            if text.startswith(_LEGACY_OPEN, j):
-                return -1  # the next call began: this one never closed
+    for m in _BRACKET_RE.finditer(text, start, limit):
+        if m.group() == "[":
             depth += 1
-        elif ch == "]":
-            if depth == 0:
-                return j
+        elif depth == 0:
+            return m.start()
+        else:
             depth -= 1
-        elif ch == "\n":
-            return -1
     return -1
 
 
@@ -289,36 +380,41 @@ def legacy_to_special(text: str) -> Conversion:
     read (no arrow, unbalanced brackets, unquoted arguments, empty entity or
     relation) is counted in ``dropped`` and removed with one following space; of an
     unclosed call only the head ``[dblookup(...) ->`` goes, so the ordinary text is kept.
+    Every ``[dblookup(`` is either converted or dropped. Linear time: each call is
+    read up to the next call or the end of its line, found once.
     """
     out: list[str] = []
     conv = Conversion(text="")
     i = 0
-    while True:
-        j = text.find(_LEGACY_OPEN, i)
-        if j < 0:
-            out.append(text[i:])
-            break
+    newline = -1  # the first "\n" at or after the arguments of the current call (len(text): none)
+    j = text.find(_LEGACY_OPEN)
+    while j >= 0:
         out.append(text[i:j])
         args_start = j + len(_LEGACY_OPEN)
-        limit = min(k for k in (text.find("\n", args_start), text.find(_LEGACY_OPEN, args_start), len(text)) if k >= 0)
+        next_open = text.find(_LEGACY_OPEN, args_start)
+        if newline < args_start:
+            newline = text.find("\n", args_start)
+            newline = len(text) if newline < 0 else newline
+        limit = min(newline, next_open) if next_open >= 0 else newline
         arrow = _LEGACY_ARROW_RE.search(text, args_start, limit)
-        close = _legacy_end(text, arrow.end()) if arrow else -1
-        if close < 0:  # unclosed: drop through the arrow, or the head, and keep what follows
-            head = _LEGACY_HEAD_RE.match(text, args_start, limit)
-            end = arrow.end() if arrow else head.end() if head else limit
-            conv.dropped.append(text[j:end])
+        close = _legacy_end(text, arrow.end(), limit) if arrow else -1
+        names = _legacy_args(text[args_start : arrow.start()]) if close >= 0 else None
+        if names and names[0].strip() and names[1].strip():
+            value = text[arrow.end() : close]
+            out.append(render_call(clean_field(names[0]), clean_field(names[1]), clean_field(value)))
+            conv.converted += 1
+            i = close + 1
         else:
-            m = _LEGACY_ARGS_RE.match(text[args_start : arrow.start()])
-            if m and m.group("e").strip() and m.group("r").strip():
-                value = text[arrow.end() : close]
-                out.append(render_call(clean_field(m.group("e")), clean_field(m.group("r")), clean_field(value)))
-                conv.converted += 1
-                i = close + 1
-                continue
-            end = close + 1
+            if close >= 0:
+                end = close + 1
+            else:  # unclosed: drop through the arrow, or the head, and keep what follows
+                head = _LEGACY_HEAD_RE.match(text, args_start, limit)
+                end = arrow.end() if arrow else head.end() if head else limit
             conv.dropped.append(text[j:end])
-        i = end + 1 if text.startswith(" ", end) else end
-    conv.text = "".join(out)
+            i = end + 1 if text.startswith(" ", end) else end
+        j = next_open
+    out.append(text[i:])
+    conv.text = _join_removing_formed_tokens(out)
     return conv
 
 
@@ -331,8 +427,46 @@ def strip_legacy(text: str) -> str:
 # Reads:  ({MEM_READ(subj>>rel>>;>>rel>>obj)-->res1;res2})   (an empty slot is what is asked)
 # Writes: ({MEM_WRITE--> s>>r>>o;s2>>r2>>o2})
 
-_MEM_READ_RE = re.compile(r"\(\{MEM_READ\((?P<queries>.*?)\)-->(?P<results>.*?)\}\)", re.S)
-_MEM_WRITE_RE = re.compile(r"\(\{MEM_WRITE-->(?P<triples>.*?)\}\)", re.S)
+_MEM_READ_OPEN, _MEM_READ_ARROW, _MEM_WRITE_OPEN, _MEM_CLOSE = "({MEM_READ(", ")-->", "({MEM_WRITE-->", "})"
+_MEM_OPEN_RE = re.compile("|".join(re.escape(o) for o in (_MEM_READ_OPEN, _MEM_WRITE_OPEN)))
+
+
+@dataclass(frozen=True)
+class _MemBlock:
+    """One read (``body`` the queries, ``results``) or write (``body`` the triples), at ``start:end``."""
+
+    is_read: bool
+    start: int
+    end: int
+    body: str
+    results: str = ""
+
+
+def _memllm_blocks(text: str) -> Iterator[_MemBlock]:
+    """The MemLLM reads and writes of ``text``, left to right.
+
+    A read runs from ``({MEM_READ(`` to the first ``)-->`` and then the first
+    ``})``; a write from ``({MEM_WRITE-->`` to the first ``})``. Like a legacy
+    call, a block must close before the next block opens: an opening that does
+    not is ordinary text. Each stretch between two openings is searched once, so
+    the time is linear (a lazy regex retried every unclosed opening up to the end
+    of the text: quadratic).
+    """
+    openings = [(m.start(), m.group() == _MEM_READ_OPEN) for m in _MEM_OPEN_RE.finditer(text)]
+    for k, (start, is_read) in enumerate(openings):
+        limit = openings[k + 1][0] if k + 1 < len(openings) else len(text)
+        if is_read:
+            body_start = start + len(_MEM_READ_OPEN)
+            arrow = text.find(_MEM_READ_ARROW, body_start, limit)
+            close = text.find(_MEM_CLOSE, arrow + len(_MEM_READ_ARROW), limit) if arrow >= 0 else -1
+            if close >= 0:
+                results = text[arrow + len(_MEM_READ_ARROW) : close]
+                yield _MemBlock(True, start, close + len(_MEM_CLOSE), text[body_start:arrow], results)
+        else:
+            body_start = start + len(_MEM_WRITE_OPEN)
+            close = text.find(_MEM_CLOSE, body_start, limit)
+            if close >= 0:
+                yield _MemBlock(False, start, close + len(_MEM_CLOSE), text[body_start:close])
 
 
 @dataclass(frozen=True)
@@ -360,56 +494,72 @@ def _split_triple(raw: str) -> tuple[str, str, str] | None:
     return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
 
 
+def _read_queries(block: _MemBlock, dropped: list[str]) -> tuple[list[MemoryQuery], list[str]]:
+    """The well-formed queries and the results of a read; unreadable queries go to ``dropped``."""
+    queries: list[MemoryQuery] = []
+    for raw in block.body.split(";"):
+        t = _split_triple(raw)
+        if t and t[1] and (bool(t[0]) != bool(t[2])):
+            queries.append(MemoryQuery(*t))
+        elif raw.strip():
+            dropped.append(raw)
+    return queries, [r.strip() for r in block.results.split(";") if r.strip()]
+
+
+def _write_triples(block: _MemBlock, dropped: list[str]) -> list[tuple[str, str, str]]:
+    """The complete triples of a write; unreadable ones go to ``dropped``."""
+    triples: list[tuple[str, str, str]] = []
+    for raw in block.body.split(";"):
+        t = _split_triple(raw)
+        if t and all(t):
+            triples.append(t)
+        elif raw.strip():
+            dropped.append(raw)
+    return triples
+
+
 def parse_memllm(text: str) -> MemLLMParse:
     """Read every MemLLM read and write in ``text``; unreadable ones go to ``dropped``."""
     out = MemLLMParse()
-    for m in _MEM_READ_RE.finditer(text):
-        queries: list[MemoryQuery] = []
-        for raw in m.group("queries").split(";"):
-            t = _split_triple(raw)
-            if t and t[1] and (bool(t[0]) != bool(t[2])):
-                queries.append(MemoryQuery(*t))
-            elif raw.strip():
-                out.dropped.append(raw)
-        results = [r.strip() for r in m.group("results").split(";") if r.strip()]
-        if queries:
-            out.reads.append((queries, results))
-    for m in _MEM_WRITE_RE.finditer(text):
-        for raw in m.group("triples").split(";"):
-            t = _split_triple(raw)
-            if t and all(t):
-                out.writes.append(t)
-            elif raw.strip():
-                out.dropped.append(raw)
+    for block in _memllm_blocks(text):
+        if block.is_read:
+            queries, results = _read_queries(block, out.dropped)
+            if queries:
+                out.reads.append((queries, results))
+        else:
+            out.writes.extend(_write_triples(block, out.dropped))
     return out
 
 
 def memllm_to_special(text: str) -> tuple[Conversion, list[tuple[str, str, str]]]:
     """Convert MemLLM reads that ask for an object into calls; return the writes as triples.
 
-    Reads that ask for a subject (``>>rel>>obj``) have no counterpart in the
-    LMLM format: they are removed and counted in ``dropped``.
+    Reads that ask for a subject (``>>rel>>obj``), several queries in one read, and
+    reads whose subject or relation is empty once special tokens are removed have
+    no counterpart in the LMLM format: they are removed and counted in ``dropped``.
+    Names and the value are cleaned (:func:`clean_field`), so each conversion is
+    exactly one well-formed call; the writes are those :func:`parse_memllm` reads.
     """
     conv = Conversion(text="")
     writes: list[tuple[str, str, str]] = []
-
-    def read_sub(m: re.Match[str]) -> str:
-        parsed = parse_memllm(m.group(0))
-        if len(parsed.reads) == 1 and len(parsed.reads[0][0]) == 1:
-            (query,), results = parsed.reads[0]
-            if query.asks_object:
+    out: list[str] = []
+    pos = 0
+    for block in _memllm_blocks(text):
+        out.append(text[pos : block.start])
+        pos = block.end
+        if not block.is_read:
+            writes.extend(_write_triples(block, conv.dropped))
+            continue
+        queries, results = _read_queries(block, [])
+        if len(queries) == 1 and queries[0].asks_object:
+            entity, relation = clean_field(queries[0].subject), clean_field(queries[0].relation)
+            if entity and relation:
                 conv.converted += 1
-                return render_call(query.subject, query.relation, "; ".join(results))
-        conv.dropped.append(m.group(0))
-        return ""
-
-    def write_sub(m: re.Match[str]) -> str:
-        parsed = parse_memllm(m.group(0))
-        writes.extend(parsed.writes)
-        conv.dropped.extend(parsed.dropped)
-        return ""
-
-    conv.text = _MEM_WRITE_RE.sub(write_sub, _MEM_READ_RE.sub(read_sub, text))
+                out.append(render_call(entity, relation, clean_field("; ".join(results))))
+                continue
+        conv.dropped.append(text[block.start : block.end])
+    out.append(text[pos:])
+    conv.text = _join_removing_formed_tokens(out)
     return conv, writes
 
 
@@ -421,4 +571,4 @@ def special_to_memllm(text: str) -> str:
             out.append(seg)
         elif isinstance(seg, LookupCall):
             out.append(f"({{MEM_READ({seg.entity}>>{seg.relation}>>)-->{seg.value or ''}}})")
-    return "".join(out)
+    return _join_removing_formed_tokens(out)
