@@ -43,12 +43,29 @@ class TrainingOptions:
     save_total_limit: int = field(default=2, metadata={"help": "Intermediate trainer checkpoints to keep."})
     seed: int = field(default=42, metadata={"help": "Seed of model initialisation and data order."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; None: on when a CUDA device supports it."})
+    device: str = field(
+        default="auto",
+        metadata={"help": "auto (CUDA when available, else CPU), cuda or cpu. Under `accelerate launch` / torchrun "
+                          "each process takes one GPU (NCCL) or, on CPU, the processes talk over gloo."},
+    )
     resume: str | None = field(
         default=None,
         metadata={"help": "Resume from a trainer checkpoint: its path, or 'last' for the newest one in output_dir."},
     )
     report_to: str = field(default="none", metadata={"help": "transformers integrations to log to (none, tensorboard, wandb, ...)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def uses_cpu(self) -> bool:
+        """Whether to train on the CPU; a CPU run under several processes is then data-parallel over gloo."""
+        import torch
+
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be auto, cuda or cpu, not {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device=cuda but torch sees no CUDA device")
+        # Telling the trainer "cpu" explicitly matters: without it, processes started by
+        # `accelerate launch`/torchrun on a machine without GPUs each train alone.
+        return self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
 
     def gradient_accumulation_steps(self) -> int:
         if not self.effective_batch_size:
@@ -67,9 +84,10 @@ class TrainingOptions:
         import torch
         from trl import SFTConfig
 
+        cpu = self.uses_cpu()
         bf16 = self.bf16
         if bf16 is None:
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            bf16 = not cpu and torch.cuda.is_bf16_supported()
         return SFTConfig(
             output_dir=self.output_dir,
             max_length=self.context_length,
@@ -92,7 +110,8 @@ class TrainingOptions:
             disable_tqdm=not self.progress,
             # Small models: recomputing activations costs more than it saves (TRL turns it on by default).
             activation_checkpointing=False,
-            dataloader_pin_memory=torch.cuda.is_available(),
+            use_cpu=cpu,
+            dataloader_pin_memory=not cpu,
             # Rows are already tokenised, masked and packed; the collator only pads.
             dataset_kwargs={"skip_prepare_dataset": True},
             include_num_input_tokens_seen="non_padding",

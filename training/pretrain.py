@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,8 +52,9 @@ def pretrain(
     if config.baseline and tokenizer is None and not (config.tokenizer or resume):
         # BPE training is not bit-reproducible across processes: a baseline must be given the LMLM's.
         raise ValueError("the baseline needs the LMLM's tokenizer: set `tokenizer` to the LMLM checkpoint")
+    args = config.sft_config()
     if tokenizer is None:
-        tokenizer = _load_or_train_tokenizer(resume or config.tokenizer, docs, config.vocab_size)
+        tokenizer = _load_or_train_tokenizer(resume or config.tokenizer, docs, config, args)
     annotated = [d.annotated for d in docs]
     texts = baseline_texts(annotated) if config.baseline else annotated
     packed = pack(texts, tokenizer, config.context_length, mask_values=not config.baseline)
@@ -72,7 +74,7 @@ def pretrain(
         "data_trained_tokens": packed.trained_tokens,
         "config": asdict(config),
     }
-    return run_trainer(model, tokenizer, packed.to_dataset(), config, meta, resume=resume)
+    return run_trainer(model, tokenizer, packed.to_dataset(), config, meta, resume=resume, args=args)
 
 
 @dataclass
@@ -98,11 +100,24 @@ def train_pair(
     return TrainedPair(lmlm, baseline)
 
 
-def run_trainer(model, tokenizer, dataset, options: TrainingOptions, meta: dict[str, Any], resume: str | None = None) -> Path:
-    """Train with TRL's SFTTrainer, then save model + tokenizer + lmlm.json in ``options.output_dir``."""
+def run_trainer(
+    model, tokenizer, dataset, options: TrainingOptions, meta: dict[str, Any], resume: str | None = None, args=None
+) -> Path:
+    """Train with TRL's SFTTrainer, then save model + tokenizer + lmlm.json in ``options.output_dir``.
+
+    Under ``accelerate launch`` / torchrun every process trains on its share of each
+    global batch (``args`` defaults to ``options.sft_config()``); only process 0 writes.
+    """
     from trl import SFTTrainer
 
-    trainer = SFTTrainer(model=model, args=options.sft_config(), train_dataset=dataset, processing_class=tokenizer)
+    args = args if args is not None else options.sft_config()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.world_size != launched:
+        raise RuntimeError(
+            f"launched as {launched} processes but the trainer runs as {args.world_size}: each process would train "
+            "alone and all would write the checkpoint (on a machine without GPUs use device=cpu)"
+        )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
@@ -111,14 +126,20 @@ def run_trainer(model, tokenizer, dataset, options: TrainingOptions, meta: dict[
     run_meta = {
         "parameters": count_parameters(trainer.model),
         "steps": state.global_step,
-        "tokens": state.num_input_tokens_seen,
+        "tokens": state.num_input_tokens_seen,  # summed over all processes
         "train_loss": result.training_loss,
         "train_seconds": round(seconds, 1),
+        "processes": args.world_size,
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
     }
+    logger.info("process %d of %d trained %d steps", args.process_index, args.world_size, state.global_step)
     if trainer.is_world_process_zero():  # under `accelerate launch`, one process writes
         save_checkpoint(out, trainer.model, tokenizer, **{**meta, **run_meta})
         (out / "train_log.json").write_text(json.dumps(state.log_history, indent=1))
-    logger.info("saved %s (%d steps, %d tokens, loss %.3f)", out, state.global_step, state.num_input_tokens_seen, result.training_loss)
+        logger.info(
+            "process %d saved %s (%d steps, %d tokens, loss %.3f)",
+            args.process_index, out, state.global_step, state.num_input_tokens_seen, result.training_loss,
+        )
     return out
 
 
@@ -136,12 +157,23 @@ def resume_path(options: TrainingOptions) -> str | None:
     return last
 
 
-def _load_or_train_tokenizer(path: str | None, docs: Sequence[AnnotatedDocument], vocab_size: int):
-    if path:
-        from transformers import AutoTokenizer
+def _load_or_train_tokenizer(path: str | None, docs: Sequence[AnnotatedDocument], config: PretrainConfig, args):
+    from transformers import AutoTokenizer
 
+    if path:
         return AutoTokenizer.from_pretrained(path)
-    return train_tokenizer([d.annotated for d in docs], vocab_size=vocab_size)
+    if args.world_size == 1:
+        return train_tokenizer([d.annotated for d in docs], vocab_size=config.vocab_size)
+    # Several processes must share one vocabulary, and BPE training is not guaranteed to be
+    # bit-identical across processes: process 0 trains it and writes it where the checkpoint
+    # will hold it; the others wait for it and read it.
+    with args.main_process_first(local=False, desc="tokenizer training"):
+        if args.process_index == 0:
+            tokenizer = train_tokenizer([d.annotated for d in docs], vocab_size=config.vocab_size)
+            tokenizer.save_pretrained(config.output_dir)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(config.output_dir)
+    return tokenizer
 
 
 def _position_override(config: PretrainConfig) -> dict[str, int]:

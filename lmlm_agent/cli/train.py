@@ -12,6 +12,13 @@ CONFIG_HELP = "YAML config file, or a preset name from training/configs (micro, 
 SET_HELP = "Override one config key: --set key=value (repeatable), e.g. --set data=corpus.jsonl --set max_steps=200."
 
 
+def _echo_checkpoint(path) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, process 0 wrote it
+        typer.echo(f"checkpoint: {path}")
+
+
 def _pretrain(config: str, overrides: List[str], baseline: bool) -> None:
     import logging
 
@@ -24,7 +31,7 @@ def _pretrain(config: str, overrides: List[str], baseline: bool) -> None:
         raise typer.BadParameter("no training data: set `data:` in the config or pass --set data=FILE")
     if baseline and not (cfg.tokenizer or cfg.resume):
         raise typer.BadParameter("the baseline shares the LMLM's tokenizer: pass --set tokenizer=LMLM_CHECKPOINT")
-    typer.echo(f"checkpoint: {pretrain(cfg)}")
+    _echo_checkpoint(pretrain(cfg))
 
 
 @app.command("pretrain")
@@ -60,4 +67,4 @@ def finetune_cmd(
     cfg = load_config(FinetuneConfig, config, overrides or [])
     if not cfg.data:
         raise typer.BadParameter("no QA data: set `data:` in the config or pass --set data=FILE")
-    typer.echo(f"checkpoint: {finetune(cfg)}")
+    _echo_checkpoint(finetune(cfg))
