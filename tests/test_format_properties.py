@@ -16,7 +16,8 @@ The invariants (docs/ARCHITECTURE.md, "The lookup-call format"):
   right-stripped, ends with ``<|db_return|>``.
 - strip_calls: total; its output holds no special token, so it is idempotent;
   on text without special tokens it is the identity; and
-  ``strip_calls(insert_calls(t, p)) == t`` for every plain ``t``.
+  ``strip_calls(insert_calls(t, p)) == t`` for every plain ``t`` (that one is
+  tests/test_format.py's ``test_strip_of_insert_gives_the_plain_text_back``).
 - strip_values: total; its output holds no ``<|db_end|>`` (no value can be read
   back), one query (``<|db_entity|>``) per complete call of the input, in order,
   and strips to the same plain text as the input minus broken fragments.
@@ -200,13 +201,6 @@ def test_parse_invariants(text):
 @given(mixed_text)
 def test_strip_calls_leaves_no_token_and_is_idempotent(text):
     assert strip_calls_breaks(text) == []
-
-
-@PROPERTIES
-@given(plain_text, st.lists(st.tuples(st.integers(0, 40), field_text, field_text, plain_text), max_size=5))
-def test_strip_of_insert_is_the_plain_text(plain, raw):
-    placements = [(min(off, len(plain)), LookupCall(e, r, v.strip())) for off, e, r, v in raw]
-    assert strip_calls(insert_calls(plain, placements)) == plain
 
 
 @PROPERTIES
