@@ -114,7 +114,7 @@ def strip_calls_breaks(text: str) -> list[str]:
 def strip_values_breaks(text: str) -> list[str]:
     queries = strip_values(text)
     breaks: list[str] = []
-    if DB_END in queries:
+    if DB_END in queries or extract_triples(queries):
         breaks.append("strip_values: output holds a value (<|db_end|>)")
     if queries.count(DB_ENTITY) != len(parse(text).calls):
         breaks.append("strip_values: not one query per call")
