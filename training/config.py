@@ -20,6 +20,14 @@ import yaml
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+def launched_processes() -> int:
+    """How many processes the launcher started: torchrun / `accelerate launch` set WORLD_SIZE, mpirun its own."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return 1
+
+
 @dataclass
 class TrainingOptions:
     """What every training command shares: optimisation, logging, checkpoints."""
@@ -70,7 +78,7 @@ class TrainingOptions:
     def gradient_accumulation_steps(self) -> int:
         if not self.effective_batch_size:
             return 1
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = launched_processes()
         steps, rest = divmod(self.effective_batch_size, self.per_device_batch_size * world)
         if steps < 1 or rest:
             raise ValueError(
@@ -191,4 +199,6 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ValueError(f"{key}: {value!r} is not a {hint}")
 
 
-__all__ = ["CONFIG_DIR", "FinetuneConfig", "PretrainConfig", "TrainingOptions", "config_path", "load_config"]
+__all__ = [
+    "CONFIG_DIR", "FinetuneConfig", "PretrainConfig", "TrainingOptions", "config_path", "launched_processes", "load_config",
+]

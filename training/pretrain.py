@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Sequence
 
 from lmlm_agent.model import build_model, count_parameters, save_checkpoint
 from lmlm_agent.tokenizer import train_tokenizer
-from training.config import PretrainConfig, TrainingOptions
+from training.config import PretrainConfig, TrainingOptions, launched_processes
 from training.corpus import AnnotatedDocument, read_documents
 from training.data import baseline_texts, pack
 
@@ -111,7 +110,7 @@ def run_trainer(
     from trl import SFTTrainer
 
     args = args if args is not None else options.sft_config()
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = launched_processes()
     if args.world_size != launched:
         raise RuntimeError(
             f"launched as {launched} processes but the trainer runs as {args.world_size}: each process would train "
