@@ -107,3 +107,51 @@ class BrokenStore:
     def read(self, entity: str, relation: str):
         raise RuntimeError("database down")
 
+
+
+# --------------------------------------------------------------------------- published-style checkpoints
+
+PAD_SETUPS = ("no_pad", "pad_is_eos", "dedicated_pad")
+
+
+def published_style_checkpoint(path, arch: str = "llama", pad_setup: str = "no_pad", texts: list[str] | None = None):
+    """A tiny HF causal LM directory as a published LMLM checkpoint is laid out.
+
+    ``arch`` is ``llama`` (LlamaForCausalLM) or ``gpt2`` (GPT2LMHeadModel). The
+    tokenizer has the four call tokens as added special tokens and, by
+    ``pad_setup``: no pad token at all, ``pad_token = eos_token``, or a dedicated
+    ``<|pad|>``. No ``lmlm.json``: nothing of ours beyond the call tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from lmlm_agent.format import SPECIAL_TOKENS
+
+    eos, pad = "<|endoftext|>", "<|pad|>"
+    specials = [eos, *([pad] if pad_setup == "dedicated_pad" else [])]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(texts or CORPUS, trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos, clean_up_tokenization_spaces=False)
+    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+    if pad_setup == "pad_is_eos":
+        tok.pad_token = tok.eos_token
+    elif pad_setup == "dedicated_pad":
+        tok.pad_token = pad
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True, **ids)
+        model = LlamaForCausalLM(config)
+    elif arch == "gpt2":
+        config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128, **ids)
+        model = GPT2LMHeadModel(config)
+    else:
+        raise ValueError(f"unknown arch {arch!r}")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -128,7 +128,8 @@ def test_length_stop_string_and_forced_start(tok):
     (out,) = interleaved_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(max_new_tokens=3))
     assert out.finish_reason == "length" and out.generated_tokens == 3
     (out,) = interleaved_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(stop_strings=["London"]))
-    assert out.finish_reason == "stop" and out.text.endswith("London")  # the value injected earlier did not trigger it
+    # The text ends before the stop string (as OpenAI's stop); the value "London" injected earlier did not trigger it.
+    assert out.finish_reason == "stop" and out.raw_text.endswith("London<|db_end|> ") and out.text == " was born in 1815 in "
     forced = {"Question: Ko": render_call("Ko Itakura", "team", "Japan") + " Japan."}
     (out,) = interleaved_generate(
         scripted(tok, forced), tok, "Question: Ko", DictStore(FACTS), DecodingConfig(force_lookup_start=True)
