@@ -43,6 +43,7 @@ class ScriptedLM(torch.nn.Module):
         self.eos = tok.eos_token_id
         self.config = SimpleNamespace(vocab_size=len(tok), max_position_embeddings=4096)
         self.widths: list[int] = []  # input width of every forward, to check what was re-encoded
+        self.batch_sizes: list[int] = []  # rows of every forward, to check what was batched
         self.real_fed = 0  # unpadded tokens fed, summed over rows and calls
 
     @property
@@ -51,6 +52,7 @@ class ScriptedLM(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True, logits_to_keep=0):
         self.widths.append(input_ids.shape[1])
+        self.batch_sizes.append(input_ids.shape[0])
         self.real_fed += int(attention_mask[:, -input_ids.shape[1] :].sum())
         ids = input_ids[:, None, :, None].float()
         history, _ = cache.update(ids, ids, 0)
@@ -155,3 +157,44 @@ def published_style_checkpoint(path, arch: str = "llama", pad_setup: str = "no_p
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+CHAT_DRILLS = [
+    ("Hello", "Hello, I am a small model that looks facts up."),
+    ("hi", "Hi, ask me about people and places."),
+    ("When was Ada Lovelace born?", "Ada Lovelace was born in 1815."),
+    ("Where was Ko Itakura born?", "Ko Itakura was born in Yokohama."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Write a story about a cat.", "A cat sat by the river and watched the boats."),
+    ("What is 1 + 1?", "It is two."),
+    ("Who are you?", "I am a small model that looks facts up."),
+]
+
+
+def train_micro_chat_model(path, steps: int = 80, seed: int = 0):
+    """A micro Llama trained for a few seconds on one-line question/answer drills, saved as a checkpoint.
+
+    Enough that it answers in the chat form (a non-empty line after ``Answer:``),
+    which is what langchain-tests' integration suite needs of a real model.
+    """
+    from lmlm_agent.format import qa_prompt
+    from lmlm_agent.model import build_model, save_checkpoint
+
+    tok = tokenizer()
+    texts = [f"{qa_prompt(q)} {a}\n" for q, a in CHAT_DRILLS]
+    rows = [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    labels = ids.masked_fill(ids == tok.pad_token_id, -100)
+    torch.manual_seed(seed)
+    model = build_model("micro", tok)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    save_checkpoint(path, model, tok, kind="lmlm", preset="micro", note="test chat drills")
+    return path, float(loss.detach())
