@@ -108,11 +108,15 @@ class RowFollower:
 
     ``chat`` strips the layout whitespace around a chat answer (after ``Answer:``
     and at the end) from the pieces too, so they concatenate to ``output.text.strip()``.
+    Both take one value for every row or one per row.
     """
 
-    def __init__(self, decoder: InterleavedDecoder, keep_calls: bool = False, chat: bool = False):
+    def __init__(self, decoder: InterleavedDecoder, keep_calls: bool | Sequence[bool] = False, chat: bool | Sequence[bool] = False):
         self.decoder = decoder
-        self.streams = [TextStream(decoder, r, keep_calls, strip=chat) for r in range(len(decoder.rows))]
+        n = len(decoder.rows)
+        keep = [keep_calls] * n if isinstance(keep_calls, bool) else list(keep_calls)
+        strip = [chat] * n if isinstance(chat, bool) else list(chat)
+        self.streams = [TextStream(decoder, r, keep[r], strip=strip[r]) for r in range(n)]
         self.reported = [0] * len(decoder.rows)
         self.done = [False] * len(decoder.rows)
 
