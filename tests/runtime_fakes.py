@@ -35,8 +35,9 @@ class ScriptedLM(torch.nn.Module):
     counting, what the runtime injected after each ``<|db_return|>``.
     """
 
-    def __init__(self, tok, scripts: dict[str, str]):
+    def __init__(self, tok, scripts: dict[str, str], delay_s: float = 0.0):
         super().__init__()
+        self.delay_s = delay_s  # seconds per forward pass: a slow model, for server timing tests
         # A script is the text the model writes (verbatim, malformed calls included); values come from the runtime.
         self.scripts = {tuple(tok.encode(p)): tok.encode(s) for p, s in scripts.items()}
         self.call = call_token_ids(tok)
@@ -53,6 +54,7 @@ class ScriptedLM(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True, logits_to_keep=0):
         self.widths.append(input_ids.shape[1])
         self.batch_sizes.append(input_ids.shape[0])
+        time.sleep(self.delay_s)
         self.real_fed += int(attention_mask[:, -input_ids.shape[1] :].sum())
         ids = input_ids[:, None, :, None].float()
         history, _ = cache.update(ids, ids, 0)
@@ -67,7 +69,8 @@ class ScriptedLM(torch.nn.Module):
         if not prompts:
             return self.eos
         prompt = max(prompts, key=len)
-        written, injected = [], False
+        # A prompt that ends in <|db_return|> is followed by the runtime's value first.
+        written, injected = [], prompt[-1] == self.call.ret
         for t in seq[len(prompt) :]:
             if injected:
                 injected = t != self.call.end
