@@ -276,3 +276,60 @@ def test_decode_benchmark_rejects_a_period_shorter_than_its_call(tok):
 
     with pytest.raises(ValueError, match="must exceed"):
         scheduled_model("micro", tok, "Ada Lovelace", "birth year", period=3)
+
+
+# --------------------------------------------------------------------------- prompts inside calls, per-row limits, logprobs
+
+
+def test_prompt_ending_inside_a_call_is_completed_with_one_lookup(tok):
+    from runtime_fakes import ScriptedLM
+
+    after = "Ada Lovelace was born in <|db_entity|> Ada Lovelace<|db_relationship|> birth year<|db_return|>"
+    mid = "Ada Lovelace was born in <|db_entity|> Ada Lov"
+    model = ScriptedLM(tok, {after: " 1815 in London.", mid: "elace<|db_relationship|> birth year<|db_return|> 1815 in London."})
+    store = DictStore(FACTS)
+    done_after, done_mid = interleaved_generate(model, tok, [after, mid], store)
+    assert done_after.raw_text == " 1815<|db_end|> 1815 in London."  # the value first, then the model goes on
+    assert done_mid.raw_text == "elace<|db_relationship|> birth year<|db_return|> 1815<|db_end|> 1815 in London."
+    assert done_after.text == done_mid.text == "1815 in London."  # the call begun in the prompt is stripped whole
+    assert store.queries == [("Ada Lovelace", "birth year")] * 2  # one lookup each
+    assert done_after.lookups[0].position == -1  # the <|db_return|> that asked is the prompt's last token
+    assert done_mid.token_ids[done_mid.lookups[0].position] == call_token_ids(tok).ret
+    pieces = list(stream_generate(model, tok, mid, store))
+    assert "".join(pieces) == "1815 in London." and not any("<|" in p for p in pieces)
+
+
+def test_rows_keep_their_own_limits_and_stop_strings(tok):
+    from lmlm_agent.decoding import Prompt
+
+    rows = [Prompt("Ada Lovelace", max_new_tokens=4), Prompt("Ada Lovelace", stop_strings=("London",)), "Ko Itakura"]
+    short, stopped, full = interleaved_generate(scripted(tok), tok, rows, DictStore(FACTS))
+    assert (short.finish_reason, short.generated_tokens) == ("length", 4)
+    assert stopped.finish_reason == "stop" and stopped.text == " was born in 1815 in "
+    assert full.raw_text == KO and full.finish_reason == "eos"
+
+
+def test_logprobs_are_the_models_and_cover_chosen_tokens_only(tok, micro):
+    (out,) = interleaved_generate(micro, tok, "Ada Lovelace was born", DictStore(FACTS), DecodingConfig(max_new_tokens=30, logprobs=3))
+    assert len(out.logprobs) == out.generated_tokens  # one per choice: injected value tokens have none
+    written = [lp for lp in out.logprobs if lp.position < len(out.token_ids)]
+    assert all(out.token_ids[lp.position] == lp.token_id for lp in written)
+    assert all(len(lp.top) == 3 and lp.top[0][1] >= lp.logprob - 1e-6 and lp.logprob <= 0 for lp in out.logprobs)
+    (plain,) = interleaved_generate(micro, tok, "Ada Lovelace was born", DictStore(FACTS), DecodingConfig(max_new_tokens=30))
+    assert plain.token_ids == out.token_ids and plain.logprobs == []  # recording changes nothing
+
+
+def test_a_cancelled_row_leaves_the_batch(tok):
+    model = scripted(tok)
+    decoder = InterleavedDecoder(model, tok, ["Ada Lovelace", "The capital of France"], DictStore(FACTS), DecodingConfig())
+    decoder.step()
+    decoder.cancel(1)
+    decoder.step()
+    assert decoder.active == [0] and model.batch_sizes[-1] == 1
+    outs = decoder.run()
+    assert outs[0].raw_text == ADA and outs[1].finish_reason == "cancelled"
+
+
+def test_a_stream_never_sends_part_of_a_stop_string(tok):
+    pieces = list(stream_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(stop_strings=("don.",))))
+    assert "".join(pieces) == " was born in 1815 in Lon"  # the "d" that could start "don." was held back, never sent

@@ -424,3 +424,13 @@ def test_broken_server_yaml_is_one_clear_error(tmp_path) -> None:
     path.write_text("- a list\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         ServerConfig.load(path)
+
+
+def test_serve_refuses_a_bad_server_yaml_in_one_line(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lmlm_agent.cli import app
+
+    (tmp_path / "server.yaml").write_text("max_tokens: '100'\n")
+    result = CliRunner().invoke(app, ["serve", "--run", str(tmp_path)])
+    assert result.exit_code == 2 and "max_tokens must be int" in result.output and "Traceback" not in result.output
