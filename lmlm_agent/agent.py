@@ -117,8 +117,16 @@ class RowFollower:
         keep = [keep_calls] * n if isinstance(keep_calls, bool) else list(keep_calls)
         strip = [chat] * n if isinstance(chat, bool) else list(chat)
         self.streams = [TextStream(decoder, r, keep[r], strip=strip[r]) for r in range(n)]
-        self.reported = [0] * len(decoder.rows)
-        self.done = [False] * len(decoder.rows)
+        self.reported = [0] * n
+        self.done = [False] * n
+
+    def add(self, prompts: Sequence[str | Prompt], keep_calls: bool = False, chat: bool = False) -> list[int]:
+        """Join prompts to the running decoder (continuous batching) and follow them too; their row indices."""
+        rows = self.decoder.add(list(prompts))
+        self.streams += [TextStream(self.decoder, r, keep_calls, strip=chat) for r in rows]
+        self.reported += [0] * len(rows)
+        self.done += [False] * len(rows)
+        return rows
 
     def step(self) -> list[Delta]:
         """Run one decoder step; the deltas of the rows that have news (every unfinished row once it ends)."""

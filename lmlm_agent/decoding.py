@@ -109,6 +109,18 @@ class GrowingLayer(DynamicLayer):
             self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
             self._set_length(self.length)
 
+    def append_rows(self, other: GrowingLayer, length: int) -> None:
+        """Put ``other``'s rows after these, both histories right-aligned to ``length`` (the gap is for a zero mask)."""
+
+        def aligned(buffer: torch.Tensor, filled: int) -> torch.Tensor:
+            out = buffer.new_zeros(*buffer.shape[:2], 2 * length, buffer.shape[-1])
+            out[:, :, length - filled : length] = buffer[:, :, :filled]
+            return out
+
+        self.key_buffer = torch.cat([aligned(self.key_buffer, self.length), aligned(other.key_buffer, other.length)])
+        self.value_buffer = torch.cat([aligned(self.value_buffer, self.length), aligned(other.value_buffer, other.length)])
+        self._set_length(length)
+
 
 def growing_cache() -> Cache:
     """A KV cache of :class:`GrowingLayer` s, made lazily, one per attention layer."""
@@ -194,6 +206,10 @@ class GenerationOutput:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per chosen token, when asked for
 
 
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros(mask.shape[0], width - mask.shape[1]), mask], dim=1)
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     """Every id that ends a row: the tokenizer's EOS and the model's generation-config EOS id(s)."""
     ids = {tokenizer.eos_token_id}
@@ -270,24 +286,56 @@ class InterleavedDecoder:
         if config.do_sample and config.seed is not None:
             self.generator = torch.Generator(self.device).manual_seed(config.seed)
 
-        self.rows: list[_Row] = []
-        for prompt in prompts:
-            spec = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
-            # An empty prompt still needs one token to predict from: start at a document boundary.
-            ids = tokenizer.encode(spec.text, add_special_tokens=False) or [self.eos_boundary]
-            row = _Row(
-                spec.text,
-                ids[-(self.max_positions - 1) :],
-                max_new_tokens=config.max_new_tokens if spec.max_new_tokens is None else spec.max_new_tokens,
-                stop_strings=tuple(config.stop_strings if spec.stop_strings is None else spec.stop_strings),
-            )
-            self._enter_open_call(row)
-            if config.force_lookup_start and not row.call_prefix:
-                row.ids.append(self.call.entity)
-                row.generated = 1
-            self.rows.append(row)
+        self.rows: list[_Row] = [self._new_row(p) for p in prompts]
         self.active = list(range(len(self.rows)))  # batch slot -> row index
-        self._prefill()
+        self._prefill(self.rows)
+
+    def _new_row(self, prompt: str | Prompt) -> _Row:
+        spec = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
+        # An empty prompt still needs one token to predict from: start at a document boundary.
+        ids = self.tokenizer.encode(spec.text, add_special_tokens=False) or [self.eos_boundary]
+        row = _Row(
+            spec.text,
+            ids[-(self.max_positions - 1) :],
+            max_new_tokens=self.config.max_new_tokens if spec.max_new_tokens is None else spec.max_new_tokens,
+            stop_strings=tuple(self.config.stop_strings if spec.stop_strings is None else spec.stop_strings),
+        )
+        self._enter_open_call(row)
+        if self.config.force_lookup_start and not row.call_prefix:
+            row.ids.append(self.call.entity)
+            row.generated = 1
+        return row
+
+    def add(self, prompts: list[str | Prompt]) -> list[int]:
+        """Join new prompts to the running batch (continuous batching); returns their row indices.
+
+        The new rows are prefilled in a cache of their own, then appended to the
+        batch: the shorter of the two histories is left-padded under a zero mask,
+        and each row keeps its own position ids, so every row still sees exactly
+        what it would see alone.
+        """
+        rows = [self._new_row(p) for p in prompts]
+        first = len(self.rows)
+        self.rows += rows
+        added = list(range(first, len(self.rows)))
+        if not self.active:
+            self.active = added
+            self._prefill(rows)
+            return added
+        running = (self.cache, self.attention_mask, self.positions, self.seen, self.logits, self.active)
+        self.active = added
+        self._prefill(rows)
+        cache, mask, positions, seen, logits, active = running
+        width = max(mask.shape[1], self.attention_mask.shape[1])
+        for layer, new in zip(cache.layers, self.cache.layers):
+            layer.append_rows(new, width)
+        self.cache = cache
+        self.attention_mask = torch.cat([_left_pad(mask, width), _left_pad(self.attention_mask, width)])
+        self.positions = torch.cat([positions, self.positions])
+        self.seen = torch.cat([seen, self.seen])
+        self.logits = torch.cat([logits, self.logits])
+        self.active = active + added
+        return added
 
     @property
     def eos_boundary(self) -> int:
@@ -323,15 +371,15 @@ class InterleavedDecoder:
             )
         self.logits = out.logits[:, -1, :].float()
 
-    def _prefill(self) -> None:
+    def _prefill(self, rows: list[_Row]) -> None:
         self.cache = growing_cache()  # layers made on first use: full attention, as in every preset
-        self.attention_mask = torch.zeros(len(self.rows), 0, dtype=torch.long, device=self.device)
-        feeds = [r.prompt_ids + r.ids for r in self.rows]
+        self.attention_mask = torch.zeros(len(rows), 0, dtype=torch.long, device=self.device)
+        feeds = [r.prompt_ids + r.ids for r in rows]
         vocab = self.model.config.vocab_size
-        self.seen = torch.zeros(len(self.rows), vocab, dtype=torch.bool, device=self.device)
+        self.seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=self.device)
         for slot, feed in enumerate(feeds):
             self.seen[slot, feed] = True
-        self.positions = torch.zeros(len(self.rows), dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(len(rows), dtype=torch.long, device=self.device)
         self._feed(feeds)
 
     def _feed(self, feeds: list[list[int]]) -> None:

@@ -14,14 +14,16 @@ A thin adapter over :class:`lmlm_agent.agent.LMLMAgent` (no LangChain): chat
 turns become the agent's :func:`~lmlm_agent.agent.chat_prompt`, and one worker
 thread owns the model and decodes (:class:`BatchScheduler`).
 
-Batching is *micro-batching*, not continuous: requests that arrive while a batch
-decodes wait in a bounded queue; when the decoder is free, the oldest waiting
-request and every other waiting request with the same sampling settings
-(temperature, top_p, logprobs, namespace; a request with a ``seed`` is decoded
-alone, so the seed reproduces it) are decoded together as one batch, up to
-``max_batch`` rows. Each row keeps its own ``max_tokens`` and ``stop``. A full
-queue answers 503 ``server_busy`` with ``Retry-After``. A client that goes away
-(a dropped stream) has its rows dropped from the batch at the next step.
+Batching is continuous, for requests with the same sampling settings
+(temperature, top_p, logprobs, namespace): a request that arrives while a batch
+decodes joins it at the next step (its prompt is prefilled and its rows appended,
+:meth:`~lmlm_agent.decoding.InterleavedDecoder.add`), up to ``max_batch`` rows.
+Each row keeps its own ``max_tokens`` and ``stop``. A request with other settings
+waits in a bounded queue until the batch ends (and once one waits, no later
+request joins ahead of it); a request with a ``seed`` is decoded alone, so the
+seed reproduces it. A full queue answers 503 ``server_busy`` with
+``Retry-After``. A client that goes away (a dropped stream) has its rows dropped
+from the batch at the next step.
 
 OpenAI parameters: ``n`` and prompt lists (one row each), ``logprobs`` /
 ``top_logprobs`` (non-streamed; the model's log-probabilities of the tokens it
@@ -371,13 +373,14 @@ class Job:
 
 
 class BatchScheduler:
-    """One worker thread owns the model and decodes waiting requests in micro-batches (see the module notes)."""
+    """One worker thread owns the model and decodes requests in continuous batches (see the module notes)."""
 
     def __init__(self, agent: LMLMAgent, max_batch: int, max_queue: int):
         self.agent, self.max_batch, self.max_queue = agent, max_batch, max_queue
         self.waiting: deque[Job] = deque()
         self.wakeup = threading.Condition()
-        self.batch_sizes: list[int] = []  # rows of every batch decoded, for tests and measurements
+        self.batch_sizes: list[int] = []  # most rows in flight at once, per decoder run (tests, measurements)
+        self.rows_decoded = 0
         self.thread: threading.Thread | None = None
         self.stopping = False
 
@@ -403,13 +406,17 @@ class BatchScheduler:
             if self.stopping:
                 return None
             first = self.waiting.popleft()
-            batch, rows = [first], len(first.prompts)
-            for job in list(self.waiting):
-                if job.key == first.key and rows + len(job.prompts) <= self.max_batch:
-                    self.waiting.remove(job)
-                    batch.append(job)
-                    rows += len(job.prompts)
-            return batch
+            return [first, *self._joiners(first.key, len(first.prompts))]
+
+    def _joiners(self, key: tuple, rows: int) -> list[Job]:
+        """Waiting jobs that may join a batch of ``key`` holding ``rows`` rows: the queue's head, while it matches."""
+        joining = []
+        with self.wakeup:
+            while self.waiting and self.waiting[0].key == key and rows + len(self.waiting[0].prompts) <= self.max_batch:
+                job = self.waiting.popleft()
+                rows += len(job.prompts)
+                joining.append(job)
+        return joining
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
@@ -423,19 +430,27 @@ class BatchScheduler:
                     job.send(exc)
 
     def _decode(self, batch: list[Job]) -> None:
+        """Decode ``batch`` (a list it extends with the jobs that join) until every row is done."""
         first = batch[0]
         owner = [(job, i) for job in batch for i in range(len(job.prompts))]
-        self.batch_sizes.append(len(owner))
         decoder = self.agent.decoder([p for job in batch for p in job.prompts], first.namespace, **first.settings)
         follower = RowFollower(decoder, chat=[job.chat for job, _ in owner])
-        for deltas in follower:
-            for delta in deltas:
+        peak = len(owner)
+        while not all(follower.done):
+            for delta in follower.step():
                 job, index = owner[delta.row]
                 if not job.cancelled.is_set():
                     job.send((index, delta))
             for r, (job, _) in enumerate(owner):
                 if job.cancelled.is_set():
                     decoder.cancel(r)
+            for job in self._joiners(first.key, len(decoder.active)):
+                batch.append(job)
+                follower.add(job.prompts, chat=job.chat)
+                owner += [(job, i) for i in range(len(job.prompts))]
+            peak = max(peak, len(decoder.active))
+        self.batch_sizes.append(peak)
+        self.rows_decoded += len(owner)
 
 
 # --------------------------------------------------------------------------- the app

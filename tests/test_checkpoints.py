@@ -41,6 +41,11 @@ def test_agent_greedy_batched_and_sampled(checkpoint):
     # Greedy, batched (left padding under the mask) equals transformers' greedy on each prompt alone.
     assert [o.token_ids for o in batched] == [hf_greedy(agent.model, agent.tokenizer, p, 12) for p in PROMPTS]
     assert {t for o in batched for t in o.token_ids} != {0}  # not the "always token 0" failure
+    joined = agent.decoder(PROMPTS[:1])  # continuous batching: the others join a running batch
+    for _ in range(3):
+        joined.step()
+    joined.add(PROMPTS[1:])
+    assert [o.token_ids for o in joined.run()] == [o.token_ids for o in batched]
     sampled = agent.generate(PROMPTS, do_sample=True, temperature=1.3, top_p=0.95, seed=5)
     assert [o.token_ids for o in sampled] == [o.token_ids for o in agent.generate(PROMPTS, do_sample=True, temperature=1.3,
                                                                                   top_p=0.95, seed=5)]

@@ -333,3 +333,30 @@ def test_a_cancelled_row_leaves_the_batch(tok):
 def test_a_stream_never_sends_part_of_a_stop_string(tok):
     pieces = list(stream_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(stop_strings=("don.",))))
     assert "".join(pieces) == " was born in 1815 in Lon"  # the "d" that could start "don." was held back, never sent
+
+
+def test_prompts_joining_a_running_batch_decode_as_if_alone(tok, micro):
+    """Continuous batching: rows added mid-way (prefilled apart, caches merged) give what they give alone."""
+    cfg = DecodingConfig(max_new_tokens=30, call_bias=True)
+    store = DictStore(FACTS)
+    decoder = InterleavedDecoder(micro, tok, [PROMPTS[0]], store, cfg)
+    for _ in range(4):
+        decoder.step()
+    assert decoder.add([PROMPTS[1]]) == [1]
+    for _ in range(7):
+        decoder.step()
+    assert decoder.add([PROMPTS[2], "Ada"]) == [2, 3]
+    outs = decoder.run()
+    alone = [interleaved_generate(micro, tok, p, store, cfg)[0] for p in PROMPTS + ["Ada"]]
+    assert [o.token_ids for o in outs] == [o.token_ids for o in alone]
+    assert any(r.match == "exact" for o in outs for r in o.lookups)
+
+
+def test_scripted_rows_join_after_others_finished(tok):
+    model = scripted(tok)
+    decoder = InterleavedDecoder(model, tok, ["Ko Itakura"], DictStore(FACTS), DecodingConfig())
+    while decoder.step():
+        pass
+    decoder.add(["Ada Lovelace", "The capital of France"])
+    outs = decoder.run()
+    assert [o.raw_text for o in outs] == [KO, ADA, PARIS]

@@ -320,6 +320,7 @@ def test_concurrent_requests_share_a_batch_and_a_full_queue_says_busy(slow) -> N
     url, model, scheduler = slow
     body = {"model": "lmlm", "max_tokens": 20, "messages": [{"role": "user", "content": QUESTION}]}
     scheduler.batch_sizes.clear()
+    decoded = scheduler.rows_decoded
 
     def post(_):
         return httpx.post(url + "/chat/completions", json=body, timeout=30)
@@ -328,11 +329,11 @@ def test_concurrent_requests_share_a_batch_and_a_full_queue_says_busy(slow) -> N
         answers = list(pool.map(post, range(4)))
     assert [a.status_code for a in answers] == [200] * 4
     assert len({a.json()["choices"][0]["message"]["content"] for a in answers}) == 1
-    assert max(scheduler.batch_sizes) >= 2  # requests that waited together were decoded together
-    assert sum(scheduler.batch_sizes) == 4
+    assert max(scheduler.batch_sizes) >= 2  # requests that arrived together were decoded together
+    assert scheduler.rows_decoded - decoded == 4
 
-    with ThreadPoolExecutor(12) as pool:
-        burst = list(pool.map(post, range(12)))  # 1 decoding + 4 waiting fit; the rest are refused
+    with ThreadPoolExecutor(20) as pool:
+        burst = list(pool.map(post, range(20)))  # at most 8 rows decoding + 4 waiting fit; the rest are refused
     busy = [a for a in burst if a.status_code == 503]
     assert busy and all(a.json()["error"]["code"] == "server_busy" and a.headers["retry-after"] for a in busy)
     assert all(a.status_code in (200, 503) for a in burst)
