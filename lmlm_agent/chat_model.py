@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -251,13 +252,8 @@ class ChatLMLM(BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """All inputs in one decoder call; LangChain then runs each input's ``invoke`` (callbacks, tracing), which takes its answer."""
-        if len(inputs) < 2:
+        with _answers_ready(self._decode_batch(inputs, kwargs) if len(inputs) > 1 else {}):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        token = _BATCHED.set(self._decode_batch(inputs, kwargs))
-        try:
-            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        finally:
-            _BATCHED.reset(token)
 
     async def abatch(
         self,
@@ -267,13 +263,9 @@ class ChatLMLM(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage]:
-        if len(inputs) < 2:
+        answers = await asyncio.to_thread(self._decode_batch, inputs, kwargs) if len(inputs) > 1 else {}
+        with _answers_ready(answers):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        token = _BATCHED.set(await asyncio.to_thread(self._decode_batch, inputs, kwargs))
-        try:
-            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        finally:
-            _BATCHED.reset(token)
 
     def _decode_batch(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> dict[str, list[AIMessage]]:
         prompts = [render_prompt(self._convert_input(i).to_messages()) for i in inputs]
@@ -342,6 +334,16 @@ class ChatLMLM(BaseChatModel):
             ],
             "db_off": self.db_off,
         }
+
+
+@contextmanager
+def _answers_ready(answers: dict[str, list[AIMessage]]) -> Iterator[None]:
+    """While inside, each input's ``invoke`` takes its answer from ``answers`` (what ``batch`` decoded)."""
+    token = _BATCHED.set(answers)
+    try:
+        yield
+    finally:
+        _BATCHED.reset(token)
 
 
 def _take_batched(prompt: str) -> AIMessage | None:

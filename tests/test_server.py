@@ -173,23 +173,6 @@ def test_bad_requests_get_a_4xx_with_an_error_body(http, method, path, body, hea
     assert resp.json()["error"]["message"]
 
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12,
-)
-_fields = st.fixed_dictionaries(
-    {}, optional={k: _json for k in ("model", "messages", "prompt", "max_tokens", "temperature", "stop", "stream", "namespace", "n")}
-)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=_fields, endpoint=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
-def test_no_input_makes_a_5xx(http, body, endpoint) -> None:
-    resp = http.post(endpoint, content=json.dumps(body))
-    assert resp.status_code < 500, (body, resp.text)
-
-
 def test_private_reads_need_the_token(served) -> None:
     from lmlm_agent.server import ServerConfig as Config
 
@@ -435,3 +418,14 @@ def test_serve_refuses_a_bad_server_yaml_in_one_line(tmp_path) -> None:
     (tmp_path / "server.yaml").write_text("max_tokens: '100'\n")
     result = CliRunner().invoke(app, ["serve", "--run", str(tmp_path)])
     assert result.exit_code == 2 and "max_tokens must be int" in result.output and "Traceback" not in result.output
+
+
+def test_throughput_benchmark_runs_small(tmp_path) -> None:
+    """benchmarks/serve_speed.py itself, tiny: both cases answer every request and the files are written."""
+    from benchmarks.serve_speed import ServeSpeedConfig, run
+
+    result = run(ServeSpeedConfig(preset="micro", vocab_size=400, max_tokens=8, requests=4, clients=2, repeats=1), tmp_path)
+    assert [c["requests"] for c in result["cases"].values()] == [4, 4]
+    assert all(c["completion_tokens"] >= 4 * 8 for c in result["cases"].values())  # 8 written each, plus injected values
+    assert json.loads((tmp_path / "serve_speed.json").read_text())["cases"]["2 clients"]["most_rows_at_once"] >= 1
+    assert "2 clients / 1 client" in (tmp_path / "serve_speed.md").read_text()
