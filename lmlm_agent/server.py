@@ -581,11 +581,16 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         return job
 
     async def _deltas(job: Job) -> AsyncIterator[tuple[int, Delta]]:
-        """The job's deltas as they come; a client that goes away cancels the job's rows."""
+        """The job's deltas as they come; a client that goes away cancels the job's rows.
+
+        A stream notices by being closed; a non-streamed request by :func:`_watch`.
+        """
         remaining = len(job.prompts)
         try:
             while remaining:
                 item = await job.events.get()
+                if item is None:  # the client went away
+                    return
                 if isinstance(item, Exception):
                     raise item
                 index, delta = item
@@ -594,11 +599,24 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         finally:
             job.cancelled.set()  # a no-op once every row is done
 
-    async def _outputs(job: Job) -> list[GenerationOutput]:
+    async def _watch(job: Job, request: Request) -> None:
+        """Wait for the client to disconnect, then end the job's wait (the connection says so on its receive channel)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.events.put_nowait(None)
+
+    async def _outputs(job: Job, request: Request) -> list[GenerationOutput]:
         outputs: list[GenerationOutput | None] = [None] * len(job.prompts)
-        async for index, delta in _deltas(job):
-            if delta.output is not None:
-                outputs[index] = delta.output
+        watcher = asyncio.create_task(_watch(job, request))
+        try:
+            async for index, delta in _deltas(job):
+                if delta.output is not None:
+                    outputs[index] = delta.output
+        finally:
+            watcher.cancel()
+        if any(out is None for out in outputs):
+            # Nobody reads this answer; 499 is the status servers log for a client that closed its request.
+            raise APIError(499, "the client closed the request", "client_closed")
         return outputs  # type: ignore[return-value]
 
     def _namespace_name(job: Job) -> str:
@@ -613,7 +631,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         return citations([r for o in outputs for r in o.lookups], _namespace_name(job))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(reader)])
-    async def chat_completions(req: ChatRequest) -> Any:
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
         if len(req.messages) > config.max_messages:
             raise APIError(400, f"{len(req.messages)} messages; at most {config.max_messages}", param="messages")
         if req.logprobs and req.stream:
@@ -624,7 +642,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         ident, stamp = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": stamp, "model": config.model_id}
         if not req.stream:
-            outputs = await _outputs(job)
+            outputs = await _outputs(job, request)
             choices = []
             for i, out in enumerate(outputs):
                 choice: dict[str, Any] = {
@@ -659,7 +677,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/completions", dependencies=[Depends(reader)])
-    async def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         prompts: list[str] = req.prompt  # type: ignore[assignment]  (the validator made it a list)
         if req.logprobs is not None and req.stream:
             raise APIError(400, "logprobs are returned with non-streamed answers only", param="logprobs")
@@ -672,7 +690,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         # Choice i*n + j is the j-th answer to prompt i, as OpenAI numbers them.
         row_prompts = [p for p in prompts for _ in range(req.n)]
         if not req.stream:
-            outputs = await _outputs(job)
+            outputs = await _outputs(job, request)
             choices = [{"index": i, "text": (row_prompts[i] if req.echo else "") + out.text,
                         "logprobs": _completion_logprobs(tokenizer, out) if req.logprobs is not None else None,
                         "finish_reason": FINISH[out.finish_reason]} for i, out in enumerate(outputs)]

@@ -280,6 +280,10 @@ def slow():
         yield url, model, app.state.scheduler
 
 
+# Other sampling settings than the long answer's: it cannot join that batch, so it waits unless the batch was released.
+SHORT = {"model": "lmlm", "temperature": 0.5, "messages": [{"role": "user", "content": "short"}]}
+
+
 def test_a_dropped_stream_releases_the_decoder(slow) -> None:
     import time
 
@@ -291,7 +295,7 @@ def test_a_dropped_stream_releases_the_decoder(slow) -> None:
             assert first.startswith("data: ")
         # The client went away after one chunk; the 60-token answer (~2 s) must not hold up the next request.
         start = time.monotonic()
-        short = http.post(url + "/chat/completions", json={"model": "lmlm", "messages": [{"role": "user", "content": "short"}]})
+        short = http.post(url + "/chat/completions", json=SHORT)
         took = time.monotonic() - start
     assert short.status_code == 200 and short.json()["choices"][0]["message"]["content"] == "Yes."
     assert took < 1.0, f"the next request waited {took:.2f} s"
@@ -429,3 +433,16 @@ def test_throughput_benchmark_runs_small(tmp_path) -> None:
     assert all(c["completion_tokens"] >= 4 * 8 for c in result["cases"].values())  # 8 written each, plus injected values
     assert json.loads((tmp_path / "serve_speed.json").read_text())["cases"]["2 clients"]["most_rows_at_once"] >= 1
     assert "2 clients / 1 client" in (tmp_path / "serve_speed.md").read_text()
+
+
+def test_a_client_that_gives_up_on_a_plain_request_releases_the_decoder(slow) -> None:
+    import time
+
+    url, _, _ = slow
+    long = {"model": "lmlm", "messages": [{"role": "user", "content": QUESTION}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/chat/completions", json=long, timeout=0.3)  # gives up on a ~2 s answer
+    time.sleep(0.2)  # the server's watch on the connection sees it close
+    start = time.monotonic()
+    short = httpx.post(url + "/chat/completions", json=SHORT, timeout=30)
+    assert short.status_code == 200 and time.monotonic() - start < 1.0
