@@ -151,6 +151,7 @@ class RowFollower:
             yield self.step()
 
 
+_CHECKPOINTS: dict[tuple, Any] = {}  # (resolved path, device) -> Checkpoint
 _LOADED: dict[tuple, LMLMAgent] = {}
 _LOADING = threading.Lock()
 
@@ -182,17 +183,22 @@ class LMLMAgent:
         Two concurrent ``from_pretrained`` calls of one checkpoint cost twice the
         memory, and transformers' loading is not safe under threads (tied weights
         can come out untied); adapters that load lazily (``ChatLMLM``) use this.
+        Agents of one checkpoint over different stores share the model.
         """
         options = store_options or {}
-        key = (str(Path(path).resolve()), str(store) if store is not None else None, device, tuple(sorted(options.items())))
+        checkpoint = (str(Path(path).resolve()), device)
+        key = (*checkpoint, str(store) if store is not None else None, tuple(sorted(options.items())))
         with _LOADING:
             if key not in _LOADED:
+                if checkpoint not in _CHECKPOINTS:
+                    _CHECKPOINTS[checkpoint] = load_checkpoint(path, device=device)
                 opened = None
                 if store is not None:
                     from tools import open_store
 
                     opened = open_store(store, **options)
-                _LOADED[key] = cls.from_pretrained(path, store=opened, device=device)
+                ckpt = _CHECKPOINTS[checkpoint]
+                _LOADED[key] = cls(ckpt.model, ckpt.tokenizer, opened)
             return _LOADED[key]
 
     def _config(self, overrides: dict[str, Any]) -> DecodingConfig:

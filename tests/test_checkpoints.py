@@ -57,12 +57,16 @@ def test_chat_model_and_server_load_it(checkpoint):
     from starlette.testclient import TestClient
 
     from lmlm_agent.chat_model import ChatLMLM
-    from lmlm_agent.server import ServerConfig, create_app
+    from lmlm_agent.server import ServerConfig, create_app, load_run
 
     chat = ChatLMLM(model=str(checkpoint), max_tokens=6, temperature=0.8, seed=1)
     assert isinstance(chat.invoke("Who?").content, str)
     assert len(chat.batch(["Who?", "Where?"])) == 2
-    app = create_app(LMLMAgent.from_pretrained(checkpoint), ServerConfig())
+    run = checkpoint.parent / "run"  # what `lmlm serve --run RUN` loads: RUN/lmlm (no kb.sqlite: no store)
+    run.mkdir(exist_ok=True)
+    if not (run / "lmlm").exists():
+        (run / "lmlm").symlink_to(checkpoint)
+    app = create_app(load_run(run), ServerConfig())
     with TestClient(app) as client:
         for body in ({"temperature": 0}, {"temperature": 1.0, "n": 2}):
             resp = client.post("/v1/chat/completions", json={"model": "lmlm", "max_tokens": 6, **body,
