@@ -183,6 +183,12 @@ class ChatMessageIn(_Request):
     content: Text | list[ContentPart] | None = None
     name: Text | None = None  # accepted: an LMLM prompt has no speaker names, and the turn's text is what it reads
     tool_call_id: Text | None = None
+    # An earlier answer sent back as history carries these empty; with content they would be features we lack.
+    refusal: None = None
+    tool_calls: list[Any] | None = Field(default=None, max_length=0)
+    function_call: None = None
+    audio: None = None
+    annotations: list[Any] | None = Field(default=None, max_length=0)
 
     @property
     def text(self) -> str:

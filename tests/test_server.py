@@ -446,3 +446,15 @@ def test_a_client_that_gives_up_on_a_plain_request_releases_the_decoder(slow) ->
     start = time.monotonic()
     short = httpx.post(url + "/chat/completions", json=SHORT, timeout=30)
     assert short.status_code == 200 and time.monotonic() - start < 1.0
+
+
+def test_an_answer_sent_back_as_history_is_accepted(client) -> None:
+    first = ask(client).choices[0].message
+    follow = client.chat.completions.create(model="lmlm", messages=[
+        {"role": "user", "content": "Hi"}, first.model_dump(), {"role": "user", "content": QUESTION}])
+    assert follow.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError, match="tool_calls"):
+        client.chat.completions.create(model="lmlm", messages=[
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
+                                                                   "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "user", "content": QUESTION}])
