@@ -186,11 +186,14 @@ class TokenLogprob:
 
 @dataclass
 class Prompt:
-    """A prompt with limits of its own; the rest of the batch's :class:`DecodingConfig` applies to it."""
+    """A prompt with settings of its own (None: the batch's :class:`DecodingConfig`'s), so unlike requests share a batch."""
 
     text: str
     max_new_tokens: int | None = None
     stop_strings: tuple[str, ...] | None = None
+    temperature: float | None = None  # 0: greedy; above 0: sampling at that temperature
+    top_p: float | None = None
+    logprobs: int | None = None
 
 
 @dataclass
@@ -255,6 +258,9 @@ class _Row:
     queue: list[int] = field(default_factory=list)  # chosen or injected ids not yet fed to the model
     written_from: int = 0  # first index of ids written since the last injection (stop strings look only there)
     stop_from: int | None = None  # where the text searched for the stop string that ended the row began
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_logprobs: int | None = None  # None: record no log-probabilities
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -283,7 +289,7 @@ class InterleavedDecoder:
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.generator = None
-        if config.do_sample and config.seed is not None:
+        if config.seed is not None:
             self.generator = torch.Generator(self.device).manual_seed(config.seed)
 
         self.rows: list[_Row] = [self._new_row(p) for p in prompts]
@@ -299,6 +305,9 @@ class InterleavedDecoder:
             ids[-(self.max_positions - 1) :],
             max_new_tokens=self.config.max_new_tokens if spec.max_new_tokens is None else spec.max_new_tokens,
             stop_strings=tuple(self.config.stop_strings if spec.stop_strings is None else spec.stop_strings),
+            temperature=(self.config.temperature if self.config.do_sample else 0.0) if spec.temperature is None else spec.temperature,
+            top_p=self.config.top_p if spec.top_p is None else spec.top_p,
+            top_logprobs=self.config.logprobs if spec.logprobs is None else spec.logprobs,
         )
         self._enter_open_call(row)
         if self.config.force_lookup_start and not row.call_prefix:
@@ -418,21 +427,30 @@ class InterleavedDecoder:
             scores[spent, self.call.ret] = float("-inf")
         return scores
 
-    def _choose(self, scores: torch.Tensor) -> list[int]:
-        cfg = self.config
-        if not cfg.do_sample:
-            return scores.argmax(dim=-1).tolist()
-        scores = scores / max(cfg.temperature, 1e-5)
-        if cfg.top_k > 0:
-            kth = torch.topk(scores, min(cfg.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+    def _choose(self, scores: torch.Tensor, slots: list[int]) -> list[int]:
+        """Greedy for rows at temperature 0; the others sample, each with its own temperature and top_p."""
+        rows = [self.rows[self.active[slot]] for slot in slots]
+        sampled = [i for i, row in enumerate(rows) if row.temperature > 0]
+        chosen = scores.argmax(dim=-1)
+        if not sampled:
+            return chosen.tolist()
+        every = len(sampled) == len(rows)
+        index = torch.tensor(sampled, device=self.device)
+        temperature = torch.tensor([rows[i].temperature for i in sampled], device=self.device)
+        top_p = torch.tensor([rows[i].top_p for i in sampled], device=self.device)[:, None]
+        scores = (scores if every else scores[index]) / temperature.clamp(min=1e-5)[:, None]
+        if self.config.top_k > 0:
+            kth = torch.topk(scores, min(self.config.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        if cfg.top_p < 1.0:
+        if bool((top_p < 1.0).any()):
             sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
             probs = sorted_scores.softmax(-1)
-            drop = probs.cumsum(-1) - probs >= cfg.top_p  # keep the smallest prefix whose mass reaches top_p
+            # Keep the smallest prefix whose mass reaches top_p (rows at top_p 1 keep everything).
+            drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)
             scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
-        probs = scores.softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).tolist()
+        picks = torch.multinomial(scores.softmax(-1), 1, generator=self.generator).squeeze(-1)
+        chosen[index] = picks
+        return chosen.tolist()
 
     # ----------------------------------------------------------------- lookups
     def _inject(self, row: _Row) -> list[int]:
@@ -472,9 +490,8 @@ class InterleavedDecoder:
         # A row whose queue is empty was fed everything it had: its last logits predict its next token.
         ready = [slot for slot, r in enumerate(self.active) if not self.rows[r].queue and self.rows[r].finish_reason is None]
         if ready:
-            chosen = self._choose(self._scores(ready))
-            if self.config.logprobs is not None:
-                self._record_logprobs(ready, chosen)
+            chosen = self._choose(self._scores(ready), ready)
+            self._record_logprobs(ready, chosen)
             seen_slots, seen_ids = [], []
             for slot, token in zip(ready, chosen):
                 row = self.rows[self.active[slot]]
@@ -491,14 +508,21 @@ class InterleavedDecoder:
         return True
 
     def _record_logprobs(self, ready: list[int], chosen: list[int]) -> None:
-        logits = self.logits if len(ready) == len(self.active) else self.logits[ready]
-        logp = logits.log_softmax(-1)
-        picked = logp.gather(1, torch.tensor(chosen, device=self.device)[:, None]).squeeze(1).tolist()
-        top = torch.topk(logp, min(self.config.logprobs, logp.shape[-1]), dim=-1) if self.config.logprobs else None
-        for i, (slot, token) in enumerate(zip(ready, chosen)):
+        """For the rows that asked: the chosen token's log-probability under the model, and the top alternatives."""
+        asking = [i for i, slot in enumerate(ready) if self.rows[self.active[slot]].top_logprobs is not None]
+        if not asking:
+            return
+        slots = [ready[i] for i in asking]
+        logp = (self.logits if len(slots) == len(self.active) else self.logits[slots]).log_softmax(-1)
+        tokens = [chosen[i] for i in asking]
+        picked = logp.gather(1, torch.tensor(tokens, device=self.device)[:, None]).squeeze(1).tolist()
+        most = max(self.rows[self.active[slot]].top_logprobs for slot in slots)
+        top = torch.topk(logp, min(most, logp.shape[-1]), dim=-1) if most else None
+        for j, (slot, token) in enumerate(zip(slots, tokens)):
             row = self.rows[self.active[slot]]
-            alternatives = list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top is not None else []
-            row.logprobs.append(TokenLogprob(len(row.ids), token, picked[i], alternatives))
+            n = row.top_logprobs
+            alternatives = list(zip(top.indices[j, :n].tolist(), top.values[j, :n].tolist())) if top is not None and n else []
+            row.logprobs.append(TokenLogprob(len(row.ids), token, picked[j], alternatives))
 
     def cancel(self, r: int) -> None:
         """Stop row ``r`` (its client went away): it leaves the batch, and the cache, at the next step."""

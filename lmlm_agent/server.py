@@ -14,14 +14,14 @@ A thin adapter over :class:`lmlm_agent.agent.LMLMAgent` (no LangChain): chat
 turns become the agent's :func:`~lmlm_agent.agent.chat_prompt`, and one worker
 thread owns the model and decodes (:class:`BatchScheduler`).
 
-Batching is continuous, for requests with the same sampling settings
-(temperature, top_p, logprobs, namespace): a request that arrives while a batch
-decodes joins it at the next step (its prompt is prefilled and its rows appended,
+Batching is continuous: a request that arrives while a batch decodes joins it at
+the next step (its prompt is prefilled and its rows appended,
 :meth:`~lmlm_agent.decoding.InterleavedDecoder.add`), up to ``max_batch`` rows.
-Each row keeps its own ``max_tokens`` and ``stop``. A request with other settings
-waits in a bounded queue until the batch ends (and once one waits, no later
-request joins ahead of it); a request with a ``seed`` is decoded alone, so the
-seed reproduces it. A full queue answers 503 ``server_busy`` with
+Each row keeps its own ``max_tokens``, ``stop``, ``temperature``, ``top_p`` and
+``logprobs``; what a batch shares is the knowledge-base namespace. A request for
+another namespace waits in a bounded queue until the batch ends (and once one
+waits, no later request joins ahead of it); a request with a ``seed`` is decoded
+alone, so the seed reproduces it. A full queue answers 503 ``server_busy`` with
 ``Retry-After``. A client that goes away (a dropped stream) has its rows dropped
 from the batch at the next step.
 
@@ -375,7 +375,10 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def send(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the request's event loop has closed (the server is shutting down): nobody to tell
+            self.cancelled.set()
 
 
 class BatchScheduler:
@@ -560,22 +563,16 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
                 namespace = clean_namespace(req.namespace)
             except InvalidInput as exc:
                 raise APIError(400, str(exc), param="namespace") from None
-        stops = tuple(req.stop or ())
-        settings: dict[str, Any] = {
-            "do_sample": bool(req.temperature),
-            "temperature": req.temperature or 1.0,
-            "top_p": req.top_p if req.top_p is not None else 1.0,
-            "seed": req.seed,
-            "logprobs": logprobs,
-        }
+        stops = (CHAT_STOP, *(req.stop or ())) if chat else tuple(req.stop or ())
         # A seeded request decodes alone (its own generator), so the same request gives the same answer.
-        key = (tuple(sorted(settings.items())), namespace, uuid.uuid4().hex if req.seed is not None else None)
+        key = (namespace, uuid.uuid4().hex if req.seed is not None else None)
+        row = dict(max_new_tokens=limit, stop_strings=stops, temperature=req.temperature or 0.0,
+                   top_p=1.0 if req.top_p is None else req.top_p, logprobs=logprobs)
         job = Job(
-            prompts=[Prompt(p, max_new_tokens=limit, stop_strings=(CHAT_STOP, *stops) if chat else stops)
-                     for p in prompts for _ in range(req.n)],
+            prompts=[Prompt(p, **row) for p in prompts for _ in range(req.n)],
             chat=chat,
             key=key,
-            settings=settings,
+            settings={"seed": req.seed},
             namespace=namespace,
             loop=asyncio.get_running_loop(),
         )

@@ -360,3 +360,18 @@ def test_scripted_rows_join_after_others_finished(tok):
     decoder.add(["Ada Lovelace", "The capital of France"])
     outs = decoder.run()
     assert [o.raw_text for o in outs] == [KO, ADA, PARIS]
+
+
+def test_rows_with_their_own_sampling_share_a_batch(tok, micro):
+    from lmlm_agent.decoding import Prompt
+
+    store = DictStore(FACTS)
+    greedy_alone = [interleaved_generate(micro, tok, p, store, DecodingConfig(max_new_tokens=20))[0].token_ids for p in PROMPTS]
+    mixed = [Prompt(PROMPTS[0], temperature=0.0, logprobs=2), Prompt(PROMPTS[1], temperature=1.4, top_p=0.9),
+             Prompt(PROMPTS[2], temperature=0.0)]
+    outs = interleaved_generate(micro, tok, mixed, store, DecodingConfig(max_new_tokens=20, seed=4))
+    assert outs[0].token_ids == greedy_alone[0] and outs[2].token_ids == greedy_alone[2]  # greedy rows unaffected
+    again = interleaved_generate(micro, tok, mixed, store, DecodingConfig(max_new_tokens=20, seed=4))
+    assert [o.token_ids for o in again] == [o.token_ids for o in outs]  # the seed reproduces the sampled row
+    assert len(outs[0].logprobs) == outs[0].generated_tokens and all(len(lp.top) == 2 for lp in outs[0].logprobs)
+    assert outs[1].logprobs == [] and outs[2].logprobs == []  # only the row that asked

@@ -280,8 +280,8 @@ def slow():
         yield url, model, app.state.scheduler
 
 
-# Other sampling settings than the long answer's: it cannot join that batch, so it waits unless the batch was released.
-SHORT = {"model": "lmlm", "temperature": 0.5, "messages": [{"role": "user", "content": "short"}]}
+# Another namespace than the long answer's: it cannot join that batch, so it waits unless the batch was released.
+SHORT = {"model": "lmlm", "namespace": "elsewhere", "messages": [{"role": "user", "content": "short"}]}
 
 
 def test_a_dropped_stream_releases_the_decoder(slow) -> None:
@@ -309,8 +309,9 @@ def test_concurrent_requests_share_a_batch_and_a_full_queue_says_busy(slow) -> N
     scheduler.batch_sizes.clear()
     decoded = scheduler.rows_decoded
 
-    def post(_):
-        return httpx.post(url + "/chat/completions", json=body, timeout=30)
+    def post(i):  # different temperatures, top_p and stops still share a batch (the scripted model is certain)
+        return httpx.post(url + "/chat/completions", json={**body, "temperature": i * 0.3, "top_p": 1 - i * 0.1,
+                                                          "stop": [f"never{i}"]}, timeout=30)
 
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(post, range(4)))
@@ -319,8 +320,11 @@ def test_concurrent_requests_share_a_batch_and_a_full_queue_says_busy(slow) -> N
     assert max(scheduler.batch_sizes) >= 2  # requests that arrived together were decoded together
     assert scheduler.rows_decoded - decoded == 4
 
+    def plain(_):
+        return httpx.post(url + "/chat/completions", json=body, timeout=30)
+
     with ThreadPoolExecutor(20) as pool:
-        burst = list(pool.map(post, range(20)))  # at most 8 rows decoding + 4 waiting fit; the rest are refused
+        burst = list(pool.map(plain, range(20)))  # at most 8 rows decoding + 4 waiting fit; the rest are refused
     busy = [a for a in burst if a.status_code == 503]
     assert busy and all(a.json()["error"]["code"] == "server_busy" and a.headers["retry-after"] for a in busy)
     assert all(a.status_code in (200, 503) for a in burst)

@@ -37,7 +37,7 @@ def serve(
 ) -> None:
     """Serve a run over an OpenAI-compatible API.
 
-    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token). Concurrent requests with the same sampling settings are decoded in one continuous batch; OpenAI parameters the server does not implement are refused with a 400 naming them.
+    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token). Concurrent requests are decoded in one continuous batch (per knowledge-base namespace); OpenAI parameters the server does not implement are refused with a 400 naming them.
     """
     import uvicorn
 
