@@ -7,7 +7,6 @@ plus a tokenizer with the call tokens as added special tokens), with no pad toke
 
 from __future__ import annotations
 
-import httpx
 import pytest
 import torch
 from runtime_fakes import PAD_SETUPS, DictStore, ScriptedLM, published_style_checkpoint, tokenizer
