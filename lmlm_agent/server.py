@@ -95,7 +95,7 @@ class ServerConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_types(self, "")
+        _check_types(self)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:
@@ -126,14 +126,13 @@ class ServerConfig:
         if os.environ.get(TOKEN_ENV):
             values["token"] = os.environ[TOKEN_ENV]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        config = cls.__new__(cls)
-        for f in fields(cls):
-            setattr(config, f.name, values.get(f.name, f.default))
-        _check_types(config, where)
-        return config
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"{where}{exc}") from None
 
 
-def _check_types(config: ServerConfig, where: str) -> None:
+def _check_types(config: ServerConfig) -> None:
     """Each field holds its declared type (bool is no int here) and a limit is positive."""
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
@@ -148,9 +147,9 @@ def _check_types(config: ServerConfig, where: str) -> None:
         )
         if not ok:
             names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise ValueError(f"{where}{f.name} must be {names}, got {value!r} ({type(value).__name__})")
+            raise ValueError(f"{f.name} must be {names}, got {value!r} ({type(value).__name__})")
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            raise ValueError(f"{where}{f.name} must be at least 1, got {value}")
+            raise ValueError(f"{f.name} must be at least 1, got {value}")
 
 
 # --------------------------------------------------------------------------- request bodies
