@@ -69,6 +69,6 @@ def test_server_is_an_adapter_over_the_agent_without_langchain() -> None:
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not {n for n in names if n.split(".")[0].startswith("langchain") or n == "lmlm_agent.chat_model"}
-    code = "import sys, lmlm_agent.server; print(sorted(m for m in sys.modules if m.startswith('langchain')))"
+    code = "import sys, lmlm_agent.server, tools.typed_tools; print(sorted(m for m in sys.modules if m.startswith('langchain')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
     assert out == "[]", f"importing the server pulled in {out}"
