@@ -7,121 +7,115 @@
     msg.response_metadata["citations"]     # [{'entity': 'Ada Lovelace', 'relation': 'birth year',
                                            #   'value': '1815', 'fact_id': 7, 'source': 'doc:3@12', ...}]
 
+A thin adapter over :class:`lmlm_agent.agent.LMLMAgent`: the prompt is the agent's
+:func:`~lmlm_agent.agent.chat_prompt`, decoding (stop strings included) is the
+agent's decoder, streams follow it with :class:`~lmlm_agent.agent.RowFollower`.
+
 The model writes its lookups itself. Every fact an answer used is a citation
 (first use first, each once, as :func:`lmlm_agent.agent.citations`), so each
 looked-up span can be traced to a row and its provenance; ``lookups`` in the same
 metadata is the full trace, misses included.
 
-Tools. An LMLM has exactly one tool it can call: the knowledge-base read. Binding
-the typed tools of :func:`tools.typed_tools.as_langchain_tools` routes the model's
-lookups through the bound ``kb_read`` (with its validation and namespace) instead of
-the ``kb`` given here; ``tool_choice`` ``"any"``/``"required"``/``"kb_read"`` makes
-the answer start with a lookup, ``"none"`` forbids lookups. Other bound tools are
-listed for the surrounding agent but never called by the model.
+What it does, exactly (the flags langchain-tests reads say the same):
+
+- ``invoke``/``stream``/``batch`` and their async forms. ``batch``/``abatch``
+  decode all inputs in **one** decoder call (callbacks and tracing still run per
+  input). Loading is lazy, once per process per (checkpoint, store) even when
+  threads ask at the same time (:meth:`LMLMAgent.shared`).
+- Usage metadata (prompt tokens; written + injected tokens), stop strings.
+- **No tool calling** in LangChain's sense: an LMLM never returns ``tool_calls``
+  (its one tool, the knowledge-base read, it executes itself, inside its text).
+  ``bind_tools`` is still useful: a bound typed ``kb_read``
+  (:func:`tools.typed_tools.as_langchain_tools`) becomes the route of the
+  model's lookups (with its validation and namespace) instead of ``kb``;
+  ``tool_choice`` ``"any"``/``"required"``/``"kb_read"`` makes the answer start with
+  a lookup, ``"none"`` forbids lookups, another tool's name is refused. Other bound
+  tools (``kb_write``, ...) are for the surrounding agent: the model never calls them.
+- No structured output, JSON mode, images, audio or PDFs; no model override per call.
 
 Chat turns are rendered in the question/answer form the LMLM saw in pretraining
-(``Question: ...\\nAnswer: ...``); an answer is one line, as with ``LMLMAgent.ask``.
+(``Question: ...\nAnswer: ...``); an answer is one line, as with ``LMLMAgent.ask``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field
 
-from lmlm_agent.agent import LMLMAgent, citations
-from lmlm_agent.format import qa_prompt
+from lmlm_agent.agent import CHAT_STOP, LMLMAgent, RowFollower, chat_prompt, citations
+from lmlm_agent.decoding import GenerationOutput, Store
 
 READ_TOOL = "kb_read"
-# An answer is one line, as in `LMLMAgent.ask` and the QA drills the LMLM was pretrained on.
-TURN_STOP = "\n"
 _FORCE_LOOKUP = {"any", "required", READ_TOOL}
+# Call keyword arguments a ChatLMLM understands; any other is refused, never ignored.
+_CALL_KWARGS = {"temperature", "top_p", "max_tokens", "seed", "namespace", "tool_choice", "tools", "read_tool"}
+# Answers decoded together by `batch`, waiting for the per-input `invoke` that LangChain runs (prompt -> messages).
+_BATCHED: ContextVar[dict[str, list[AIMessage]] | None] = ContextVar("lmlm_batched_answers", default=None)
+_BATCHED_LOCK = threading.Lock()
 
 
 def render_prompt(messages: Sequence[BaseMessage]) -> str:
-    """The transcript in the pretraining QA form (``qa_prompt``), ending in ``Answer:`` for the model to continue.
-
-    System text leads as a plain line; each human turn is a question and each AI
-    turn its answer. Tool messages carry no text for an LMLM (its lookups are
-    inside its own answers), so they are left out.
-    """
-    lines: list[str] = []
+    """LangChain messages as the agent's :func:`~lmlm_agent.agent.chat_prompt` (the pretraining QA form)."""
+    turns = []
     for m in messages:
-        text = " ".join(m.text.split())  # one line per turn: a newline would end the answer early
         if isinstance(m, HumanMessage):
-            lines.append(qa_prompt(text))
-        elif isinstance(m, AIMessage) and lines and lines[-1].endswith("Answer:"):
-            lines[-1] += " " + text
-        elif not isinstance(m, ToolMessage):
-            lines.append(text)
-    if not messages or not isinstance(messages[-1], HumanMessage):
-        lines.append(qa_prompt(""))
-    return "\n".join(lines)
+            role = "user"
+        elif isinstance(m, AIMessage):
+            role = "assistant"
+        elif isinstance(m, ToolMessage):
+            role = "tool"
+        elif isinstance(m, SystemMessage):
+            role = "system"
+        else:
+            role = {"human": "user", "ai": "assistant"}.get(m.type, "system")
+        turns.append((role, m.text))
+    return chat_prompt(turns)
 
 
-class _Miss:
-    """What a failed tool read gives the decoder: the published runtime's ``unknown``."""
+class _ToolMiss:
+    """What a failed tool read gives the decoder: the published runtime's ``unknown``, with the error kept."""
 
-    def __init__(self, entity: str, relation: str, error: str):
-        self.entity, self.relation, self.error = entity, relation, error
+    def __init__(self, error: str):
+        self.error = error
         self.value, self.fact_id, self.score, self.source, self.match = "unknown", None, None, None, "error"
 
 
-class _RecordingLookup:
-    """The lookup the decoder calls: reads through the store or the bound ``kb_read`` tool and keeps every hit.
+class _ToolLookup:
+    """The decoder's lookups through a typed ``kb_read`` tool; its artifact is the LookupResult, or a ToolError (a miss)."""
 
-    Citations follow :func:`lmlm_agent.agent.citations` (the facts used, first use
-    first, each once), so ``ask``, LangChain and the server cite alike.
-    """
-
-    def __init__(self, read: Callable[[str, str], Any], namespace: str | None):
-        self._read, self.namespace = read, namespace
-        self.hits: list[Any] = []
-        self.reported = 0
+    def __init__(self, tool: BaseTool):
+        self.tool = tool
+        self.namespace: str | None = None  # the namespace the tool read in, from its first answer
 
     def read(self, entity: str, relation: str) -> Any:
-        hit = self._read(entity, relation)
-        self.hits.append(hit)
-        return hit
-
-    def new_citations(self) -> list[dict[str, Any]]:
-        """The citations not yet reported (what the next stream chunk carries)."""
-        cited = citations(self.hits)
-        new, self.reported = cited[self.reported :], len(cited)
-        # One answer reads through one route, so every hit shares its namespace (a bound tool may have its own).
-        namespace = getattr(self.hits[0], "namespace", None) if self.hits else None
-        return [{**c, "namespace": namespace or self.namespace} for c in new]
-
-
-def _tool_read(tool: BaseTool) -> Callable[[str, str], Any]:
-    """Read through a typed ``kb_read`` tool; its artifact is the LookupResult, or a ToolError we turn into a miss."""
-
-    def read(entity: str, relation: str) -> Any:
-        call = {"name": tool.name, "args": {"entity": entity, "relation": relation}, "id": "lookup", "type": "tool_call"}
-        out = tool.invoke(call)
+        call = {"name": self.tool.name, "args": {"entity": entity, "relation": relation}, "id": "lookup", "type": "tool_call"}
+        out = self.tool.invoke(call)
         artifact = getattr(out, "artifact", None)
         if artifact is not None and hasattr(artifact, "value") and hasattr(artifact, "match"):
+            self.namespace = self.namespace or getattr(artifact, "namespace", None)
             return artifact
-        return _Miss(entity, relation, getattr(artifact, "message", None) or str(getattr(out, "content", out)))
-
-    return read
+        return _ToolMiss(getattr(artifact, "message", None) or str(getattr(out, "content", out)))
 
 
 class ChatLMLM(BaseChatModel):
     """A Large Memory Language Model (an LM that looks its facts up) as a LangChain chat model.
 
-    Loading is lazy: the checkpoint and the knowledge base open on the first call,
+    Loading is lazy: the checkpoint and the knowledge base open on the first call
+    (once per process, shared by every ChatLMLM of the same checkpoint and store),
     so constructing (and binding, configuring, serialising the settings of) the
     model is cheap. Pass ``agent`` to share an already loaded model and store.
     """
@@ -142,8 +136,6 @@ class ChatLMLM(BaseChatModel):
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
 
-    _loaded: Any = PrivateAttr(default=None)
-
     # ------------------------------------------------------------------ LangChain identity
     @property
     def _llm_type(self) -> str:
@@ -156,7 +148,7 @@ class ChatLMLM(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "lmlm"
-        params["ls_model_name"] = kwargs.get("model", self.model)
+        params["ls_model_name"] = kwargs.get("model", self.model)  # what the call asked for (a `model` argument is then refused)
         if self.temperature is not None:
             params["ls_temperature"] = kwargs.get("temperature", self.temperature)
         if self.max_tokens is not None:
@@ -167,17 +159,11 @@ class ChatLMLM(BaseChatModel):
 
     # ------------------------------------------------------------------ loading
     def _runtime(self) -> LMLMAgent:
-        """``agent`` if given, else the checkpoint and store loaded once from ``model`` and ``kb``."""
+        """``agent`` if given, else the process-wide agent of ``model`` and ``kb`` (loaded once, under a lock)."""
         if self.agent is not None:
             return self.agent
-        if self._loaded is None:
-            store = None
-            if self.kb:
-                from tools import open_store
-
-                store = open_store(self.kb, namespace=self.namespace, **({} if self.semantic else {"index": False}))
-            self._loaded = LMLMAgent.from_pretrained(self.model, store=store, device=self.device)
-        return self._loaded
+        options = {"namespace": self.namespace, **({} if self.semantic else {"index": False})}
+        return LMLMAgent.shared(self.model, self.kb, self.device, store_options=options if self.kb else None)
 
     # ------------------------------------------------------------------ tools
     def bind_tools(
@@ -206,14 +192,6 @@ class ChatLMLM(BaseChatModel):
         )
 
     # ------------------------------------------------------------------ generation
-    def complete(self, prompt: str, stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
-        """Continue ``prompt`` as plain text: no chat rendering, no turn stop, spacing kept (``/v1/completions``)."""
-        return _merge(self._pieces(prompt, self._stops(stop, chat=False), kwargs, chat=False))
-
-    def stream_complete(self, prompt: str, stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
-        for chunk in self._pieces(prompt, self._stops(stop, chat=False), kwargs, chat=False):
-            yield chunk.message
-
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -221,9 +199,20 @@ class ChatLMLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        # One decoding path for both: a non-streamed answer is its stream, merged.
-        message = _merge(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        prompt = render_prompt(messages)
+        ready = _take_batched(prompt)
+        if ready is None:
+            (ready,) = self._decode_all([prompt], stop, kwargs)
+        return ChatResult(generations=[ChatGeneration(message=ready)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
 
     def _stream(
         self,
@@ -232,18 +221,78 @@ class ChatLMLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._pieces(render_prompt(messages), self._stops(stop, chat=True), kwargs, chat=True):
-            if run_manager and chunk.text:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        prompt = render_prompt(messages)
+        runtime = self._runtime()
+        decoder, namespace_of = self._decoder([prompt], stop, kwargs)
+        for deltas in RowFollower(decoder, chat=True):
+            for delta in deltas:
+                cites = citations(delta.lookups, namespace_of())
+                if delta.output is not None:
+                    message = AIMessageChunk(
+                        content=delta.text,
+                        response_metadata=self._metadata(cites, delta.output),
+                        usage_metadata=_usage(runtime.tokenizer, prompt, delta.output),
+                        chunk_position="last",
+                    )
+                elif delta.text or cites:
+                    message = AIMessageChunk(content=delta.text, response_metadata={"citations": cites} if cites else {})
+                else:
+                    continue
+                chunk = ChatGenerationChunk(message=message)
+                if run_manager and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
 
-    def _stops(self, stop: list[str] | None, chat: bool) -> list[str]:
-        """A call's stop strings replace the configured ones; a chat answer also ends at the next turn."""
-        chosen = list(stop if stop is not None else self.stop or [])
-        return [TURN_STOP, *chosen] if chat else chosen
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """All inputs in one decoder call; LangChain then runs each input's ``invoke`` (callbacks, tracing), which takes its answer."""
+        with _answers_ready(self._decode_batch(inputs, kwargs) if len(inputs) > 1 else {}):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
 
-    def _decoding(self, stops: list[str], kwargs: dict[str, Any]) -> tuple[Any, _RecordingLookup | None]:
-        """The agent's decoding settings with this call's overrides, and the lookup route (None: nothing to look in)."""
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        answers = await asyncio.to_thread(self._decode_batch, inputs, kwargs) if len(inputs) > 1 else {}
+        with _answers_ready(answers):
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    def _decode_batch(self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]) -> dict[str, list[AIMessage]]:
+        prompts = [render_prompt(self._convert_input(i).to_messages()) for i in inputs]
+        answers: dict[str, list[AIMessage]] = {}
+        for prompt, message in zip(prompts, self._decode_all(prompts, kwargs.get("stop"), kwargs)):
+            answers.setdefault(prompt, []).append(message)
+        return answers
+
+    def _decode_all(self, prompts: list[str], stop: list[str] | None, kwargs: dict[str, Any]) -> list[AIMessage]:
+        """The answers to ``prompts``, from one decoder call."""
+        runtime = self._runtime()
+        decoder, namespace_of = self._decoder(prompts, stop, kwargs)
+        outputs = decoder.run()
+        return [
+            AIMessage(
+                content=out.text.strip(),
+                response_metadata=self._metadata(citations(out.lookups, namespace_of()), out),
+                usage_metadata=_usage(runtime.tokenizer, prompt, out),
+            )
+            for prompt, out in zip(prompts, outputs)
+        ]
+
+    def _decoder(self, prompts: list[str], stop: list[str] | None, kwargs: dict[str, Any]):
+        """The agent's decoder for ``prompts`` with this call's settings, and how to name the namespace it read."""
+        unknown = set(kwargs) - _CALL_KWARGS - {"stop"}
+        if unknown:
+            raise ValueError(f"ChatLMLM does not support {sorted(unknown)}; it takes {sorted(_CALL_KWARGS)}")
         runtime = self._runtime()
         temperature = kwargs.get("temperature", self.temperature)
         top_p = kwargs.get("top_p", self.top_p)
@@ -251,59 +300,33 @@ class ChatLMLM(BaseChatModel):
         if tool_choice not in (None, "auto", "none") and tool_choice not in _FORCE_LOOKUP:
             raise ValueError(f"tool_choice {tool_choice!r}: an LMLM can only call {READ_TOOL!r}")
         namespace = kwargs.get("namespace", self.namespace)
+        lookup: Store | None
         if kwargs.get("read_tool") is not None:
-            route = _tool_read(kwargs["read_tool"])
-        elif runtime.store is not None:
-            route = partial(runtime.store.read, namespace=namespace)
+            lookup = _ToolLookup(kwargs["read_tool"])
         else:
-            route = None
-        config = dataclasses.replace(
-            runtime.config,
+            lookup = runtime.lookup(namespace)
+        stops = list(stop if stop is not None else self.stop or [])
+        decoder = runtime.decoder(
+            prompts,
+            lookup=lookup,
             max_new_tokens=int(kwargs.get("max_tokens", self.max_tokens) or 128),
             do_sample=bool(temperature),
             temperature=temperature or 1.0,
             top_p=top_p if top_p is not None else 1.0,
             seed=kwargs.get("seed", self.seed),
             max_lookups=0 if tool_choice == "none" else self.max_lookups,
-            stop_strings=tuple(stops),
+            stop_strings=(CHAT_STOP, *stops),
             force_lookup_start=tool_choice in _FORCE_LOOKUP,
             db_off=self.db_off or runtime.config.db_off,
         )
-        return config, _RecordingLookup(route, namespace) if route is not None else None
+        # A bound tool may read in a namespace of its own; it says which in its answers.
+        return decoder, lambda: getattr(lookup, "namespace", None) or namespace
 
-    def _pieces(self, prompt: str, stops: list[str], kwargs: dict[str, Any], chat: bool) -> Iterator[ChatGenerationChunk]:
-        """Decode ``prompt``; each chunk carries new text and the citations of lookups made since the last one."""
-        from lmlm_agent.decoding import stream_generate
-
-        runtime = self._runtime()
-        config, lookup = self._decoding(stops, kwargs)
-        stream = stream_generate(runtime.model, runtime.tokenizer, prompt, lookup, config)
-        held = _StopHold(config.stop_strings, strip=chat)
-        while True:
-            try:
-                piece = next(stream)
-            except StopIteration as done:
-                out = done.value
-                break
-            text = held.feed(piece)
-            cites = lookup.new_citations() if lookup else []
-            if text or cites:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text, response_metadata={"citations": cites} if cites else {}))
-        tail, reason = held.finish(out.finish_reason)
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=tail,
-                response_metadata=self._metadata(lookup.new_citations() if lookup else [], reason, out),
-                usage_metadata=_usage(runtime.tokenizer, prompt, out),
-                chunk_position="last",
-            )
-        )
-
-    def _metadata(self, cited: list[dict[str, Any]], finish_reason: str, out: Any) -> dict[str, Any]:
+    def _metadata(self, cited: list[dict[str, Any]], out: GenerationOutput) -> dict[str, Any]:
         return {
             "model_name": self.model,
             "model_provider": "lmlm",
-            "finish_reason": finish_reason,
+            "finish_reason": out.finish_reason,
             "citations": cited,
             "lookups": [
                 {"entity": r.entity, "relation": r.relation, "value": r.value, "match": r.match, "fact_id": r.fact_id}
@@ -313,18 +336,24 @@ class ChatLMLM(BaseChatModel):
         }
 
 
-def _merge(chunks: Iterator[ChatGenerationChunk]) -> AIMessage:
-    """The whole answer of a stream: text joined, citations in order, metadata and usage of the last chunk."""
-    merged: AIMessageChunk | None = None
-    for chunk in chunks:
-        merged = chunk.message if merged is None else merged + chunk.message
-    assert merged is not None  # _pieces always ends with a final chunk
-    return AIMessage(
-        content=merged.content,
-        response_metadata=merged.response_metadata,
-        usage_metadata=merged.usage_metadata,
-        id=merged.id,
-    )
+@contextmanager
+def _answers_ready(answers: dict[str, list[AIMessage]]) -> Iterator[None]:
+    """While inside, each input's ``invoke`` takes its answer from ``answers`` (what ``batch`` decoded)."""
+    token = _BATCHED.set(answers)
+    try:
+        yield
+    finally:
+        _BATCHED.reset(token)
+
+
+def _take_batched(prompt: str) -> AIMessage | None:
+    """The answer ``batch`` already decoded for this prompt, if this call runs inside one."""
+    waiting = _BATCHED.get()
+    if waiting is None:
+        return None
+    with _BATCHED_LOCK:
+        answers = waiting.get(prompt)
+        return answers.pop(0) if answers else None
 
 
 def _choice_name(choice: Any) -> str | None:
@@ -338,46 +367,7 @@ def _choice_name(choice: Any) -> str | None:
     return str(choice)
 
 
-class _StopHold:
-    """Streams text while holding back any tail that could still grow into a stop string."""
-
-    def __init__(self, stops: Sequence[str], strip: bool = True):
-        self.stops = [s for s in stops if s]
-        self.strip = strip  # a chat answer drops the layout spaces around it; a completion keeps them
-        self.text = ""  # everything received
-        self.sent = 0  # characters already released
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        self.text += piece
-        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            return self._release(cut)
-        # Keep back the longest suffix that is a prefix of some stop string.
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
-        return self._release(len(self.text) - hold)
-
-    def _release(self, upto: int) -> str:
-        # The answer starts after "Answer:"; leading spaces of the first piece are layout, not content.
-        out = self.text[self.sent : upto]
-        if self.sent == 0 and self.strip:
-            out = out.lstrip()
-            if not out:
-                return ""
-        self.sent = upto
-        return out
-
-    def finish(self, reason: str) -> tuple[str, str]:
-        if self.stopped:
-            return "", "stop"
-        tail = self._release(len(self.text))
-        return (tail.rstrip() if self.strip else tail), reason
-
-
-def _usage(tokenizer: Any, prompt: str, out: Any) -> UsageMetadata:
+def _usage(tokenizer: Any, prompt: str, out: GenerationOutput) -> UsageMetadata:
     prompt_tokens = len(tokenizer.encode(prompt, add_special_tokens=False))
     completion = out.generated_tokens + out.injected_tokens
     return UsageMetadata(input_tokens=prompt_tokens, output_tokens=completion, total_tokens=prompt_tokens + completion)

@@ -30,6 +30,14 @@ The cache (:func:`growing_cache`) writes each step's keys and values into
 buffers with spare room instead of concatenating: transformers' ``DynamicCache``
 copies the whole cache every step, which on a CPU costs a sixth of a step at
 900 tokens of context.
+
+Any HF causal LM whose tokenizer has the four call tokens works, whatever its
+padding set-up: padding positions only ever carry a valid id under a zero
+attention mask (the pad id, else EOS, else 0), and only a *dedicated* pad token is
+banned from being chosen (with ``pad_token = eos_token`` banning the pad would ban
+EOS). A prompt may end inside a call: after ``<|db_return|>`` the value is looked
+up before the first forward pass; mid-entity the model finishes the call and the
+lookup happens when it writes ``<|db_return|>``, once.
 """
 
 from __future__ import annotations
@@ -101,6 +109,18 @@ class GrowingLayer(DynamicLayer):
             self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
             self._set_length(self.length)
 
+    def append_rows(self, other: GrowingLayer, length: int) -> None:
+        """Put ``other``'s rows after these, both histories right-aligned to ``length`` (the gap is for a zero mask)."""
+
+        def aligned(buffer: torch.Tensor, filled: int) -> torch.Tensor:
+            out = buffer.new_zeros(*buffer.shape[:2], 2 * length, buffer.shape[-1])
+            out[:, :, length - filled : length] = buffer[:, :, :filled]
+            return out
+
+        self.key_buffer = torch.cat([aligned(self.key_buffer, self.length), aligned(other.key_buffer, other.length)])
+        self.value_buffer = torch.cat([aligned(self.value_buffer, self.length), aligned(other.value_buffer, other.length)])
+        self._set_length(length)
+
 
 def growing_cache() -> Cache:
     """A KV cache of :class:`GrowingLayer` s, made lazily, one per attention layer."""
@@ -118,9 +138,15 @@ class DecodingConfig:
     repetition_penalty: float = field(default=1.2, metadata={"help": "HF-style penalty on every token already in the row (prompt, written, injected)"})
     call_bias: bool = field(default=False, metadata={"help": "add the published logit bias: +4 on <|db_entity|>, +2 on the other three call tokens"})
     max_lookups: int = field(default=10, metadata={"help": "lookups per answer; after that the model may not open another call"})
-    stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "finish a row once its written text contains one of these"})
+    stop_strings: tuple[str, ...] = field(
+        default=(), metadata={"help": "finish a row once its written text contains one of these; the text ends before it"})
     force_lookup_start: bool = field(default=False, metadata={"help": "the answer starts with <|db_entity|> (cloze: the model must name the query)"})
     db_off: bool = field(default=False, metadata={"help": "every lookup returns 'unknown' (the ablation)"})
+    logprobs: int | None = field(
+        default=None,
+        metadata={"help": "record each written token's log-probability under the model (before penalties and bias) "
+                  "and its N most likely alternatives (0: the chosen token only; None: record nothing)"},
+    )
     max_padding: float = field(
         default=0.5,
         metadata={"help": "largest share of padding a step may carry to feed injected values whole; "
@@ -144,20 +170,55 @@ class LookupRecord:
     match: str = "miss"  # the store's exact/semantic/fallback/miss, or off, malformed, error
     source: str | None = None
     latency_s: float = 0.0
-    position: int = 0  # index in GenerationOutput.token_ids of the <|db_return|> that asked
+    position: int = 0  # index in GenerationOutput.token_ids of the <|db_return|> that asked (-1: the prompt's last token)
     error: str | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """A token the model chose, with its log-probability and the most likely alternatives (``logprobs`` set)."""
+
+    position: int  # index in GenerationOutput.token_ids (len(token_ids) for the EOS that ended the row)
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (id, logprob), most likely first
+
+
+@dataclass
+class Prompt:
+    """A prompt with settings of its own (None: the batch's :class:`DecodingConfig`'s), so unlike requests share a batch."""
+
+    text: str
+    max_new_tokens: int | None = None
+    stop_strings: tuple[str, ...] | None = None
+    temperature: float | None = None  # 0: greedy; above 0: sampling at that temperature
+    top_p: float | None = None
+    logprobs: int | None = None
 
 
 @dataclass
 class GenerationOutput:
     prompt: str
-    raw_text: str  # what the model wrote with the calls and injected values kept
-    text: str  # the display text: calls stripped
-    token_ids: list[int]  # written + injected ids after the prompt (EOS excluded)
+    raw_text: str  # what the model wrote with the calls and injected values kept (ending before a stop string)
+    text: str  # the display text: calls stripped (a call the prompt left open included)
+    token_ids: list[int]  # written + injected ids after the prompt (EOS excluded; a stop string's tokens included)
     lookups: list[LookupRecord]
-    finish_reason: str  # eos, length (max_new_tokens), stop (a stop string), context (window full)
+    finish_reason: str  # eos, length (max_new_tokens), stop (a stop string), context (window full), cancelled
     generated_tokens: int  # ids the model chose (including a forced <|db_entity|>)
     injected_tokens: int  # value + <|db_end|> ids the runtime spliced in
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per chosen token, when asked for
+
+
+def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros(mask.shape[0], width - mask.shape[1]), mask], dim=1)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a row: the tokenizer's EOS and the model's generation-config EOS id(s)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple, set)) else [configured])
+    return {i for i in ids if isinstance(i, int)}
 
 
 def resolve(lookup: Store | None, entity: str, relation: str, db_off: bool = False) -> LookupRecord:
@@ -187,45 +248,123 @@ class _Row:
 
     prompt: str
     prompt_ids: list[int]
+    max_new_tokens: int
+    stop_strings: tuple[str, ...]
+    call_prefix: str = ""  # the call the prompt leaves open (its text), so the display text strips it whole
     ids: list[int] = field(default_factory=list)
     lookups: list[LookupRecord] = field(default_factory=list)
     generated: int = 0
     injected: int = 0
     queue: list[int] = field(default_factory=list)  # chosen or injected ids not yet fed to the model
     written_from: int = 0  # first index of ids written since the last injection (stop strings look only there)
+    stop_from: int | None = None  # where the text searched for the stop string that ended the row began
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_logprobs: int | None = None  # None: record no log-probabilities
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+
+    @property
+    def stop_window(self) -> int:
+        return 4 * max((len(s) for s in self.stop_strings), default=0) + 1  # tokens >= 1 byte, chars <= 4 bytes
 
 
 class InterleavedDecoder:
     """The batched decoding loop; ``step()`` until it returns False, then ``outputs()``."""
 
-    def __init__(self, model, tokenizer, prompts: list[str], lookup: Store | None, config: DecodingConfig):
+    def __init__(self, model, tokenizer, prompts: list[str | Prompt], lookup: Store | None, config: DecodingConfig):
         self.model, self.tokenizer, self.lookup, self.config = model, tokenizer, lookup, config
         self.call = call_token_ids(tokenizer)
         self.call_ids = list(self.call.all)
         self.call_bias = torch.tensor(PUBLISHED_CALL_BIAS, device=model.device)
-        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.eos_ids = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        # Padding is always masked out, so any valid id will do; EOS (or 0) when the tokenizer has no pad token.
+        self.pad = pad if pad is not None else next(iter(sorted(self.eos_ids)), 0)
+        # A dedicated pad token is never a token to write; a pad that *is* EOS must stay choosable.
+        self.banned_pad = pad if pad is not None and pad not in self.eos_ids else None
         self.device = model.device
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
         # transformers 5 renamed past_key_values to cache; the cache object is updated in place either way.
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.generator = None
-        if config.do_sample and config.seed is not None:
+        if config.seed is not None:
             self.generator = torch.Generator(self.device).manual_seed(config.seed)
-        self.stop_window = 4 * max((len(s) for s in config.stop_strings), default=0) + 1  # tokens >= 1 byte, chars <= 4 bytes
 
-        self.rows: list[_Row] = []
-        for prompt in prompts:
-            # An empty prompt still needs one token to predict from: start at a document boundary.
-            ids = tokenizer.encode(prompt, add_special_tokens=False) or [self.eos]
-            row = _Row(prompt, ids[-(self.max_positions - 1) :])
-            if config.force_lookup_start:
-                row.ids.append(self.call.entity)
-                row.generated = 1
-            self.rows.append(row)
+        self.rows: list[_Row] = [self._new_row(p) for p in prompts]
         self.active = list(range(len(self.rows)))  # batch slot -> row index
-        self._prefill()
+        self._prefill(self.rows)
+
+    def _new_row(self, prompt: str | Prompt) -> _Row:
+        spec = prompt if isinstance(prompt, Prompt) else Prompt(prompt)
+        # An empty prompt still needs one token to predict from: start at a document boundary.
+        ids = self.tokenizer.encode(spec.text, add_special_tokens=False) or [self.eos_boundary]
+        row = _Row(
+            spec.text,
+            ids[-(self.max_positions - 1) :],
+            max_new_tokens=self.config.max_new_tokens if spec.max_new_tokens is None else spec.max_new_tokens,
+            stop_strings=tuple(self.config.stop_strings if spec.stop_strings is None else spec.stop_strings),
+            temperature=(self.config.temperature if self.config.do_sample else 0.0) if spec.temperature is None else spec.temperature,
+            top_p=self.config.top_p if spec.top_p is None else spec.top_p,
+            top_logprobs=self.config.logprobs if spec.logprobs is None else spec.logprobs,
+        )
+        self._enter_open_call(row)
+        if self.config.force_lookup_start and not row.call_prefix:
+            row.ids.append(self.call.entity)
+            row.generated = 1
+        return row
+
+    def add(self, prompts: list[str | Prompt]) -> list[int]:
+        """Join new prompts to the running batch (continuous batching); returns their row indices.
+
+        The new rows are prefilled in a cache of their own, then appended to the
+        batch: the shorter of the two histories is left-padded under a zero mask,
+        and each row keeps its own position ids, so every row still sees exactly
+        what it would see alone.
+        """
+        rows = [self._new_row(p) for p in prompts]
+        first = len(self.rows)
+        self.rows += rows
+        added = list(range(first, len(self.rows)))
+        if not self.active:
+            self.active = added
+            self._prefill(rows)
+            return added
+        running = (self.cache, self.attention_mask, self.positions, self.seen, self.logits, self.active)
+        self.active = added
+        self._prefill(rows)
+        cache, mask, positions, seen, logits, active = running
+        width = max(mask.shape[1], self.attention_mask.shape[1])
+        for layer, new in zip(cache.layers, self.cache.layers):
+            layer.append_rows(new, width)
+        self.cache = cache
+        self.attention_mask = torch.cat([_left_pad(mask, width), _left_pad(self.attention_mask, width)])
+        self.positions = torch.cat([positions, self.positions])
+        self.seen = torch.cat([seen, self.seen])
+        self.logits = torch.cat([logits, self.logits])
+        self.active = active + added
+        return added
+
+    @property
+    def eos_boundary(self) -> int:
+        return next(iter(sorted(self.eos_ids)), self.pad)
+
+    def _enter_open_call(self, row: _Row) -> None:
+        """A prompt that ends inside a call: keep the call's text for display, and look it up now if it asks already."""
+        seq = row.prompt_ids
+        start = next((i for i in range(len(seq) - 1, -1, -1) if seq[i] == self.call.entity), None)
+        if start is None:
+            return
+        tail = self.tokenizer.decode(seq[start:], skip_special_tokens=False)
+        last = parse(tail).segments[-1]
+        if not (isinstance(last, ParseError) and last.kind == "unterminated") and seq[-1] != self.call.ret:
+            return  # the prompt's last call is closed
+        row.call_prefix = tail
+        if seq[-1] == self.call.ret:
+            self._inject(row)
+            row.lookups[-1].position = -1
+            row.written_from = len(row.ids)
 
     # ----------------------------------------------------------------- model calls
     def _forward(self, input_ids: torch.Tensor, new_mask: torch.Tensor, position_ids: torch.Tensor) -> None:
@@ -241,15 +380,15 @@ class InterleavedDecoder:
             )
         self.logits = out.logits[:, -1, :].float()
 
-    def _prefill(self) -> None:
+    def _prefill(self, rows: list[_Row]) -> None:
         self.cache = growing_cache()  # layers made on first use: full attention, as in every preset
-        self.attention_mask = torch.zeros(len(self.rows), 0, dtype=torch.long, device=self.device)
-        feeds = [r.prompt_ids + r.ids for r in self.rows]
+        self.attention_mask = torch.zeros(len(rows), 0, dtype=torch.long, device=self.device)
+        feeds = [r.prompt_ids + r.ids for r in rows]
         vocab = self.model.config.vocab_size
-        self.seen = torch.zeros(len(self.rows), vocab, dtype=torch.bool, device=self.device)
+        self.seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=self.device)
         for slot, feed in enumerate(feeds):
             self.seen[slot, feed] = True
-        self.positions = torch.zeros(len(self.rows), dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(len(rows), dtype=torch.long, device=self.device)
         self._feed(feeds)
 
     def _feed(self, feeds: list[list[int]]) -> None:
@@ -280,32 +419,42 @@ class InterleavedDecoder:
             scores = torch.where(self.seen if every else self.seen[slots], penalised, scores)
         if cfg.call_bias:
             scores[:, self.call_ids] += self.call_bias
-        scores[:, self.pad] = float("-inf")
+        if self.banned_pad is not None:
+            scores[:, self.banned_pad] = float("-inf")
         spent = [i for i, slot in enumerate(slots) if len(self.rows[self.active[slot]].lookups) >= cfg.max_lookups]
         if spent:  # no new call, and no <|db_return|> that would count as one
             scores[spent, self.call.entity] = float("-inf")
             scores[spent, self.call.ret] = float("-inf")
         return scores
 
-    def _choose(self, scores: torch.Tensor) -> list[int]:
-        cfg = self.config
-        if not cfg.do_sample:
-            return scores.argmax(dim=-1).tolist()
-        scores = scores / max(cfg.temperature, 1e-5)
-        if cfg.top_k > 0:
-            kth = torch.topk(scores, min(cfg.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+    def _choose(self, scores: torch.Tensor, slots: list[int]) -> list[int]:
+        """Greedy for rows at temperature 0; the others sample, each with its own temperature and top_p."""
+        rows = [self.rows[self.active[slot]] for slot in slots]
+        sampled = [i for i, row in enumerate(rows) if row.temperature > 0]
+        chosen = scores.argmax(dim=-1)
+        if not sampled:
+            return chosen.tolist()
+        every = len(sampled) == len(rows)
+        index = torch.tensor(sampled, device=self.device)
+        temperature = torch.tensor([rows[i].temperature for i in sampled], device=self.device)
+        top_p = torch.tensor([rows[i].top_p for i in sampled], device=self.device)[:, None]
+        scores = (scores if every else scores[index]) / temperature.clamp(min=1e-5)[:, None]
+        if self.config.top_k > 0:
+            kth = torch.topk(scores, min(self.config.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        if cfg.top_p < 1.0:
+        if bool((top_p < 1.0).any()):
             sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
             probs = sorted_scores.softmax(-1)
-            drop = probs.cumsum(-1) - probs >= cfg.top_p  # keep the smallest prefix whose mass reaches top_p
+            # Keep the smallest prefix whose mass reaches top_p (rows at top_p 1 keep everything).
+            drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)
             scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
-        probs = scores.softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).tolist()
+        picks = torch.multinomial(scores.softmax(-1), 1, generator=self.generator).squeeze(-1)
+        chosen[index] = picks
+        return chosen.tolist()
 
     # ----------------------------------------------------------------- lookups
     def _inject(self, row: _Row) -> list[int]:
-        """Parse the call the row just closed with <|db_return|>, look it up, append value + <|db_end|>."""
+        """Parse the call the row (or its prompt) just closed with <|db_return|>, look it up, append value + <|db_end|>."""
         seq = row.prompt_ids + row.ids
         # The call starts at the last <|db_entity|>; if that call is already closed, parse finds no pending call.
         start = next((i for i in range(len(seq) - 1, -1, -1) if seq[i] == self.call.entity), len(seq) - 1)
@@ -324,11 +473,14 @@ class InterleavedDecoder:
         return injected
 
     def _hit_stop(self, row: _Row) -> bool:
-        if not self.config.stop_strings:
+        if not row.stop_strings:
             return False
-        tail = row.ids[max(row.written_from, len(row.ids) - self.stop_window) :]
-        text = self.tokenizer.decode(tail, skip_special_tokens=False)
-        return any(s in text for s in self.config.stop_strings)
+        start = max(row.written_from, len(row.ids) - row.stop_window)
+        text = self.tokenizer.decode(row.ids[start:], skip_special_tokens=False)
+        if any(s in text for s in row.stop_strings):
+            row.stop_from = start
+            return True
+        return False
 
     # ----------------------------------------------------------------- the loop
     def step(self) -> bool:
@@ -336,10 +488,12 @@ class InterleavedDecoder:
         if not self.active:
             return False
         # A row whose queue is empty was fed everything it had: its last logits predict its next token.
-        ready = [slot for slot, r in enumerate(self.active) if not self.rows[r].queue]
+        ready = [slot for slot, r in enumerate(self.active) if not self.rows[r].queue and self.rows[r].finish_reason is None]
         if ready:
+            chosen = self._choose(self._scores(ready), ready)
+            self._record_logprobs(ready, chosen)
             seen_slots, seen_ids = [], []
-            for slot, token in zip(ready, self._choose(self._scores(ready))):
+            for slot, token in zip(ready, chosen):
                 row = self.rows[self.active[slot]]
                 self._accept(row, token)
                 seen_slots += [slot] * len(row.queue)
@@ -353,10 +507,33 @@ class InterleavedDecoder:
         self._feed_queues()
         return True
 
+    def _record_logprobs(self, ready: list[int], chosen: list[int]) -> None:
+        """For the rows that asked: the chosen token's log-probability under the model, and the top alternatives."""
+        asking = [i for i, slot in enumerate(ready) if self.rows[self.active[slot]].top_logprobs is not None]
+        if not asking:
+            return
+        slots = [ready[i] for i in asking]
+        logp = (self.logits if len(slots) == len(self.active) else self.logits[slots]).log_softmax(-1)
+        tokens = [chosen[i] for i in asking]
+        picked = logp.gather(1, torch.tensor(tokens, device=self.device)[:, None]).squeeze(1).tolist()
+        most = max(self.rows[self.active[slot]].top_logprobs for slot in slots)
+        top = torch.topk(logp, min(most, logp.shape[-1]), dim=-1) if most else None
+        for j, (slot, token) in enumerate(zip(slots, tokens)):
+            row = self.rows[self.active[slot]]
+            n = row.top_logprobs
+            alternatives = list(zip(top.indices[j, :n].tolist(), top.values[j, :n].tolist())) if top is not None and n else []
+            row.logprobs.append(TokenLogprob(len(row.ids), token, picked[j], alternatives))
+
+    def cancel(self, r: int) -> None:
+        """Stop row ``r`` (its client went away): it leaves the batch, and the cache, at the next step."""
+        if self.rows[r].finish_reason is None:
+            self.rows[r].finish_reason = "cancelled"
+            self.rows[r].queue = []
+
     def _accept(self, row: _Row, token: int) -> None:
         """Append the chosen token (and, after <|db_return|>, the looked-up value) or finish the row."""
         row.generated += 1
-        if token == self.eos:
+        if token in self.eos_ids:
             row.finish_reason = "eos"
             return
         row.ids.append(token)
@@ -365,7 +542,7 @@ class InterleavedDecoder:
             row.queue += self._inject(row)
         elif self._hit_stop(row):
             row.finish_reason = "stop"
-        if row.finish_reason is None and row.generated >= self.config.max_new_tokens:
+        if row.finish_reason is None and row.generated >= row.max_new_tokens:
             row.finish_reason = "length"
         if row.finish_reason is None and len(row.prompt_ids) + len(row.ids) > self.max_positions:
             row.finish_reason = "context"
@@ -396,25 +573,37 @@ class InterleavedDecoder:
         return self.outputs()
 
     def raw_text(self, r: int) -> str:
-        return self.tokenizer.decode(self.rows[r].ids, skip_special_tokens=False)
+        """Row ``r``'s text so far, calls and values kept; once a stop string ended it, up to that string."""
+        row = self.rows[r]
+        raw = self.tokenizer.decode(row.ids, skip_special_tokens=False)
+        if row.stop_from is None:
+            return raw
+        searched = len(self.tokenizer.decode(row.ids[: row.stop_from], skip_special_tokens=False))
+        return raw[: min(i for i in (raw.find(s, searched) for s in row.stop_strings) if i >= 0)]
+
+    def display_text(self, r: int, raw: str | None = None) -> str:
+        """The calls-stripped text of row ``r`` (a call its prompt left open is stripped whole)."""
+        row = self.rows[r]
+        raw = self.raw_text(r) if raw is None else raw
+        return strip_calls(row.call_prefix + raw) if row.call_prefix else strip_calls(raw)
+
+    def output(self, r: int) -> GenerationOutput:
+        row = self.rows[r]
+        raw = self.raw_text(r)
+        return GenerationOutput(
+            prompt=row.prompt,
+            raw_text=raw,
+            text=self.display_text(r, raw),
+            token_ids=list(row.ids),
+            lookups=row.lookups,
+            finish_reason=row.finish_reason or "length",
+            generated_tokens=row.generated,
+            injected_tokens=row.injected,
+            logprobs=row.logprobs,
+        )
 
     def outputs(self) -> list[GenerationOutput]:
-        outs = []
-        for r, row in enumerate(self.rows):
-            raw = self.raw_text(r)
-            outs.append(
-                GenerationOutput(
-                    prompt=row.prompt,
-                    raw_text=raw,
-                    text=strip_calls(raw),
-                    token_ids=list(row.ids),
-                    lookups=row.lookups,
-                    finish_reason=row.finish_reason or "length",
-                    generated_tokens=row.generated,
-                    injected_tokens=row.injected,
-                )
-            )
-        return outs
+        return [self.output(r) for r in range(len(self.rows))]
 
 
 def interleaved_generate(
@@ -439,6 +628,45 @@ def settled_text(raw: str) -> str:
     return parsed.plain.rstrip("\ufffd")  # a character whose bytes have not all arrived yet
 
 
+class TextStream:
+    """The pieces of one row's text as it decodes, each sent once; their concatenation is the final text.
+
+    Held back until settled: an open call (display text), a character whose bytes
+    have not all arrived, and a tail that could still grow into a stop string (the
+    decoder ends the text before a stop string, so no piece of one is ever sent).
+    With ``strip`` the final text is ``text.strip()`` (a chat answer's layout
+    spaces): leading whitespace is dropped and trailing whitespace held back.
+    """
+
+    def __init__(self, decoder: InterleavedDecoder, r: int, keep_calls: bool = False, strip: bool = False):
+        self.decoder, self.r, self.keep_calls, self.strip = decoder, r, keep_calls, strip
+        self.stops = [s for s in decoder.rows[r].stop_strings if s]
+        self.sent = ""
+
+    def update(self) -> str:
+        """The new settled text since the last call ('' if none)."""
+        row = self.decoder.rows[self.r]
+        if row.finish_reason is not None:
+            return self.finish()
+        raw = self.decoder.raw_text(self.r)
+        visible = raw.rstrip("\ufffd") if self.keep_calls else settled_text(row.call_prefix + raw)
+        hold = max((k for s in self.stops for k in range(1, len(s)) if visible.endswith(s[:k])), default=0)
+        visible = visible[: len(visible) - hold]
+        return self._send(visible.strip() if self.strip else visible)
+
+    def finish(self) -> str:
+        """The rest of the final text (call once the row has finished)."""
+        raw = self.decoder.raw_text(self.r)
+        final = raw if self.keep_calls else self.decoder.display_text(self.r, raw)
+        return self._send(final.strip() if self.strip else final)
+
+    def _send(self, visible: str) -> str:
+        if len(visible) <= len(self.sent) or not visible.startswith(self.sent):
+            return ""
+        piece, self.sent = visible[len(self.sent) :], visible
+        return piece
+
+
 def stream_generate(
     model, tokenizer, prompt: str, lookup: Store | None = None, config: DecodingConfig | None = None, keep_calls: bool = False
 ) -> Iterator[str]:
@@ -449,15 +677,10 @@ def stream_generate(
     (``output = yield from stream_generate(...)``).
     """
     decoder = InterleavedDecoder(model, tokenizer, [prompt], lookup, config or DecodingConfig())
-    sent = ""
+    stream = TextStream(decoder, 0, keep_calls)
     while decoder.step():
-        raw = decoder.raw_text(0)
-        visible = raw.rstrip("\ufffd") if keep_calls else settled_text(raw)
-        if len(visible) > len(sent) and visible.startswith(sent):
-            yield visible[len(sent) :]
-            sent = visible
-    output = decoder.outputs()[0]
-    final = output.raw_text if keep_calls else output.text
-    if final[len(sent) :]:
-        yield final[len(sent) :]
-    return output
+        if piece := stream.update():
+            yield piece
+    if piece := stream.finish():
+        yield piece
+    return decoder.outputs()[0]

@@ -10,9 +10,33 @@
     POST   /v1/knowledge/{namespace}/facts            {"entity", "relation", "value", "source"}   (token)
     DELETE /v1/knowledge/{namespace}/facts?fact_id=   or ?entity=[&relation=]                       (token)
 
-Every answer carries ``citations``: one per lookup the model made (entity,
-relation, value, fact_id, score, match, source, namespace). In a stream each
-chunk carries the citations made since the previous chunk.
+A thin adapter over :class:`lmlm_agent.agent.LMLMAgent` (no LangChain): chat
+turns become the agent's :func:`~lmlm_agent.agent.chat_prompt`, and one worker
+thread owns the model and decodes (:class:`BatchScheduler`).
+
+Batching is continuous: a request that arrives while a batch decodes joins it at
+the next step (its prompt is prefilled and its rows appended,
+:meth:`~lmlm_agent.decoding.InterleavedDecoder.add`), up to ``max_batch`` rows.
+Each row keeps its own ``max_tokens``, ``stop``, ``temperature``, ``top_p`` and
+``logprobs``; what a batch shares is the knowledge-base namespace. A request for
+another namespace waits in a bounded queue until the batch ends (and once one
+waits, no later request joins ahead of it); a request with a ``seed`` is decoded
+alone, so the seed reproduces it. A full queue answers 503 ``server_busy`` with
+``Retry-After``. A client that goes away (a dropped stream) has its rows dropped
+from the batch at the next step.
+
+OpenAI parameters: ``n`` and prompt lists (one row each), ``logprobs`` /
+``top_logprobs`` (non-streamed; the model's log-probabilities of the tokens it
+chose, tokens inside lookup calls left out), completions ``echo`` (not with
+``logprobs``), ``stop``, ``seed``, ``temperature``, ``top_p``,
+``stream_options.include_usage``. Every other parameter (``tools``,
+``response_format``, ``frequency_penalty``, ...) is refused with a 400 naming it,
+except neutral values (``tool_choice: "none"``, ``response_format: {"type":
+"text"}``, zero penalties) and ``user``, an opaque client id.
+
+Every answer carries ``citations``: one per fact the model's lookups used (entity,
+relation, value, fact_id, score, source, namespace). In a stream each chunk
+carries the citations made since the previous chunk.
 
 Writes and deletes need ``Authorization: Bearer <token>`` (``LMLM_API_TOKEN`` or
 the config file); with no token configured they are refused. Reads (generation
@@ -22,26 +46,34 @@ Bad requests get a 4xx with an OpenAI-style error body, never a 5xx.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import secrets
 import threading
 import time
+import typing
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmlm_agent.agent import CHAT_STOP, Delta, LMLMAgent, RowFollower, chat_prompt, citations
+from lmlm_agent.decoding import GenerationOutput, Prompt
 
 TOKEN_ENV = "LMLM_API_TOKEN"
 # Decoder finish reasons in OpenAI's words: a full context window is a length stop too.
-FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length"}
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
+INT64 = 2**63 - 1  # the largest id, seed or offset a request may carry (SQL and torch take 64-bit integers)
 
 
 @dataclass
@@ -55,46 +87,107 @@ class ServerConfig:
     max_tokens: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
     default_max_tokens: int = field(default=128, metadata={"help": "max_tokens when a chat request gives none."})
     max_messages: int = field(default=64, metadata={"help": "Most messages in one chat request."})
+    max_batch: int = field(default=8, metadata={"help": "Most rows (prompts x n, over all batched requests) decoded together."})
+    max_queue: int = field(default=32, metadata={"help": "Requests waiting for the decoder; beyond it 503 server_busy."})
     semantic: bool = field(
         default=False,
         metadata={"help": "Semantic (embedding) lookups after exact ones; the demo's kb.sqlite needs `lmlm kb rebuild-index` first."},
     )
 
+    def __post_init__(self) -> None:
+        _check_types(self)
+
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:
-        """Defaults < the YAML file (if it exists) < the environment's token < explicit overrides (None: unset)."""
+        """Defaults < the YAML file (if it exists) < the environment's token < explicit overrides (None: unset).
+
+        Every value is checked at start-up: a wrong type or an unknown name is a
+        ``ValueError`` naming the file and the field, never a server that starts
+        and then fails its requests.
+        """
         values: dict[str, Any] = {}
+        where = ""
         if path is not None and Path(path).exists():
             import yaml
 
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            where = f"{path}: "
+            try:
+                data = yaml.safe_load(Path(path).read_text())
+            except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: not readable YAML ({' '.join(str(exc).split())})") from None
+            data = data or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
             known = {f.name for f in fields(cls)}
-            unknown = set(data) - known
+            unknown = set(map(str, data)) - known
             if unknown:
                 raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
             values.update(data)
         if os.environ.get(TOKEN_ENV):
             values["token"] = os.environ[TOKEN_ENV]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"{where}{exc}") from None
+
+
+def _check_types(config: ServerConfig) -> None:
+    """Each field holds its declared type (bool is no int here) and a limit is positive."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        allowed = typing.get_args(hint) or (hint,)
+        ok = any(
+            (value is None and t is type(None))
+            or (t is bool and isinstance(value, bool))
+            or (t is int and isinstance(value, int) and not isinstance(value, bool))
+            or (t is str and isinstance(value, str))
+            for t in allowed
+        )
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"{f.name} must be {names}, got {value!r} ({type(value).__name__})")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"{f.name} must be at least 1, got {value}")
 
 
 # --------------------------------------------------------------------------- request bodies
 
 
+def _utf8(text: str) -> str:
+    """Text a tokenizer can take: a lone UTF-16 surrogate (valid JSON, invalid Unicode) is refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it holds a lone UTF-16 surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
 class _Request(BaseModel):
-    # Unknown OpenAI parameters (frequency_penalty, user, ...) are accepted and have no effect.
-    model_config = ConfigDict(extra="ignore")
+    # A parameter we do not implement is refused by name, never accepted and ignored.
+    model_config = ConfigDict(extra="forbid")
 
 
-class ContentPart(BaseModel):
+class ContentPart(_Request):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
+    name: Text | None = None  # accepted: an LMLM prompt has no speaker names, and the turn's text is what it reads
+    tool_call_id: Text | None = None
+    # An earlier answer sent back as history carries these empty; with content they would be features we lack.
+    refusal: None = None
+    tool_calls: list[Any] | None = Field(default=None, max_length=0)
+    function_call: None = None
+    audio: None = None
+    annotations: list[Any] | None = Field(default=None, max_length=0)
 
     @property
     def text(self) -> str:
@@ -103,15 +196,25 @@ class ChatMessageIn(BaseModel):
         return self.content or ""
 
 
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
 class _Sampling(_Request):
-    model: str
+    model: Text
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     stream: bool = False
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1, description="one answer per request")
-    namespace: str | None = Field(default=None, description="knowledge-base namespace the lookups read (extra_body)")
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(default=None, ge=0, le=INT64)
+    n: int = Field(default=1, ge=1, le=16, description="answers per prompt")
+    namespace: Text | None = Field(default=None, description="knowledge-base namespace the lookups read (extra_body)")
+    user: Text | None = Field(default=None, description="an opaque client id; accepted and not used")
+    # Neutral values of parameters this server does not implement; anything else is refused by name.
+    frequency_penalty: Literal[0, 0.0] | None = None
+    presence_penalty: Literal[0, 0.0] | None = None
+    logit_bias: dict[str, Any] | None = Field(default=None, max_length=0)
 
     @field_validator("stop")
     @classmethod
@@ -126,29 +229,52 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stream_options: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tool_choice: Literal["none"] | None = Field(default=None, description="only 'none': an LMLM calls no client tools")
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v != {"type": "text"}:
+            raise ValueError("only {'type': 'text'}: an LMLM writes text with lookups, not JSON on request")
+        return v
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: Text | list[Text] = Field(description="a prompt or a list of prompts (token-id prompts are not supported)")
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
-    stream_options: dict[str, Any] | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    best_of: int | None = Field(default=None, ge=1)
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str:
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("one prompt per request")
-            return v[0]
-        return v
+    def _prompts(cls, v: str | list[str]) -> list[str]:
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        return prompts
+
+    @model_validator(mode="after")
+    def _supported(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of must equal n: this server returns every sample it draws")
+        return self
 
 
 class FactIn(_Request):
-    entity: str
-    relation: str
-    value: str
-    source: str | None = None
+    entity: Text
+    relation: Text
+    value: Text
+    source: Text | None = None
 
 
 # --------------------------------------------------------------------------- errors and limits
@@ -213,38 +339,151 @@ async def _send_error(send: Any, err: APIError) -> None:
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    def where(e: dict[str, Any]) -> str:
+        return ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
+
     first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    text = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('body', 'query', 'path')) or 'body'}: {e.get('msg', 'invalid')}"
-        for e in errors[:5]
-    )
-    return text or "invalid request", param
+    param = where(first) or None
+    parts = []
+    for e in errors[:5]:
+        if e.get("type") == "extra_forbidden":
+            parts.append(f"{where(e)}: not supported by this server")
+        else:
+            parts.append(f"{where(e) or 'body'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request", param
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class ServerBusy(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    """One request's rows and where their deltas go (an asyncio queue on the request's event loop)."""
+
+    prompts: list[Prompt]
+    chat: bool
+    key: tuple  # requests with equal keys may share a batch
+    settings: dict[str, Any]  # DecodingConfig overrides every row of the batch shares
+    namespace: str | None
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def send(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the request's event loop has closed (the server is shutting down): nobody to tell
+            self.cancelled.set()
+
+
+class BatchScheduler:
+    """One worker thread owns the model and decodes requests in continuous batches (see the module notes)."""
+
+    def __init__(self, agent: LMLMAgent, max_batch: int, max_queue: int):
+        self.agent, self.max_batch, self.max_queue = agent, max_batch, max_queue
+        self.waiting: deque[Job] = deque()
+        self.wakeup = threading.Condition()
+        self.batch_sizes: list[int] = []  # most rows in flight at once, per decoder run (tests, measurements)
+        self.rows_decoded = 0
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+
+    def submit(self, job: Job) -> None:
+        with self.wakeup:
+            if len(self.waiting) >= self.max_queue:
+                raise ServerBusy
+            self.waiting.append(job)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._work, name="lmlm-decoder", daemon=True)
+                self.thread.start()
+            self.wakeup.notify()
+
+    def close(self) -> None:
+        with self.wakeup:
+            self.stopping = True
+            self.wakeup.notify()
+
+    def _next_batch(self) -> list[Job] | None:
+        with self.wakeup:
+            while not self.waiting and not self.stopping:
+                self.wakeup.wait()
+            if self.stopping:
+                return None
+            first = self.waiting.popleft()
+            return [first, *self._joiners(first.key, len(first.prompts))]
+
+    def _joiners(self, key: tuple, rows: int) -> list[Job]:
+        """Waiting jobs that may join a batch of ``key`` holding ``rows`` rows: the queue's head, while it matches."""
+        joining = []
+        with self.wakeup:
+            while self.waiting and self.waiting[0].key == key and rows + len(self.waiting[0].prompts) <= self.max_batch:
+                job = self.waiting.popleft()
+                rows += len(job.prompts)
+                joining.append(job)
+        return joining
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            batch = [job for job in batch if not job.cancelled.is_set()]
+            if not batch:
+                continue
+            try:
+                self._decode(batch)
+            except Exception as exc:  # a fault of ours: every request of the batch gets a 500, the worker lives on
+                for job in batch:
+                    job.send(exc)
+
+    def _decode(self, batch: list[Job]) -> None:
+        """Decode ``batch`` (a list it extends with the jobs that join) until every row is done."""
+        first = batch[0]
+        owner = [(job, i) for job in batch for i in range(len(job.prompts))]
+        decoder = self.agent.decoder([p for job in batch for p in job.prompts], first.namespace, **first.settings)
+        follower = RowFollower(decoder, chat=[job.chat for job, _ in owner])
+        peak = len(owner)
+        while not all(follower.done):
+            for delta in follower.step():
+                job, index = owner[delta.row]
+                if not job.cancelled.is_set():
+                    job.send((index, delta))
+            for r, (job, _) in enumerate(owner):
+                if job.cancelled.is_set():
+                    decoder.cancel(r)
+            for job in self._joiners(first.key, len(decoder.active)):
+                batch.append(job)
+                follower.add(job.prompts, chat=job.chat)
+                owner += [(job, i) for i in range(len(job.prompts))]
+            peak = max(peak, len(decoder.active))
+        self.batch_sizes.append(peak)
+        self.rows_decoded += len(owner)
 
 
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(agent: Any, config: ServerConfig | None = None) -> FastAPI:
+def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI app serving an :class:`~lmlm_agent.agent.LMLMAgent` (its model, tokenizer and store)."""
-    from lmlm_agent.chat_model import ChatLMLM
     from tools import typed_tools
 
     config = config or ServerConfig()
-    chat = ChatLMLM(model=config.model_id, agent=agent, max_tokens=config.default_max_tokens)
     store = agent.store
+    tokenizer = agent.tokenizer
     context = getattr(agent.model.config, "max_position_embeddings", None) or 1 << 30
-    # One model, one decoder at a time: torch on CPU gains nothing from parallel generations.
-    lock = threading.Lock()
+    scheduler = BatchScheduler(agent, config.max_batch, config.max_queue)
     created = int(time.time())
 
     app = FastAPI(title="lmlm", description=__doc__.split("\n\n")[0], version="1")
+    app.state.scheduler = scheduler
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    app.router.on_shutdown.append(scheduler.close)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -268,7 +507,7 @@ def create_app(agent: Any, config: ServerConfig | None = None) -> FastAPI:
         given = _bearer(request)
         if given is None:
             raise APIError(401, f"{action} needs 'Authorization: Bearer <token>'", "unauthorized")
-        if not secrets.compare_digest(given.encode(), config.token.encode()):
+        if not secrets.compare_digest(given.encode("utf-8", "surrogateescape"), config.token.encode()):
             raise APIError(401, "invalid token", "unauthorized")
 
     def reader(request: Request) -> None:
@@ -296,107 +535,182 @@ def create_app(agent: Any, config: ServerConfig | None = None) -> FastAPI:
             raise APIError(404, f"model {model_id!r} is not served here; use {config.model_id!r}", "model_not_found", "model")
 
     # ------------------------------------------------------------------ generation
-    def _call_kwargs(req: _Sampling, max_tokens: int | None, prompt: str) -> dict[str, Any]:
-        """Checked sampling settings for the chat model; token limits are enforced here."""
+    def _job(req: _Sampling, prompts: list[str], max_tokens: int | None, chat: bool, logprobs: int | None) -> Job:
+        """The request as decoder rows, its limits checked; queued for the worker (503 when the queue is full)."""
         _known_model(req.model)
+        param = "messages" if chat else "prompt"
         limit = max_tokens or min(config.default_max_tokens, config.max_tokens)
         if limit > config.max_tokens:
             raise APIError(400, f"max_tokens is {limit}; this server allows at most {config.max_tokens}", param="max_tokens")
-        prompt_tokens = len(agent.tokenizer.encode(prompt, add_special_tokens=False))
-        if prompt_tokens + limit > context:
-            raise APIError(
-                400,
-                f"the prompt is {prompt_tokens} tokens and max_tokens {limit}: over the model's context of {context}",
-                "context_length_exceeded",
-                "messages" if isinstance(req, ChatRequest) else "prompt",
-            )
-        kwargs: dict[str, Any] = {"max_tokens": limit, "temperature": req.temperature, "top_p": req.top_p, "seed": req.seed}
+        rows = len(prompts) * req.n
+        if rows > config.max_batch:
+            raise APIError(400, f"{len(prompts)} prompt(s) x n={req.n} is {rows} answers; at most {config.max_batch}", param="n")
+        for prompt in prompts:
+            prompt_tokens = len(tokenizer.encode(prompt, add_special_tokens=False))
+            if prompt_tokens + limit > context:
+                raise APIError(
+                    400,
+                    f"the prompt is {prompt_tokens} tokens and max_tokens {limit}: over the model's context of {context}",
+                    "context_length_exceeded",
+                    param,
+                )
+        namespace = None
         if req.namespace is not None:
             from tools.schema import InvalidInput, clean_namespace
 
             try:
-                kwargs["namespace"] = clean_namespace(req.namespace)
+                namespace = clean_namespace(req.namespace)
             except InvalidInput as exc:
                 raise APIError(400, str(exc), param="namespace") from None
-        return {k: v for k, v in kwargs.items() if v is not None}
+        stops = (CHAT_STOP, *(req.stop or ())) if chat else tuple(req.stop or ())
+        # A seeded request decodes alone (its own generator), so the same request gives the same answer.
+        key = (namespace, uuid.uuid4().hex if req.seed is not None else None)
+        row = dict(max_new_tokens=limit, stop_strings=stops, temperature=req.temperature or 0.0,
+                   top_p=1.0 if req.top_p is None else req.top_p, logprobs=logprobs)
+        job = Job(
+            prompts=[Prompt(p, **row) for p in prompts for _ in range(req.n)],
+            chat=chat,
+            key=key,
+            settings={"seed": req.seed},
+            namespace=namespace,
+            loop=asyncio.get_running_loop(),
+        )
+        try:
+            scheduler.submit(job)
+        except ServerBusy:
+            raise APIError(503, f"the server is busy ({config.max_queue} requests waiting); retry shortly",
+                           "server_busy") from None
+        return job
 
-    def _usage(meta: Any) -> dict[str, int]:
-        meta = meta or {}
-        pt, ct = meta.get("input_tokens", 0), meta.get("output_tokens", 0)
+    async def _deltas(job: Job) -> AsyncIterator[tuple[int, Delta]]:
+        """The job's deltas as they come; a client that goes away cancels the job's rows.
+
+        A stream notices by being closed; a non-streamed request by :func:`_watch`.
+        """
+        remaining = len(job.prompts)
+        try:
+            while remaining:
+                item = await job.events.get()
+                if item is None:  # the client went away
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                index, delta = item
+                remaining -= delta.output is not None
+                yield index, delta
+        finally:
+            job.cancelled.set()  # a no-op once every row is done
+
+    async def _watch(job: Job, request: Request) -> None:
+        """Wait for the client to disconnect, then end the job's wait (the connection says so on its receive channel)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.events.put_nowait(None)
+
+    async def _outputs(job: Job, request: Request) -> list[GenerationOutput]:
+        outputs: list[GenerationOutput | None] = [None] * len(job.prompts)
+        watcher = asyncio.create_task(_watch(job, request))
+        try:
+            async for index, delta in _deltas(job):
+                if delta.output is not None:
+                    outputs[index] = delta.output
+        finally:
+            watcher.cancel()
+        if any(out is None for out in outputs):
+            # Nobody reads this answer; 499 is the status servers log for a client that closed its request.
+            raise APIError(499, "the client closed the request", "client_closed")
+        return outputs  # type: ignore[return-value]
+
+    def _namespace_name(job: Job) -> str:
+        return job.namespace or getattr(store, "namespace", None) or "default"
+
+    def _usage(prompts: list[str], n: int, outputs: list[GenerationOutput]) -> dict[str, int]:
+        pt = n * sum(len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts)
+        ct = sum(o.generated_tokens + o.injected_tokens for o in outputs)
         return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(reader)])
-    def chat_completions(req: ChatRequest) -> Any:
-        from lmlm_agent.chat_model import render_prompt
+    def _answer_cites(outputs: list[GenerationOutput], job: Job) -> list[dict[str, Any]]:
+        return citations([r for o in outputs for r in o.lookups], _namespace_name(job))
 
+    @app.post("/v1/chat/completions", dependencies=[Depends(reader)])
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
         if len(req.messages) > config.max_messages:
             raise APIError(400, f"{len(req.messages)} messages; at most {config.max_messages}", param="messages")
-        messages = [_to_langchain(m) for m in req.messages]
-        kwargs = _call_kwargs(req, req.max_completion_tokens or req.max_tokens, render_prompt(messages))
+        if req.logprobs and req.stream:
+            raise APIError(400, "logprobs are returned with non-streamed answers only", param="logprobs")
+        prompt = chat_prompt([("user" if m.role == "user" else m.role, m.text) for m in req.messages])
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        job = _job(req, [prompt], req.max_completion_tokens or req.max_tokens, chat=True, logprobs=logprobs)
         ident, stamp = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": stamp, "model": config.model_id}
         if not req.stream:
-            with lock:
-                msg = chat.invoke(messages, stop=req.stop, **kwargs)
-            meta = msg.response_metadata
-            return {
-                **head,
-                "object": "chat.completion",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": msg.content},
-                    "finish_reason": FINISH.get(meta["finish_reason"], "stop"),
+            outputs = await _outputs(job, request)
+            choices = []
+            for i, out in enumerate(outputs):
+                choice: dict[str, Any] = {
+                    "index": i,
+                    "message": {"role": "assistant", "content": out.text.strip()},
+                    "finish_reason": FINISH[out.finish_reason],
                     "logprobs": None,
-                }],
-                "usage": _usage(msg.usage_metadata),
-                "citations": meta["citations"],
-            }
+                }
+                if req.logprobs:
+                    choice["logprobs"] = {"content": _chat_logprobs(tokenizer, out)}
+                choices.append(choice)
+            return {**head, "object": "chat.completion", "choices": choices, "usage": _usage([prompt], req.n, outputs),
+                    "citations": _answer_cites(outputs, job)}
 
-        def events() -> Iterator[str]:
-            with lock:
-                yield _sse({**head, "object": "chat.completion.chunk",
-                            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-                for chunk in chat.stream(messages, stop=req.stop, **kwargs):
-                    meta = chunk.response_metadata
-                    reason = meta.get("finish_reason")
-                    yield _sse({
-                        **head,
-                        "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {"content": chunk.content} if chunk.content else {},
-                                     "finish_reason": FINISH.get(reason, "stop") if reason else None}],
-                        "citations": meta.get("citations", []),
-                    })
-                    if reason and (req.stream_options or {}).get("include_usage"):
-                        yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(chunk.usage_metadata)})
+        async def events() -> AsyncIterator[str]:
+            chunk = {**head, "object": "chat.completion.chunk"}
+            for i in range(req.n):
+                yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            outputs: list[GenerationOutput] = []
+            async for index, delta in _deltas(job):
+                reason = FINISH[delta.output.finish_reason] if delta.output else None
+                yield _sse({**chunk,
+                            "choices": [{"index": index, "delta": {"content": delta.text} if delta.text else {},
+                                         "finish_reason": reason}],
+                            "citations": citations(delta.lookups, _namespace_name(job))})
+                if delta.output:
+                    outputs.append(delta.output)
+            if req.stream_options and req.stream_options.include_usage:
+                yield _sse({**chunk, "choices": [], "usage": _usage([prompt], req.n, outputs)})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/completions", dependencies=[Depends(reader)])
-    def completions(req: CompletionRequest) -> Any:
-        kwargs = _call_kwargs(req, req.max_tokens, req.prompt)
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        prompts: list[str] = req.prompt  # type: ignore[assignment]  (the validator made it a list)
+        if req.logprobs is not None and req.stream:
+            raise APIError(400, "logprobs are returned with non-streamed answers only", param="logprobs")
+        if req.echo and req.logprobs is not None:
+            raise APIError(400, "echo with logprobs would need the prompt's log-probabilities, which are not computed",
+                           param="echo")
+        job = _job(req, prompts, req.max_tokens, chat=False, logprobs=req.logprobs)
         ident, stamp = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "object": "text_completion", "created": stamp, "model": config.model_id}
+        # Choice i*n + j is the j-th answer to prompt i, as OpenAI numbers them.
+        row_prompts = [p for p in prompts for _ in range(req.n)]
         if not req.stream:
-            with lock:
-                msg = chat.complete(req.prompt, stop=req.stop, **kwargs)
-            meta = msg.response_metadata
-            return {
-                **head,
-                "choices": [{"index": 0, "text": msg.content, "logprobs": None,
-                             "finish_reason": FINISH.get(meta["finish_reason"], "stop")}],
-                "usage": _usage(msg.usage_metadata),
-                "citations": meta["citations"],
-            }
+            outputs = await _outputs(job, request)
+            choices = [{"index": i, "text": (row_prompts[i] if req.echo else "") + out.text,
+                        "logprobs": _completion_logprobs(tokenizer, out) if req.logprobs is not None else None,
+                        "finish_reason": FINISH[out.finish_reason]} for i, out in enumerate(outputs)]
+            return {**head, "choices": choices, "usage": _usage(prompts, req.n, outputs), "citations": _answer_cites(outputs, job)}
 
-        def events() -> Iterator[str]:
-            with lock:
-                for chunk in chat.stream_complete(req.prompt, stop=req.stop, **kwargs):
-                    meta = chunk.response_metadata
-                    reason = meta.get("finish_reason")
-                    yield _sse({**head, "choices": [{"index": 0, "text": chunk.content, "logprobs": None,
-                                                     "finish_reason": FINISH.get(reason, "stop") if reason else None}],
-                                "citations": meta.get("citations", [])})
+        async def events() -> AsyncIterator[str]:
+            if req.echo:
+                for i, p in enumerate(row_prompts):
+                    yield _sse({**head, "choices": [{"index": i, "text": p, "logprobs": None, "finish_reason": None}]})
+            outputs: list[GenerationOutput] = []
+            async for index, delta in _deltas(job):
+                reason = FINISH[delta.output.finish_reason] if delta.output else None
+                yield _sse({**head, "choices": [{"index": index, "text": delta.text, "logprobs": None, "finish_reason": reason}],
+                            "citations": citations(delta.lookups, _namespace_name(job))})
+                if delta.output:
+                    outputs.append(delta.output)
+            if req.stream_options and req.stream_options.include_usage:
+                yield _sse({**head, "choices": [], "usage": _usage(prompts, req.n, outputs)})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -414,26 +728,28 @@ def create_app(agent: Any, config: ServerConfig | None = None) -> FastAPI:
         from tools.schema import InvalidInput, clean_namespace
 
         try:
-            return clean_namespace(namespace)
-        except InvalidInput as exc:
+            return clean_namespace(_utf8(namespace))
+        except (InvalidInput, ValueError) as exc:
             raise APIError(400, str(exc), param="namespace") from None
+
+    def _query_text(name: str, value: str | None) -> str | None:
+        try:
+            return None if value is None else _utf8(value)
+        except ValueError as exc:
+            raise APIError(400, f"{name}: {exc}", param=name) from None
 
     @app.get("/v1/knowledge/{namespace:path}/lookup", dependencies=[Depends(reader)])
     def lookup(namespace: str, entity: str, relation: str) -> Any:
-        return _observe(typed_tools.read(store, entity=entity, relation=relation, namespace=_namespace(namespace)))
+        return _observe(typed_tools.read(store, entity=_query_text("entity", entity), relation=_query_text("relation", relation),
+                                         namespace=_namespace(namespace)))
 
     @app.get("/v1/knowledge/{namespace:path}/facts", dependencies=[Depends(reader)])
-    def list_facts(namespace: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        if not (1 <= limit <= 1000 and offset >= 0):
-            raise APIError(400, "limit must be 1-1000 and offset >= 0", param="limit")
+    def list_facts(namespace: str, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=INT64)) -> dict[str, Any]:
         ns = _namespace(namespace)
         rows = []
-        for i, fact in enumerate(store.iter_facts(namespace=ns)):
-            if i >= offset + limit:
-                break
-            if i >= offset:
-                rows.append({"id": fact.id, "entity": fact.entity, "relation": fact.relation, "value": fact.value,
-                             "source": fact.source, "updated_at": fact.updated_at.isoformat()})
+        for fact in itertools.islice(store.iter_facts(namespace=ns), offset, offset + limit):
+            rows.append({"id": fact.id, "entity": fact.entity, "relation": fact.relation, "value": fact.value,
+                         "source": fact.source, "updated_at": fact.updated_at.isoformat()})
         return {"object": "list", "namespace": ns, "total": store.count(namespace=ns), "data": rows}
 
     @app.post("/v1/knowledge/{namespace:path}/facts", dependencies=[Depends(writer)])
@@ -442,9 +758,11 @@ def create_app(agent: Any, config: ServerConfig | None = None) -> FastAPI:
         return _observe(obs, status=201)
 
     @app.delete("/v1/knowledge/{namespace:path}/facts", dependencies=[Depends(writer)])
-    def delete_facts(namespace: str, fact_id: int | None = None, entity: str | None = None, relation: str | None = None) -> Any:
-        selector = {k: v for k, v in {"fact_id": fact_id, "entity": entity, "relation": relation}.items() if v is not None}
-        return _observe(typed_tools.delete(store, **selector, namespace=_namespace(namespace)))
+    def delete_facts(namespace: str, fact_id: int | None = Query(None, ge=1, le=INT64), entity: str | None = None,
+                     relation: str | None = None) -> Any:
+        selector = {"fact_id": fact_id, "entity": _query_text("entity", entity), "relation": _query_text("relation", relation)}
+        return _observe(typed_tools.delete(store, **{k: v for k, v in selector.items() if v is not None},
+                                           namespace=_namespace(namespace)))
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
@@ -454,25 +772,59 @@ def create_app(agent: Any, config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
-def _to_langchain(m: ChatMessageIn) -> Any:
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "replace"))}
 
-    if m.role in ("system", "developer"):
-        return SystemMessage(m.text)
-    if m.role == "assistant":
-        return AIMessage(m.text)
-    if m.role == "tool":
-        return ToolMessage(m.text, tool_call_id="client")
-    return HumanMessage(m.text)
+
+def _visible_logprobs(tokenizer: Any, out: GenerationOutput) -> list[Any]:
+    """The chosen tokens of the display text: not the EOS, not inside a lookup call, not past a stop string."""
+    from lmlm_agent.tokenizer import call_token_ids
+
+    call = call_token_ids(tokenizer)
+    inside, hidden = False, set()
+    for i, t in enumerate(out.token_ids):
+        if t == call.entity:
+            inside = True
+        if inside:
+            hidden.add(i)
+        if t == call.end:
+            inside = False
+    kept_chars, kept = 0, []
+    for lp in out.logprobs:
+        if lp.position >= len(out.token_ids) or lp.position in hidden:
+            continue
+        kept_chars += len(tokenizer.decode([lp.token_id], skip_special_tokens=False))
+        if kept_chars > len(out.text) + 1:  # the tokens of a stop string the text ends before (+1: a call's following space)
+            break
+        kept.append(lp)
+    return kept
+
+
+def _chat_logprobs(tokenizer: Any, out: GenerationOutput) -> list[dict[str, Any]]:
+    return [{**_token_entry(tokenizer, lp.token_id, lp.logprob),
+             "top_logprobs": [_token_entry(tokenizer, t, v) for t, v in lp.top]}
+            for lp in _visible_logprobs(tokenizer, out)]
+
+
+def _completion_logprobs(tokenizer: Any, out: GenerationOutput) -> dict[str, Any]:
+    kept = _visible_logprobs(tokenizer, out)
+    tokens = [tokenizer.decode([lp.token_id], skip_special_tokens=False) for lp in kept]
+    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=0)) if tokens else []
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob for lp in kept],
+        "top_logprobs": [{tokenizer.decode([t], skip_special_tokens=False): v for t, v in lp.top} for lp in kept],
+        "text_offset": offsets,
+    }
 
 
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def load_run(run: str | Path, config: ServerConfig | None = None, device: str | None = None) -> Any:
+def load_run(run: str | Path, config: ServerConfig | None = None, device: str | None = None) -> LMLMAgent:
     """The agent of a run directory: the ``<run>/lmlm`` checkpoint over ``<run>/kb.sqlite``."""
-    from lmlm_agent.agent import LMLMAgent
     from tools import open_store
 
     run = Path(run)
@@ -484,4 +836,4 @@ def load_run(run: str | Path, config: ServerConfig | None = None, device: str | 
     return LMLMAgent.from_pretrained(run / "lmlm", store=store, device=device)
 
 
-__all__ = ["ServerConfig", "create_app", "load_run", "APIError", "BodyLimit", "TOKEN_ENV"]
+__all__ = ["ServerConfig", "create_app", "load_run", "APIError", "BodyLimit", "BatchScheduler", "TOKEN_ENV"]

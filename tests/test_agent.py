@@ -49,7 +49,7 @@ def test_generate_overrides_and_stream(agent):
     assert out.finish_reason == "length"
     assert agent.config.max_new_tokens == 128  # overrides do not stick
     pieces = list(agent.stream("Ko Itakura", stop_strings=["\n"]))
-    assert "".join(pieces) == " Ko Itakura was born in Yokohama, like Yokohama.\n"
+    assert "".join(pieces) == " Ko Itakura was born in Yokohama, like Yokohama."  # the text ends before the stop string
 
 
 def test_from_pretrained_with_a_real_store(tmp_path, tok):

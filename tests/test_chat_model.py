@@ -28,11 +28,15 @@ class TestChatLMLMStandard(ChatModelUnitTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return True  # bind_tools binds the typed kb tools (lookups are the model's one tool)
+        return False  # it never returns tool_calls: its one tool (the kb read) it executes inside its text
 
     @property
     def has_structured_output(self) -> bool:
         return False  # an LMLM writes text with lookups, never a JSON object on request
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # one checkpoint per ChatLMLM; a `model` call argument is refused
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,74 @@ def test_tool_choice(tok, store) -> None:
 def test_structured_output_is_refused_clearly() -> None:
     with pytest.raises(NotImplementedError, match="structured output"):
         ChatLMLM(model="x").with_structured_output({"type": "object"})
+
+
+def test_batch_is_one_decoder_call_with_callbacks_per_input(tok, store) -> None:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Ends(BaseCallbackHandler):
+        def __init__(self):
+            self.ends = 0
+
+        def on_llm_end(self, *args, **kwargs):
+            self.ends += 1
+
+    questions = [QUESTION, "Who?", QUESTION]
+    prompts = {render_prompt([HumanMessage(q)]): strip_values(SCRIPT) for q in questions}
+    model = ScriptedLM(tok, prompts)
+    chat = ChatLMLM(model="scripted", agent=LMLMAgent(model, tok, store))
+    singles = [chat.invoke(q).content for q in questions]
+    model.batch_sizes.clear()
+    handler = Ends()
+    batched = chat.batch(questions, config={"callbacks": [handler]})
+    assert [m.content for m in batched] == singles == ["Ada Lovelace was born in 1815."] * 3
+    assert model.batch_sizes[0] == 3 and max(model.batch_sizes) == 3  # the prefill held all three prompts
+    assert handler.ends == 3  # LangChain's per-input callbacks still ran
+
+
+def test_abatch_is_one_decoder_call(tok, store) -> None:
+    import asyncio
+
+    model = ScriptedLM(tok, {render_prompt([HumanMessage(QUESTION)]): strip_values(SCRIPT)})
+    chat = ChatLMLM(model="scripted", agent=LMLMAgent(model, tok, store))
+    out = asyncio.run(chat.abatch([QUESTION, QUESTION]))
+    assert [m.content for m in out] == ["Ada Lovelace was born in 1815."] * 2 and model.batch_sizes[0] == 2
+
+
+def test_unknown_call_arguments_are_refused(tok, store) -> None:
+    with pytest.raises(ValueError, match="does not support"):
+        scripted_chat(tok, store).invoke(QUESTION, model="another-checkpoint")
+
+
+def test_lazy_loading_is_once_per_process_under_threads(tmp_path, tok, monkeypatch) -> None:
+    """Threads that invoke at once share one load (the unlocked load used to untie lm_head from the embeddings)."""
+    import threading
+    import time
+
+    import lmlm_agent.agent as agent_module
+    from lmlm_agent.model import build_model, save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", build_model("micro", tok), tok, kind="lmlm", preset="micro")
+    loads = []
+    real = agent_module.load_checkpoint
+
+    def slow_load(*args, **kwargs):
+        loads.append(threading.get_ident())
+        time.sleep(0.2)  # wide open for a race
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(agent_module, "load_checkpoint", slow_load)
+    chats = [ChatLMLM(model=str(tmp_path / "ckpt"), max_tokens=3) for _ in range(4)]
+    answers = []
+    threads = [threading.Thread(target=lambda c=c: answers.append(c.invoke(QUESTION))) for c in chats]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    answers += chats[0].batch([QUESTION] * 2)  # LangChain's thread pool, first call of a fresh model in other tests
+    assert len(answers) == 6 and len(loads) == 1
+    runtime = chats[1]._runtime()
+    assert runtime is chats[3]._runtime()
+    other = ChatLMLM(model=str(tmp_path / "ckpt"), kb=str(tmp_path / "kb.sqlite"), semantic=False)._runtime()
+    assert other.model is runtime.model and other.store is not None and len(loads) == 1  # another store, same model
+    assert runtime.model.lm_head.weight.data_ptr() == runtime.model.model.embed_tokens.weight.data_ptr()  # still tied

@@ -128,7 +128,8 @@ def test_length_stop_string_and_forced_start(tok):
     (out,) = interleaved_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(max_new_tokens=3))
     assert out.finish_reason == "length" and out.generated_tokens == 3
     (out,) = interleaved_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(stop_strings=["London"]))
-    assert out.finish_reason == "stop" and out.text.endswith("London")  # the value injected earlier did not trigger it
+    # The text ends before the stop string (as OpenAI's stop); the value "London" injected earlier did not trigger it.
+    assert out.finish_reason == "stop" and out.raw_text.endswith("London<|db_end|> ") and out.text == " was born in 1815 in "
     forced = {"Question: Ko": render_call("Ko Itakura", "team", "Japan") + " Japan."}
     (out,) = interleaved_generate(
         scripted(tok, forced), tok, "Question: Ko", DictStore(FACTS), DecodingConfig(force_lookup_start=True)
@@ -275,3 +276,102 @@ def test_decode_benchmark_rejects_a_period_shorter_than_its_call(tok):
 
     with pytest.raises(ValueError, match="must exceed"):
         scheduled_model("micro", tok, "Ada Lovelace", "birth year", period=3)
+
+
+# --------------------------------------------------------------------------- prompts inside calls, per-row limits, logprobs
+
+
+def test_prompt_ending_inside_a_call_is_completed_with_one_lookup(tok):
+    from runtime_fakes import ScriptedLM
+
+    after = "Ada Lovelace was born in <|db_entity|> Ada Lovelace<|db_relationship|> birth year<|db_return|>"
+    mid = "Ada Lovelace was born in <|db_entity|> Ada Lov"
+    model = ScriptedLM(tok, {after: " 1815 in London.", mid: "elace<|db_relationship|> birth year<|db_return|> 1815 in London."})
+    store = DictStore(FACTS)
+    done_after, done_mid = interleaved_generate(model, tok, [after, mid], store)
+    assert done_after.raw_text == " 1815<|db_end|> 1815 in London."  # the value first, then the model goes on
+    assert done_mid.raw_text == "elace<|db_relationship|> birth year<|db_return|> 1815<|db_end|> 1815 in London."
+    assert done_after.text == done_mid.text == "1815 in London."  # the call begun in the prompt is stripped whole
+    assert store.queries == [("Ada Lovelace", "birth year")] * 2  # one lookup each
+    assert done_after.lookups[0].position == -1  # the <|db_return|> that asked is the prompt's last token
+    assert done_mid.token_ids[done_mid.lookups[0].position] == call_token_ids(tok).ret
+    pieces = list(stream_generate(model, tok, mid, store))
+    assert "".join(pieces) == "1815 in London." and not any("<|" in p for p in pieces)
+
+
+def test_rows_keep_their_own_limits_and_stop_strings(tok):
+    from lmlm_agent.decoding import Prompt
+
+    rows = [Prompt("Ada Lovelace", max_new_tokens=4), Prompt("Ada Lovelace", stop_strings=("London",)), "Ko Itakura"]
+    short, stopped, full = interleaved_generate(scripted(tok), tok, rows, DictStore(FACTS))
+    assert (short.finish_reason, short.generated_tokens) == ("length", 4)
+    assert stopped.finish_reason == "stop" and stopped.text == " was born in 1815 in "
+    assert full.raw_text == KO and full.finish_reason == "eos"
+
+
+def test_logprobs_are_the_models_and_cover_chosen_tokens_only(tok, micro):
+    (out,) = interleaved_generate(micro, tok, "Ada Lovelace was born", DictStore(FACTS), DecodingConfig(max_new_tokens=30, logprobs=3))
+    assert len(out.logprobs) == out.generated_tokens  # one per choice: injected value tokens have none
+    written = [lp for lp in out.logprobs if lp.position < len(out.token_ids)]
+    assert all(out.token_ids[lp.position] == lp.token_id for lp in written)
+    assert all(len(lp.top) == 3 and lp.top[0][1] >= lp.logprob - 1e-6 and lp.logprob <= 0 for lp in out.logprobs)
+    (plain,) = interleaved_generate(micro, tok, "Ada Lovelace was born", DictStore(FACTS), DecodingConfig(max_new_tokens=30))
+    assert plain.token_ids == out.token_ids and plain.logprobs == []  # recording changes nothing
+
+
+def test_a_cancelled_row_leaves_the_batch(tok):
+    model = scripted(tok)
+    decoder = InterleavedDecoder(model, tok, ["Ada Lovelace", "The capital of France"], DictStore(FACTS), DecodingConfig())
+    decoder.step()
+    decoder.cancel(1)
+    decoder.step()
+    assert decoder.active == [0] and model.batch_sizes[-1] == 1
+    outs = decoder.run()
+    assert outs[0].raw_text == ADA and outs[1].finish_reason == "cancelled"
+
+
+def test_a_stream_never_sends_part_of_a_stop_string(tok):
+    pieces = list(stream_generate(scripted(tok), tok, "Ada Lovelace", DictStore(FACTS), DecodingConfig(stop_strings=("don.",))))
+    assert "".join(pieces) == " was born in 1815 in Lon"  # the "d" that could start "don." was held back, never sent
+
+
+def test_prompts_joining_a_running_batch_decode_as_if_alone(tok, micro):
+    """Continuous batching: rows added mid-way (prefilled apart, caches merged) give what they give alone."""
+    cfg = DecodingConfig(max_new_tokens=30, call_bias=True)
+    store = DictStore(FACTS)
+    decoder = InterleavedDecoder(micro, tok, [PROMPTS[0]], store, cfg)
+    for _ in range(4):
+        decoder.step()
+    assert decoder.add([PROMPTS[1]]) == [1]
+    for _ in range(7):
+        decoder.step()
+    assert decoder.add([PROMPTS[2], "Ada"]) == [2, 3]
+    outs = decoder.run()
+    alone = [interleaved_generate(micro, tok, p, store, cfg)[0] for p in PROMPTS + ["Ada"]]
+    assert [o.token_ids for o in outs] == [o.token_ids for o in alone]
+    assert any(r.match == "exact" for o in outs for r in o.lookups)
+
+
+def test_scripted_rows_join_after_others_finished(tok):
+    model = scripted(tok)
+    decoder = InterleavedDecoder(model, tok, ["Ko Itakura"], DictStore(FACTS), DecodingConfig())
+    while decoder.step():
+        pass
+    decoder.add(["Ada Lovelace", "The capital of France"])
+    outs = decoder.run()
+    assert [o.raw_text for o in outs] == [KO, ADA, PARIS]
+
+
+def test_rows_with_their_own_sampling_share_a_batch(tok, micro):
+    from lmlm_agent.decoding import Prompt
+
+    store = DictStore(FACTS)
+    greedy_alone = [interleaved_generate(micro, tok, p, store, DecodingConfig(max_new_tokens=20))[0].token_ids for p in PROMPTS]
+    mixed = [Prompt(PROMPTS[0], temperature=0.0, logprobs=2), Prompt(PROMPTS[1], temperature=1.4, top_p=0.9),
+             Prompt(PROMPTS[2], temperature=0.0)]
+    outs = interleaved_generate(micro, tok, mixed, store, DecodingConfig(max_new_tokens=20, seed=4))
+    assert outs[0].token_ids == greedy_alone[0] and outs[2].token_ids == greedy_alone[2]  # greedy rows unaffected
+    again = interleaved_generate(micro, tok, mixed, store, DecodingConfig(max_new_tokens=20, seed=4))
+    assert [o.token_ids for o in again] == [o.token_ids for o in outs]  # the seed reproduces the sampled row
+    assert len(outs[0].logprobs) == outs[0].generated_tokens and all(len(lp.top) == 2 for lp in outs[0].logprobs)
+    assert outs[1].logprobs == [] and outs[2].logprobs == []  # only the row that asked

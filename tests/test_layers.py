@@ -58,3 +58,17 @@ def test_cli_help_is_fast_and_lazy() -> None:
     code = "import sys, lmlm_agent.cli; print(sorted(m for m in ('torch','transformers','trl','chromadb') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"importing the CLI pulled in heavy modules: {out}"
+
+
+def test_server_is_an_adapter_over_the_agent_without_langchain() -> None:
+    """The HTTP server sits on LMLMAgent directly; LangChain is ChatLMLM's business only."""
+    import subprocess
+    import sys
+
+    tree = ast.parse((REPO / "lmlm_agent" / "server.py").read_text(encoding="utf-8"))
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {n for n in names if n.split(".")[0].startswith("langchain") or n == "lmlm_agent.chat_model"}
+    code = "import sys, lmlm_agent.server, tools.typed_tools; print(sorted(m for m in sys.modules if m.startswith('langchain')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+    assert out == "[]", f"importing the server pulled in {out}"

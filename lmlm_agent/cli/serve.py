@@ -26,6 +26,10 @@ def serve(
         None, "--public-read/--private-read", help="Whether reads and generation need the token (default: public)."
     ),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest max_tokens a request may ask for."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Most answers decoded together (default 8)."),
+    max_queue: Optional[int] = typer.Option(
+        None, "--max-queue", help="Requests that may wait for the decoder; beyond it 503 server_busy (default 32)."
+    ),
     semantic: Optional[bool] = typer.Option(
         None, "--semantic/--exact", help="Semantic (embedding) lookups after exact ones (default: exact only); needs `lmlm kb rebuild-index`."
     ),
@@ -33,7 +37,7 @@ def serve(
 ) -> None:
     """Serve a run over an OpenAI-compatible API.
 
-    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token).
+    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token). Concurrent requests are decoded in one continuous batch (per knowledge-base namespace); OpenAI parameters the server does not implement are refused with a 400 naming them.
     """
     import uvicorn
 
@@ -41,7 +45,7 @@ def serve(
 
     try:
         settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
-                                     max_tokens=max_tokens, semantic=semantic)
+                                     max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
         agent = load_run(run, settings, device=device)
     except (FileNotFoundError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
