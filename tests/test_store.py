@@ -303,16 +303,17 @@ def test_iter_facts_pages_in_id_order(store: SQLKnowledgeStore) -> None:
 # --------------------------------------------------------------------------- semantic index
 
 
-def test_semantic_lookup_threshold_and_fallback(indexed: SQLKnowledgeStore) -> None:
+def test_published_policy_threshold_and_fallback(indexed: SQLKnowledgeStore) -> None:
     indexed.write_many(PEOPLE)
+    indexed = indexed.with_policy("published")  # the released lookup, kept for comparison
     hit = indexed.read("Ada Lovelace", "year of birth")
     assert (hit.match, hit.value) == ("semantic", "1815") and hit.score >= 0.6
     miss = indexed.read("Zebra", "favourite colour")
     assert (miss.match, miss.value) == ("miss", UNKNOWN) and miss.score is not None and miss.score < 0.6
-    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, fallback="top1")
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, policy="published", fallback="top1")
     forced = top1.read("Zebra", "favourite colour")
     assert forced.match == "fallback" and forced.found and forced.fact_id is not None and forced.score == pytest.approx(miss.score)
-    strict = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, threshold=0.999)
+    strict = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, policy="published", threshold=0.999)
     assert strict.read("Ada Lovelace", "year of birth").match == "miss"
 
 
@@ -324,7 +325,7 @@ def test_index_never_returns_a_row_sql_no_longer_has(indexed: SQLKnowledgeStore,
     blind.delete(entity="Ada Lovelace")
     blind.close()
     assert indexed.index.count(indexed.namespace) == len(PEOPLE)
-    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, fallback="top1")
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, policy="published", fallback="top1")
     got = top1.read("Ada Lovelace", "year of birth")  # Ada's stale keys are the nearest; a live row must win
     assert got.found and got.fact_id not in ada and got.entity != "Ada Lovelace"
     assert indexed.rebuild_index() == {indexed.namespace: len(PEOPLE) - 2}
@@ -343,7 +344,7 @@ def test_delete_receipt_covers_the_index(indexed: SQLKnowledgeStore) -> None:
 def test_semantic_lookup_respects_namespaces(indexed: SQLKnowledgeStore, ns: str) -> None:
     indexed.write_many(PEOPLE[:2])
     indexed.write("Grace Hopper", "rank", "Rear admiral", namespace=f"{ns}-b")
-    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=f"{ns}-b", fallback="top1")
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=f"{ns}-b", policy="published", fallback="top1")
     got = top1.read("Ada Lovelace", "year of birth")
     assert got.entity == "Grace Hopper" and got.match == "fallback"  # never Ada: her row lives in another namespace
     assert top1.read("Ada Lovelace", "birth year").match != "exact"
