@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from rapidfuzz import process
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import OSA
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,8 +37,9 @@ class LookupPolicy:
 
     name: PolicyName = field(default="entity", metadata={"help": "entity: entity by name, then relation by meaning among "
                              "its rows (never another entity's fact); published: nearest 'entity relation' key"})
-    entity_threshold: float = field(default=0.85, metadata={"help": "entity policy: least normalised Levenshtein "
-                                    "similarity (1 - edits / longer length) of a fuzzy entity match; 1 disables fuzzy"})
+    entity_threshold: float = field(default=0.85, metadata={"help": "entity policy: least name similarity of a fuzzy "
+                                    "entity match, 1 - edits / longer length (an edit: a character inserted, deleted, "
+                                    "replaced, or two neighbours swapped); 1 disables fuzzy matching"})
     relation_threshold: float = field(default=0.5, metadata={"help": "entity policy: least cosine of the MiniLM "
                                       "embeddings of the query relation and a stored relation name"})
     relation_margin: float = field(default=0.05, metadata={"help": "entity policy: the best relation must beat the "
@@ -66,11 +67,6 @@ class EntityMatch(NamedTuple):
     entity_key: str | None
     score: float | None
     rule: str  # entity_exact | entity_fuzzy | entity_unknown | entity_ambiguous | entity_forgotten
-
-
-def name_similarity(a: str, b: str) -> float:
-    """1 - Levenshtein edits / the longer length: one typo in a 14-character name gives 0.93."""
-    return Levenshtein.normalized_similarity(a, b)
 
 
 class EntityNames(NamedTuple):
@@ -109,7 +105,7 @@ class EntityNames(NamedTuple):
         if threshold >= 1.0 or not self.choices:
             return EntityMatch(None, None, "entity_unknown")
         found = process.extract(
-            query, self.choices, scorer=Levenshtein.normalized_similarity, score_cutoff=threshold, limit=FUZZY_CANDIDATES
+            query, self.choices, scorer=OSA.normalized_similarity, score_cutoff=threshold, limit=FUZZY_CANDIDATES
         )
         digits = _DIGITS_RE.findall(query)
         found = [(name, score) for name, score, _ in found if _DIGITS_RE.findall(name) == digits]
