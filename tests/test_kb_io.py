@@ -95,3 +95,13 @@ def test_jsonl_export_reimports_to_the_same_facts(tmp_path: Path) -> None:
     report = import_rows(copy, read_triples_jsonl(path).rows, namespace="copy")
     assert report.inserted == 3 and report.rejected == 0
     assert _rows(copy) == _rows(store)
+
+
+def test_single_valued_import_keeps_the_last_value_when_asked(tmp_path: Path) -> None:
+    src = tmp_path / "published.json"
+    src.write_text(json.dumps(PUBLISHED), encoding="utf-8")
+    loaded = read_lmlm_database(src)
+    store = open_store(index=False)
+    report = import_rows(store, loaded.rows, loaded.rejected, detect_multi_valued=False)
+    assert (report.inserted, report.duplicates, report.multi_valued) == (3, 1, [])
+    assert store.read("Beyoncé", "Starring Role").value == "Obsessed (2009)" and store.multi_valued() == []
