@@ -28,7 +28,16 @@ from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, in
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from tools.lookup import RELATION_VECTORS, EntityMatch, EntityNames, LookupPolicy, PolicyName, RelationVectors, pick_relation
+from tools.lookup import (
+    RELATION_VECTORS,
+    EntityMatch,
+    EntityNames,
+    Fallback,
+    LookupPolicy,
+    PolicyName,
+    RelationVectors,
+    pick_relation,
+)
 from tools.schema import (
     MAX_FIELD_CHARS,
     SINGLE_SLOT,
@@ -57,7 +66,6 @@ from tools.schema import (
 if TYPE_CHECKING:
     from tools.index import SemanticIndex
 
-Fallback = Literal["unknown", "top1"]
 Triple = Sequence[Any]  # (entity, relation, value) or (entity, relation, value, source)
 
 TOP_K = 5
@@ -615,9 +623,10 @@ def _found(rows: Sequence[Any], query: dict[str, Any], match: str, rule: str, sc
 
 
 def _audit(at: Any, action: str, ns: str, row: Any, *, old_value: str | None = None, new_value: str | None = None,
-           fact_id: int | None = None, source: Any = ...) -> dict[str, Any]:
+           fact_id: int | None = None) -> dict[str, Any]:
+    """A kb_audit row for ``row`` (a stored row, or a CleanTriple with ``fact_id`` given)."""
     return dict(at=at, action=action, namespace=ns, fact_id=row.id if fact_id is None else fact_id, entity=row.entity,
-                relation=row.relation, old_value=old_value, new_value=new_value, source=row.source if source is ... else source)
+                relation=row.relation, old_value=old_value, new_value=new_value, source=row.source)
 
 
 class _WritePlan:
