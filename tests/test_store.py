@@ -618,3 +618,12 @@ def test_paraphrased_relation_by_meaning_and_no_borrowed_answers_with_the_index_
     assert (unknown.found, unknown.rule) == (False, "entity_unknown")
     published = indexed.with_policy("published").read("Alan Turing", "place of birth")  # same store, the old policy
     assert (published.value, published.rule, published.entity_score) == ("London", "published_semantic", None)
+
+
+def test_relations_by_meaning_without_an_index(tmp_path) -> None:
+    with open_store(tmp_path / "kb.sqlite", index=False, relation_match="semantic") as s:
+        s.write("Alan Turing", "birthplace", "London")
+        assert s.index is None and s.read("Alan Turing", "place of birth").value == "London"
+        assert not (tmp_path / "kb.chroma").exists()
+    with open_store(tmp_path / "kb.sqlite", relation_match="exact", create=False) as s:
+        assert s.read("Alan Turing", "place of birth").rule == "relation_unknown"

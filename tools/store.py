@@ -837,6 +837,7 @@ def open_store(
     index: str | Path | None | Literal[False] = None,
     namespace: str = "default",
     policy: PolicyName | LookupPolicy = "entity",
+    relation_match: Literal["semantic", "exact"] | None = None,
     create: bool = True,
     **settings: Any,
 ) -> SQLKnowledgeStore:
@@ -848,6 +849,10 @@ def open_store(
     relations exactly. ``policy``: ``"entity"`` (default) or ``"published"``, or a
     :class:`~tools.lookup.LookupPolicy`; ``settings`` are its fields (``entity_threshold``,
     ``relation_threshold``, ``relation_margin``, ``threshold``, ``fallback``).
+    ``relation_match``: how the entity policy matches relations, ``"semantic"`` (MiniLM
+    embeddings of relation names; needs only the embedder, not the index) or ``"exact"``;
+    None: semantic unless ``index=False``. ``index=False, relation_match="semantic"`` is the
+    entity policy at full strength without building or maintaining a Chroma index.
 
     ``create=False`` (for readers such as an agent) never creates a file, a directory or a
     table: a missing database is a :class:`FileNotFoundError`, a file without the tables an
@@ -857,6 +862,9 @@ def open_store(
     are refused until it is opened once with ``create=True`` (which migrates it).
     """
     lookup = _policy(policy, settings)
+    if relation_match not in (None, "semantic", "exact"):
+        raise InvalidInput(f"relation_match must be 'semantic', 'exact' or None, got {relation_match!r}")
+    semantic_relations = relation_match == "semantic" or (relation_match is None and index is not False)
     engine = make_engine(db, create=create)
     prepared = _prepare(engine, create=create)
     semantic = None
@@ -869,5 +877,5 @@ def open_store(
             semantic = SemanticIndex(make_client(location), prepared.store_id, location)
     return SQLKnowledgeStore(
         engine, index=semantic, namespace=namespace, policy=lookup, legacy_schema=prepared.legacy_schema,
-        relation_vectors=None if index is False else RELATION_VECTORS,
+        relation_vectors=RELATION_VECTORS if semantic_relations else None,
     )

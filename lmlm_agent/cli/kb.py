@@ -252,6 +252,9 @@ def get(
     relation_margin: float = typer.Option(0.05, help="entity policy: how far the best relation must lead the next."),
     threshold: float = typer.Option(0.6, help="published policy: least cosine of the 'entity relation' key."),
     fallback: str = typer.Option("unknown", help="Below the threshold: 'unknown' (a miss) or 'top1' (best anyway)."),
+    relation_match: Optional[str] = typer.Option(
+        None, help="entity policy: 'semantic' (relation names by meaning; needs only the embedder) or 'exact'. "
+        "Default: semantic unless --index off."),
     db: str = DB,
     index: Optional[str] = INDEX,
     namespace: str = NAMESPACE,
@@ -264,7 +267,7 @@ def get(
     with _clear_errors():
         store = _open(db, index, namespace, create=False, policy=policy, entity_threshold=entity_threshold,
                       relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold,
-                      fallback=fallback)
+                      fallback=fallback, relation_match=relation_match)
         result = store.read(entity, relation)
     if as_json:
         _print_json({**result.model_dump(), "fact_ids": result.fact_ids})
