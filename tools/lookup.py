@@ -40,6 +40,9 @@ class LookupPolicy:
     entity_threshold: float = field(default=0.85, metadata={"help": "entity policy: least name similarity of a fuzzy "
                                     "entity match, 1 - edits / longer length (an edit: a character inserted, deleted, "
                                     "replaced, or two neighbours swapped); 1 disables fuzzy matching"})
+    entity_max_edits: int = field(default=1, metadata={"help": "entity policy: most edits between the query and a fuzzily "
+                                  "matched name (with entity_threshold, both must hold); 0 disables fuzzy matching. "
+                                  "Two edits would also match a made-up name to a stored one two letters away"})
     relation_threshold: float = field(default=0.5, metadata={"help": "entity policy: least cosine of the MiniLM "
                                       "embeddings of the query relation and a stored relation name"})
     relation_margin: float = field(default=0.05, metadata={"help": "entity policy: the best relation must beat the "
@@ -55,6 +58,8 @@ class LookupPolicy:
             raise InvalidInput(f"policy must be one of {', '.join(POLICIES)}, got {self.name!r}")
         if self.fallback not in FALLBACKS:
             raise InvalidInput(f"fallback must be 'unknown' or 'top1', got {self.fallback!r}")
+        if isinstance(self.entity_max_edits, bool) or not isinstance(self.entity_max_edits, int) or self.entity_max_edits < 0:
+            raise InvalidInput(f"entity_max_edits must be a non-negative integer, got {self.entity_max_edits!r}")
         for name in ("entity_threshold", "relation_threshold", "relation_margin", "threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -118,12 +123,13 @@ class EntityNames(NamedTuple):
         """Without a generation row (a database no writer of this version has opened) nothing can be trusted."""
         return generation is not None and generation == self.generation
 
-    def candidates(self, query: str, threshold: float) -> list[str]:
-        """The names that can be within ``threshold`` of ``query`` (all of them when the n-gram bound says nothing)."""
+    def candidates(self, query: str, threshold: float, max_edits: int) -> list[str]:
+        """The names that can be within ``threshold`` and ``max_edits`` of ``query`` (all of them when the
+        n-gram bound says nothing)."""
         import numpy as np
 
         # similarity = 1 - edits / longer length >= t  implies  edits <= (1 - t) * len(query) / t
-        most_edits = int((1.0 - threshold) * len(query) / threshold + 1e-9)
+        most_edits = min(max_edits, int((1.0 - threshold) * len(query) / threshold + 1e-9))
         grams = _grams(query)
         need = len(grams) - GRAMS_PER_EDIT * most_edits
         if need <= 0:
@@ -134,20 +140,21 @@ class EntityNames(NamedTuple):
         shared = np.bincount(np.concatenate(lists), minlength=len(self.choices))
         return [self.choices[i] for i in np.flatnonzero(shared >= need)]
 
-    def match(self, query: str, threshold: float) -> EntityMatch:
-        """The one stored (or forgotten) name nearest to ``query`` at or above ``threshold``.
+    def match(self, query: str, threshold: float, max_edits: int) -> EntityMatch:
+        """The one stored (or forgotten) name nearest to ``query``, at or above ``threshold`` and at most ``max_edits`` away.
 
         Digits are never forgiven ("Apollo 11" is not a typo of "Apollo 12"); a tie between
         two names is ``entity_ambiguous``; a forgotten name winning is ``entity_forgotten``.
         """
-        if threshold >= 1.0 or not self.choices:
+        if threshold >= 1.0 or max_edits < 1 or not self.choices:
             return EntityMatch(None, None, "entity_unknown")
         found = process.extract(
-            query, self.candidates(query, threshold), scorer=OSA.normalized_similarity, score_cutoff=threshold,
-            limit=FUZZY_CANDIDATES,
+            query, self.candidates(query, threshold, max_edits), scorer=OSA.normalized_similarity,
+            score_cutoff=threshold, limit=FUZZY_CANDIDATES,
         )
         digits = _DIGITS_RE.findall(query)
-        found = [(name, score) for name, score, _ in found if _DIGITS_RE.findall(name) == digits]
+        found = [(name, score) for name, score, _ in found
+                 if _DIGITS_RE.findall(name) == digits and OSA.distance(query, name, score_cutoff=max_edits) <= max_edits]
         if not found:
             return EntityMatch(None, None, "entity_unknown")
         (best, score), runner_up = found[0], found[1][1] if len(found) > 1 else None

@@ -274,7 +274,7 @@ class SQLKnowledgeStore:
                 select(AUDIT.c.entity).where(AUDIT.c.namespace == ns, AUDIT.c.action == "delete").distinct()
             ).scalars().all()
             names = self._names[ns] = EntityNames.build(generation, list(live), list(deleted))
-        return names.match(ek, self.policy.entity_threshold)
+        return names.match(ek, self.policy.entity_threshold, self.policy.entity_max_edits)
 
     def _read_published(self, ns: str, ek: str, rk: str, key: str, query: dict[str, Any]) -> LookupResult:
         """The released LMLM lookup: the exact pair, else the nearest indexed key at or above ``threshold``."""
@@ -565,6 +565,7 @@ class SQLKnowledgeStore:
             "namespace": self.namespace,
             "policy": self.policy.name,
             "entity_threshold": self.policy.entity_threshold,
+            "entity_max_edits": self.policy.entity_max_edits,
             "relation_threshold": self.policy.relation_threshold,
             "relation_margin": self.policy.relation_margin,
             "relation_match": "semantic" if self.relation_vectors is not None else "exact",

@@ -248,6 +248,7 @@ def get(
     relation: str = typer.Argument(...),
     policy: str = typer.Option("entity", help=POLICY_HELP),
     entity_threshold: float = typer.Option(0.85, help="entity policy: least name similarity of a fuzzy entity match (1: exact only)."),
+    entity_max_edits: int = typer.Option(1, help="entity policy: most typos (edits) a fuzzy entity match may have (0: exact only)."),
     relation_threshold: float = typer.Option(0.5, help="entity policy: least cosine of relation-name embeddings."),
     relation_margin: float = typer.Option(0.05, help="entity policy: how far the best relation must lead the next."),
     threshold: float = typer.Option(0.6, help="published policy: least cosine of the 'entity relation' key."),
@@ -266,6 +267,7 @@ def get(
 
     with _clear_errors():
         store = _open(db, index, namespace, create=False, policy=policy, entity_threshold=entity_threshold,
+                      entity_max_edits=entity_max_edits,
                       relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold,
                       fallback=fallback, relation_match=relation_match)
         result = store.read(entity, relation)
