@@ -439,8 +439,8 @@ def test_typo_and_case_in_the_entity_are_forgiven(store: SQLKnowledgeStore) -> N
     assert (exact.match, exact.rule, exact.entity_score, exact.relation_score) == ("exact", "exact", 1.0, 1.0)
     strict = store.with_policy("entity", entity_threshold=1.0)
     assert strict.read("geri halliwel", "birthplace").rule == "entity_unknown"
-    assert store.read("gerri haliwel", "birthplace").rule == "entity_unknown"  # two edits: beyond entity_max_edits=1
-    assert store.with_policy("entity", entity_max_edits=2).read("gerri haliwel", "birthplace").value == "Watford"
+    assert store.read("geri haliwel", "birthplace").rule == "entity_unknown"  # two edits: beyond entity_max_edits=1
+    assert store.with_policy("entity", entity_max_edits=2).read("geri haliwel", "birthplace").value == "Watford"
 
 
 def test_an_unknown_entity_is_unknown_whatever_the_relation(store: SQLKnowledgeStore) -> None:
