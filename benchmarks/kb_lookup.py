@@ -301,7 +301,9 @@ def _targets(report: dict[str, Any]) -> list[str]:
         ("unknown entity rejected", e["unknown"]["rate"], TARGETS["unknown"], True),
         ("paraphrased relation right", e["paraphrase"]["rate"], TARGETS["paraphrase"], True),
         ("typo'd entity right", e["typo"]["rate"], TARGETS["typo"], True),
-        ("paraphrase p50 ms, relation not cached", e["paraphrase_uncached"]["wall"]["p50_ms"], TARGETS["semantic_p50_ms"], False),
+        ("paraphrase p50 ms (query relation cached)", e["paraphrase"]["wall"]["p50_ms"], TARGETS["semantic_p50_ms"], False),
+        ("paraphrase p50 ms, relation not cached (wall)", e["paraphrase_uncached"]["wall"]["p50_ms"], TARGETS["semantic_p50_ms"], False),
+        ("paraphrase p50 ms, relation not cached (CPU)", e["paraphrase_uncached"]["cpu"]["p50_ms"], TARGETS["semantic_p50_ms"], False),
     ]
     lines = [f"Targets, entity policy at {big['triples']:,} triples:", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for label, value, goal, higher in checks:
@@ -356,6 +358,14 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_markdown(out_dir: str | Path) -> Path:
+    """(Re)render ``kb_lookup.md`` from ``kb_lookup.json`` in ``out_dir``."""
+    out = Path(out_dir)
+    report = json.loads((out / f"{NAME}.json").read_text(encoding="utf-8"))
+    (out / f"{NAME}.md").write_text(_markdown(report), encoding="utf-8")
+    return out / f"{NAME}.md"
+
+
 def run(
     out_dir: str | Path,
     sizes: Sequence[int] = (10_000, 100_000),
@@ -397,5 +407,5 @@ def run(
         "published_database": published,
     }
     (out / f"{NAME}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    (out / f"{NAME}.md").write_text(_markdown(report), encoding="utf-8")
+    write_markdown(out)
     return report
