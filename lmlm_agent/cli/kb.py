@@ -299,7 +299,6 @@ def multi_valued(
     relations: Optional[List[str]] = typer.Argument(None, help="Relations to declare; none: list the declared ones."),
     off: bool = typer.Option(False, "--off", help="Make these relations single-valued again (stored values are kept)."),
     db: str = DB,
-    index: Optional[str] = INDEX,
     namespace: str = NAMESPACE,
 ) -> None:
     """Declare relations multi-valued in a namespace (a new value is added beside the others, not replacing them),
