@@ -172,7 +172,7 @@ class LMLMAgent:
         if isinstance(store, (str, Path)):
             from tools import open_store
 
-            store = open_store(store)
+            store = open_store(store, create=False)  # a reader: never creates a database or an index beside it
         return cls(ckpt.model, ckpt.tokenizer, store, db_off=db_off, **config)
 
     @classmethod

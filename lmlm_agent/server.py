@@ -832,7 +832,7 @@ def load_run(run: str | Path, config: ServerConfig | None = None, device: str | 
         raise FileNotFoundError(f"{run} has no lmlm/ checkpoint; run `lmlm demo` (or `lmlm train pretrain`) first")
     kb = run / "kb.sqlite"
     semantic = (config or ServerConfig()).semantic
-    store = open_store(kb, **({} if semantic else {"index": False})) if kb.exists() else None
+    store = open_store(kb, create=False, **({} if semantic else {"index": False})) if kb.exists() else None
     return LMLMAgent.from_pretrained(run / "lmlm", store=store, device=device)
 
 

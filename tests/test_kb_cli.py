@@ -130,4 +130,35 @@ def test_semantic_get_and_rebuild_index(db: Path, tmp_path: Path) -> None:
     assert kb_json("stats", db=db, index=index)["namespaces"][0]["indexed"] == 1
     code, out = kb("rebuild-index", db=db, index=index)
     assert code == 0 and "2 keys indexed" in out
-    assert kb_json("get", "Alan Turing", "works for", db=db, index=index)["value"] == "GCHQ"
+    # The published policy reads the index (the entity policy compares relation names, not indexed keys).
+    assert kb_json("get", "Alan Turing", "works for", "--policy", "published", db=db, index=index)["value"] == "GCHQ"
+
+
+def test_import_published_database_with_several_values_keeps_them_all(db: Path, tmp_path: Path) -> None:
+    src = tmp_path / "database.json"
+    triplets = [["Geri Halliwell", "Daughter", "Bluebell Madonna"], ["Geri Halliwell", "Birthplace", "Watford"],
+                ["Geri Halliwell", "Daughter", "Olivia"], ["Geri Halliwell", "daughter", "Olivia"]]
+    src.write_text(json.dumps({"entities": ["Geri Halliwell"], "relationships": ["Daughter", "Birthplace"],
+                               "return_values": ["Bluebell Madonna", "Olivia", "Watford"], "triplets": triplets}))
+    report = kb_json("import", str(src), db=db)
+    assert (report["inserted"], report["duplicates"], report["multi_valued"]) == (3, 1, ["Daughter"])
+    got = kb_json("get", "geri halliwel", "daughter", db=db)
+    assert (got["value"], got["rule"], len(got["fact_ids"])) == ("Bluebell Madonna, Olivia", "entity_fuzzy", 2)
+    assert [r["source"] for r in got["records"]] == ["database.json#triplet0", "database.json#triplet2"]
+    listed = runner.invoke(app, ["kb", "multi-valued", "--db", str(db)])  # reads no index: it takes no --index
+    assert listed.exit_code == 0 and "Daughter" in listed.output
+    code, out = kb("add", "Geri Halliwell", "daughter", "Charlie", db=db)
+    assert code == 0 and "inserted" in out
+    receipt = kb_json("delete", "--entity", "Geri Halliwell", "--relation", "Daughter", db=db)
+    assert sorted(r["value"] for r in receipt["removed"]) == ["Bluebell Madonna", "Charlie", "Olivia"] and receipt["verified"]
+
+
+def test_get_reports_rule_and_scores_and_never_creates_a_database(tmp_path: Path) -> None:
+    code, out = kb("get", "Ada", "born", db=tmp_path / "none" / "kb.sqlite")
+    assert code == 1 and "no knowledge base" in out and not (tmp_path / "none").exists()
+    db = tmp_path / "kb.sqlite"
+    kb("add", "Ada Lovelace", "birth year", "1815", db=db)
+    code, out = kb("get", "Ada Lovelase", "birth year", db=db)
+    assert code == 0 and "entity_fuzzy" in out and "1815" in out
+    code, out = kb("get", "Kalo Veri", "birth year", db=db)
+    assert code == 0 and "entity_unknown" in out and "unknown" in out

@@ -11,7 +11,7 @@ from tools import InvalidInput, open_store
 from tools.io import export_jsonl, export_lmlm_database, import_rows, read_lmlm_database, read_triples_jsonl
 
 # A slice of the published squad-eval100 database, quirks kept: an escaped quote, and one
-# (entity, relation) with two values, which our upsert policy resolves to the later one.
+# (entity, relation) with two values, which the import keeps both of (the relation becomes multi-valued).
 PUBLISHED = {
     "entities": ["Beyoncé", "Destiny\\'s Child"],
     "relationships": ["Starring Role", "Manager", "Birthplace"],
@@ -37,16 +37,19 @@ def test_lmlm_database_import_export_round_trip(tmp_path: Path) -> None:
     assert [r.where for r in loaded.rejected] == ["published.json#triplet4"]
     store = open_store(index=False)
     report = import_rows(store, loaded.rows, loaded.rejected)
-    assert (report.read, report.inserted, report.duplicates, report.rejected) == (5, 3, 1, 1)
-    assert store.read("Beyoncé", "Starring Role").value == "Obsessed (2009)"
+    assert (report.read, report.inserted, report.duplicates, report.rejected) == (5, 4, 0, 1)
+    assert report.multi_valued == ["Starring Role"]
+    roles = store.read("Beyoncé", "Starring Role")
+    assert roles.value == "The Pink Panther (2006), Obsessed (2009)"  # file order = id order
+    assert [r.source for r in roles.records] == ["published.json#triplet0", "published.json#triplet2"]
     assert store.read("Destiny\\'s Child", "manager").source == "published.json#triplet1"
 
     out = tmp_path / "export.json"
-    assert export_lmlm_database(store, out) == 3
+    assert export_lmlm_database(store, out) == 4
     data = json.loads(out.read_text(encoding="utf-8"))
     assert sorted(map(tuple, data["triplets"])) == sorted(
-        [("Beyoncé", "Starring Role", "Obsessed (2009)"), ("Destiny\\'s Child", "Manager", "Mathew Knowles"),
-         ("Beyoncé", "Birthplace", "Houston, Texas")])
+        [("Beyoncé", "Starring Role", "The Pink Panther (2006)"), ("Beyoncé", "Starring Role", "Obsessed (2009)"),
+         ("Destiny\\'s Child", "Manager", "Mathew Knowles"), ("Beyoncé", "Birthplace", "Houston, Texas")])
     assert data["entities"] == ["Beyoncé", "Destiny\\'s Child"]
 
 
@@ -92,3 +95,13 @@ def test_jsonl_export_reimports_to_the_same_facts(tmp_path: Path) -> None:
     report = import_rows(copy, read_triples_jsonl(path).rows, namespace="copy")
     assert report.inserted == 3 and report.rejected == 0
     assert _rows(copy) == _rows(store)
+
+
+def test_single_valued_import_keeps_the_last_value_when_asked(tmp_path: Path) -> None:
+    src = tmp_path / "published.json"
+    src.write_text(json.dumps(PUBLISHED), encoding="utf-8")
+    loaded = read_lmlm_database(src)
+    store = open_store(index=False)
+    report = import_rows(store, loaded.rows, loaded.rejected, detect_multi_valued=False)
+    assert (report.inserted, report.duplicates, report.multi_valued) == (3, 1, [])
+    assert store.read("Beyoncé", "Starring Role").value == "Obsessed (2009)" and store.multi_valued() == []

@@ -303,16 +303,17 @@ def test_iter_facts_pages_in_id_order(store: SQLKnowledgeStore) -> None:
 # --------------------------------------------------------------------------- semantic index
 
 
-def test_semantic_lookup_threshold_and_fallback(indexed: SQLKnowledgeStore) -> None:
+def test_published_policy_threshold_and_fallback(indexed: SQLKnowledgeStore) -> None:
     indexed.write_many(PEOPLE)
+    indexed = indexed.with_policy("published")  # the released lookup, kept for comparison
     hit = indexed.read("Ada Lovelace", "year of birth")
     assert (hit.match, hit.value) == ("semantic", "1815") and hit.score >= 0.6
     miss = indexed.read("Zebra", "favourite colour")
     assert (miss.match, miss.value) == ("miss", UNKNOWN) and miss.score is not None and miss.score < 0.6
-    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, fallback="top1")
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, policy="published", fallback="top1")
     forced = top1.read("Zebra", "favourite colour")
     assert forced.match == "fallback" and forced.found and forced.fact_id is not None and forced.score == pytest.approx(miss.score)
-    strict = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, threshold=0.999)
+    strict = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, policy="published", threshold=0.999)
     assert strict.read("Ada Lovelace", "year of birth").match == "miss"
 
 
@@ -324,7 +325,7 @@ def test_index_never_returns_a_row_sql_no_longer_has(indexed: SQLKnowledgeStore,
     blind.delete(entity="Ada Lovelace")
     blind.close()
     assert indexed.index.count(indexed.namespace) == len(PEOPLE)
-    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, fallback="top1")
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=indexed.namespace, policy="published", fallback="top1")
     got = top1.read("Ada Lovelace", "year of birth")  # Ada's stale keys are the nearest; a live row must win
     assert got.found and got.fact_id not in ada and got.entity != "Ada Lovelace"
     assert indexed.rebuild_index() == {indexed.namespace: len(PEOPLE) - 2}
@@ -343,7 +344,7 @@ def test_delete_receipt_covers_the_index(indexed: SQLKnowledgeStore) -> None:
 def test_semantic_lookup_respects_namespaces(indexed: SQLKnowledgeStore, ns: str) -> None:
     indexed.write_many(PEOPLE[:2])
     indexed.write("Grace Hopper", "rank", "Rear admiral", namespace=f"{ns}-b")
-    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=f"{ns}-b", fallback="top1")
+    top1 = SQLKnowledgeStore(indexed.engine, index=indexed.index, namespace=f"{ns}-b", policy="published", fallback="top1")
     got = top1.read("Ada Lovelace", "year of birth")
     assert got.entity == "Grace Hopper" and got.match == "fallback"  # never Ada: her row lives in another namespace
     assert top1.read("Ada Lovelace", "birth year").match != "exact"
@@ -424,3 +425,207 @@ def test_semantic_hit_in_other_namespace_is_not_returned(tmp_path) -> None:
     b = open_store(tmp_path / "kb.sqlite", index=tmp_path / "idx", namespace="ns-b")
     assert b.read("Ada Lovelace", "year of birth").match == "miss"
     assert a.read("Ada Lovelace", "year of birth").value == "1815"
+
+
+# --------------------------------------------------------------------------- entity-first policy (issue 14)
+
+
+def test_typo_and_case_in_the_entity_are_forgiven(store: SQLKnowledgeStore) -> None:
+    store.write_many([("Geri Halliwell", "birthplace", "Watford"), ("Alan Turing", "birthplace", "London")])
+    got = store.read("geri halliwel", "Birthplace")
+    assert (got.found, got.value, got.entity, got.match, got.rule) == (True, "Watford", "Geri Halliwell", "semantic", "entity_fuzzy")
+    assert got.entity_score == pytest.approx(13 / 14, abs=1e-6) and got.relation_score == 1.0
+    exact = store.read("GERI HALLIWELL", "birthplace")
+    assert (exact.match, exact.rule, exact.entity_score, exact.relation_score) == ("exact", "exact", 1.0, 1.0)
+    strict = store.with_policy("entity", entity_threshold=1.0)
+    assert strict.read("geri halliwel", "birthplace").rule == "entity_unknown"
+    assert store.read("geri haliwel", "birthplace").rule == "entity_unknown"  # two edits: beyond entity_max_edits=1
+    assert store.with_policy("entity", entity_max_edits=2).read("geri haliwel", "birthplace").value == "Watford"
+
+
+def test_an_unknown_entity_is_unknown_whatever_the_relation(store: SQLKnowledgeStore) -> None:
+    store.write_many(PEOPLE)
+    for relation in ("birth year", "birthplace", "occupation"):
+        got = store.read("Kalo Veri", relation)
+        assert (got.found, got.value, got.match, got.rule, got.fact_id) == (False, UNKNOWN, "miss", "entity_unknown", None)
+
+
+def test_a_known_entity_without_the_relation_never_borrows_a_neighbours(store: SQLKnowledgeStore) -> None:
+    store.write_many([("Kalo Veri", "birth year", "1901"), ("Kalo Vera", "death year", "1950")])
+    got = store.read("Kalo Veri", "death year")  # Kalo Vera has it, one edit away: still unknown
+    assert (got.found, got.rule, got.entity_score) == (False, "relation_unknown", 1.0)
+
+
+def test_digits_are_never_forgiven_and_ties_are_refused(store: SQLKnowledgeStore) -> None:
+    store.write_many([("Apollo 12", "launch year", "1969"), ("Kalo Vera", "born", "1"), ("Kalo Vero", "born", "2")])
+    assert store.read("Apollo 11", "launch year").rule == "entity_unknown"
+    assert store.read("Apollo 12", "launch year").value == "1969"
+    tie = store.read("Kalo Ver", "born")  # one deletion from both
+    assert (tie.found, tie.rule) == (False, "entity_ambiguous")
+
+
+def test_another_handles_writes_and_deletes_reach_the_fuzzy_cache(store: SQLKnowledgeStore, db: str) -> None:
+    store.write("Geri Halliwell", "birthplace", "Watford")
+    assert store.read("Geri Halliwel", "birthplace").value == "Watford"  # the name cache is built here
+    other = open_store(db, index=False, namespace=store.namespace)  # another process's view: its own engine
+    other.write("Ko Itakura", "birthplace", "Yokohama")
+    assert store.read("Ko Itakra", "birthplace").value == "Yokohama"
+    other.delete(entity="Geri Halliwell")
+    other.close()
+    gone = store.read("Geri Halliwel", "birthplace")
+    assert (gone.found, gone.rule) == (False, "entity_forgotten")
+
+
+def test_a_forgotten_entity_is_never_matched_fuzzily_not_even_to_a_neighbour(store: SQLKnowledgeStore) -> None:
+    store.write_many([("Kalo Veri", "birthplace", "Ostmer"), ("Kalo Verina", "birthplace", "Tulris")])
+    store.delete(entity="Kalo Veri")
+    for query in ("Kalo Veri", "kalo verri", "Kalo Ver"):
+        got = store.read(query, "birthplace")
+        assert not got.found and got.rule == "entity_forgotten", (query, got)
+    assert store.read("Kalo Verina", "birthplace").value == "Tulris"
+    store.write("Kalo Veri", "birthplace", "Ostmer again")  # written again: live, no longer a tombstone
+    assert store.read("kalo verri", "birthplace").value == "Ostmer again"
+
+
+def test_fuzzy_entity_across_processes_after_a_delete(tmp_path) -> None:
+    """A real second process deletes; this process's cached names must not answer for the forgotten entity."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "kb.sqlite"
+    store = open_store(path, index=False)
+    store.write_many([("Geri Halliwell", "birthplace", "Watford"), ("Geri Hallowell", "birthplace", "Leeds")])
+    assert store.read("Geri Halliwel", "birthplace").value == "Watford"
+    code = f"from tools import open_store; open_store({str(path)!r}, index=False).delete(entity='Geri Halliwell')"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    got = store.read("Geri Halliwel", "birthplace")
+    assert (got.found, got.rule) == (False, "entity_forgotten") and got.value == UNKNOWN
+
+
+# --------------------------------------------------------------------------- several values per (entity, relation)
+
+
+def test_multi_valued_relation_write_read_delete_with_ids(store: SQLKnowledgeStore) -> None:
+    assert store.declare_multi_valued(["daughter"]) == ["daughter"] and store.multi_valued() == ["daughter"]
+    a = store.write("Geri Halliwell", "daughter", "Bluebell Madonna", source="doc:1")
+    b = store.write("geri halliwell", "Daughter", "Olivia", source="doc:2")
+    same = store.write("Geri Halliwell", "daughter", "Olivia", source="doc:3")
+    assert a.id != b.id and same.id == b.id and same.source == "doc:2" and store.count() == 2
+    got = store.read("Geri Halliwell", "daughter")
+    assert got.value == "Bluebell Madonna, Olivia" and got.fact_ids == [a.id, b.id] and got.fact_id == a.id
+    assert [r.source for r in got.records] == ["doc:1", "doc:2"]
+
+    one = store.delete(fact_id=a.id)
+    assert [r.id for r in one.removed] == [a.id] and one.verified
+    assert one.relookups[0].fact_ids == [b.id] and one.relookups[0].value == "Olivia"
+    c = store.write("Geri Halliwell", "daughter", "Bluebell Madonna")
+    every = store.delete(entity="Geri Halliwell", relation="daughter")
+    assert sorted(r.id for r in every.removed) == sorted([b.id, c.id]) and every.verified
+    assert [(e.action, e.fact_id) for e in store.audit(limit=2)] == [("delete", c.id), ("delete", b.id)]
+
+
+def test_write_modes_add_and_replace(store: SQLKnowledgeStore) -> None:
+    first = store.write("Ada Lovelace", "occupation", "mathematician")
+    added = store.write("Ada Lovelace", "occupation", "writer", mode="add")  # undeclared: the write option decides
+    both = store.read("Ada Lovelace", "occupation")
+    assert both.fact_ids == [first.id, added.id] and both.value == "mathematician, writer"
+    stats = store.upsert_many([("Ada Lovelace", "occupation", "poet")])  # single-valued by default: replaces both
+    assert (stats.updated, stats.removed) == (1, 1)
+    got = store.read("Ada Lovelace", "occupation")
+    assert got.value == "poet" and len(got.records) == 1
+    with pytest.raises(InvalidInput, match="mode must be"):
+        store.write("Ada Lovelace", "occupation", "x", mode="append")  # type: ignore[arg-type]
+
+
+def test_a_batch_keeps_every_value_of_a_multi_valued_pair(store: SQLKnowledgeStore) -> None:
+    store.declare_multi_valued(["starring role"])
+    stats = store.upsert_many([("Beyoncé", "Starring Role", "Dreamgirls"), ("Beyoncé", "Starring Role", "Obsessed"),
+                               ("Beyoncé", "starring role", "Dreamgirls"), ("Beyoncé", "birthplace", "Houston"),
+                               ("Beyoncé", "birthplace", "Houston, Texas")])
+    assert (stats.inserted, stats.duplicates) == (3, 2)
+    assert store.read("Beyoncé", "Starring Role").value == "Dreamgirls, Obsessed"
+    assert store.read("Beyoncé", "birthplace").value == "Houston, Texas"
+
+
+# --------------------------------------------------------------------------- opening for reading, old databases
+
+
+def test_open_for_reading_creates_nothing(tmp_path) -> None:
+    import pathlib
+
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    with pytest.raises(FileNotFoundError, match="create=False"):
+        open_store(tmp_path / "runs" / "kb.sqlite", create=False)
+    assert listing() == []
+    path = tmp_path / "kb.sqlite"
+    with open_store(path, index=False) as s:
+        s.write("Ada Lovelace", "birth year", "1815")
+    before = listing()
+    with open_store(path, create=False) as reader:  # default index: kb.chroma/ beside it, absent
+        assert reader.index is None and reader.describe()["relation_match"] == "semantic"
+        assert reader.read("ada lovelace", "birth year").value == "1815"
+        reader.write("Ada Lovelace", "occupation", "mathematician")  # writes into the existing file are allowed
+    assert listing() == before and not (tmp_path / "kb.chroma").exists()
+    empty = pathlib.Path(tmp_path / "empty.sqlite")
+    empty.touch()
+    with pytest.raises(InvalidInput, match="no knowledge base"):
+        open_store(empty, create=False)
+
+
+_V1_SCHEMA = """
+CREATE TABLE kb_fact (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, namespace TEXT NOT NULL, entity TEXT NOT NULL,
+  relation TEXT NOT NULL, value TEXT NOT NULL, key TEXT NOT NULL, entity_key TEXT NOT NULL, relation_key TEXT NOT NULL,
+  source TEXT, created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,
+  CONSTRAINT uq_kb_fact_namespace_entity_relation UNIQUE (namespace, entity_key, relation_key));
+CREATE TABLE kb_audit (id INTEGER NOT NULL PRIMARY KEY, at DATETIME NOT NULL, action TEXT NOT NULL, namespace TEXT NOT NULL,
+  fact_id INTEGER NOT NULL, entity TEXT NOT NULL, relation TEXT NOT NULL, old_value TEXT, new_value TEXT, source TEXT);
+CREATE TABLE kb_meta (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO kb_fact VALUES (1, 'default', 'Ada Lovelace', 'birth year', '1815', 'ada lovelace birth year', 'ada lovelace',
+  'birth year', 'doc:1', '2026-01-01 00:00:00', '2026-01-01 00:00:00');
+INSERT INTO kb_fact VALUES (7, 'default', 'Ada Lovelace', 'daughter', 'Anne', 'ada lovelace daughter', 'ada lovelace',
+  'daughter', 'doc:2', '2026-01-01 00:00:00', '2026-01-01 00:00:00');
+UPDATE sqlite_sequence SET seq = 9 WHERE name = 'kb_fact';
+"""
+
+
+def test_a_previous_schema_database_is_read_as_is_and_migrated_on_a_writable_open(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "kb.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+    with open_store(path, index=False, create=False) as old:
+        assert old.legacy_schema and old.read("ada lovelace", "daughter").value == "Anne"
+        with pytest.raises(InvalidInput, match="previous schema"):
+            old.write("Ada Lovelace", "daughter", "Byron", mode="add")
+    with open_store(path, index=False) as s:  # migrates: ids, values and the id high-water mark kept
+        assert not s.legacy_schema
+        assert [(f.id, f.value, f.value_slot) for f in s.iter_facts()] == [(1, "1815", ""), (7, "Anne", "")]
+        added = s.write("Ada Lovelace", "daughter", "Byron", mode="add")
+        assert added.id == 10 and s.read("Ada Lovelace", "daughter").value == "Anne, Byron"
+    with open_store(path, index=False) as again:  # already migrated: nothing to do
+        assert again.count() == 3
+
+
+def test_paraphrased_relation_by_meaning_and_no_borrowed_answers_with_the_index_on(indexed: SQLKnowledgeStore) -> None:
+    indexed.write_many(PEOPLE)
+    got = indexed.read("Alan Turing", "place of birth")
+    assert (got.value, got.relation, got.match, got.rule) == ("London", "birthplace", "semantic", "relation_semantic")
+    assert got.entity_score == 1.0 and 0.5 <= got.relation_score < 1.0 and got.score == got.relation_score
+    both = indexed.read("alan turnig", "place of birth")
+    assert (both.value, both.rule) == ("London", "entity_fuzzy+relation_semantic")
+    unknown = indexed.read("Kalo Veri", "place of birth")
+    assert (unknown.found, unknown.rule) == (False, "entity_unknown")
+    published = indexed.with_policy("published").read("Alan Turing", "place of birth")  # same store, the old policy
+    assert (published.value, published.rule, published.entity_score) == ("London", "published_semantic", None)
+
+
+def test_relations_by_meaning_without_an_index(tmp_path) -> None:
+    with open_store(tmp_path / "kb.sqlite", index=False, relation_match="semantic") as s:
+        s.write("Alan Turing", "birthplace", "London")
+        assert s.index is None and s.read("Alan Turing", "place of birth").value == "London"
+        assert not (tmp_path / "kb.chroma").exists()
+    with open_store(tmp_path / "kb.sqlite", relation_match="exact", create=False) as s:
+        assert s.read("Alan Turing", "place of birth").rule == "relation_unknown"

@@ -77,7 +77,7 @@ def test_langchain_tools_return_json_content_and_typed_artifacts(store: SQLKnowl
     tools = {t.name: t for t in as_langchain_tools(store)}
     assert set(tools) == {"kb_read", "kb_write", "kb_delete"}
     assert all(isinstance(t, StructuredTool) for t in tools.values())
-    assert set(tools["kb_write"].args) == {"entity", "relation", "value", "source", "namespace"}
+    assert set(tools["kb_write"].args) == {"entity", "relation", "value", "source", "namespace", "mode"}
 
     content = json.loads(tools["kb_read"].invoke({"entity": "Ada Lovelace", "relation": "birth year"}))
     assert content["ok"] and content["result"]["value"] == "1815" and content["result"]["match"] == "exact"

@@ -36,7 +36,10 @@ class ImportReport(BaseModel):
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
-    duplicates: int = Field(0, description="rows superseded by a later row with the same key in the same import")
+    duplicates: int = Field(0, description="rows repeating another row of the import (same entity, relation and value; "
+                            "or an earlier value of a single-valued pair, superseded by the later one)")
+    removed: int = Field(0, description="stored values of single-valued pairs that an imported value replaced")
+    multi_valued: list[str] = Field(default_factory=list, description="relations this import declared multi-valued")
     rejected: int = 0
     rejections: list[Rejection] = Field(default_factory=list)
     namespace: str
@@ -110,16 +113,36 @@ def is_lmlm_database(data: Any) -> bool:
     return isinstance(data, dict) and all(k in data for k in LMLM_DB_KEYS)
 
 
+def several_valued_relations(rows: Iterable[Row]) -> list[str]:
+    """Relations that some entity has with two or more distinct values among ``rows`` (as first spelled)."""
+    from tools.schema import normalise_text
+
+    values: dict[tuple[str, str], set[str]] = {}
+    spelling: dict[str, str] = {}
+    for entity, relation, value, _ in rows:
+        rk = normalise_text(relation)
+        spelling.setdefault(rk, relation)
+        values.setdefault((normalise_text(entity), rk), set()).add(value)
+    return list(dict.fromkeys(spelling[rk] for (_, rk), vals in values.items() if len(vals) > 1))
+
+
 def import_rows(
     store: SQLKnowledgeStore,
     rows: Iterable[Row],
     rejected: Iterable[Rejection] = (),
     *,
     namespace: str | None = None,
+    detect_multi_valued: bool = True,
 ) -> ImportReport:
-    """Write validated rows in one bulk upsert and report, with the rejections the reader collected."""
+    """Write validated rows in one bulk write and report, with the rejections the reader collected.
+
+    ``detect_multi_valued``: a relation that some entity has with several distinct values in
+    the rows (two daughters, two starring roles) is declared multi-valued in the namespace
+    first, so every value is kept as its own row; off, such a pair keeps its last value.
+    """
     rows = list(rows)
     rejected = list(rejected)
+    declared = store.declare_multi_valued(several_valued_relations(rows), namespace=namespace) if detect_multi_valued else []
     stats = store.upsert_many(rows, namespace=namespace)
     return ImportReport(
         read=len(rows) + len(rejected),
@@ -127,6 +150,8 @@ def import_rows(
         updated=stats.updated,
         unchanged=stats.unchanged,
         duplicates=stats.duplicates,
+        removed=stats.removed,
+        multi_valued=declared,
         rejected=len(rejected),
         rejections=rejected[:SAMPLE],
         namespace=namespace or store.namespace,

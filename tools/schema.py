@@ -31,6 +31,11 @@ NAMESPACE_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,64}")
 _CALL_TOKEN_RE = re.compile(r"<\|db_\w+\|>")
 
 MatchKind = Literal["exact", "semantic", "fallback", "miss"]
+WriteMode = Literal["add", "replace"]
+VALUE_SEPARATOR = ", "
+"""How the values of a multi-valued (entity, relation) are joined in ``LookupResult.value`` (the text spliced in)."""
+SINGLE_SLOT = ""
+"""``Fact.value_slot`` of a single-valued row: at most one per (namespace, entity, relation)."""
 
 
 class InvalidInput(ValueError):
@@ -83,6 +88,13 @@ def clean_namespace(namespace: object) -> str:
     return namespace
 
 
+def value_slot(value: str) -> str:
+    """``Fact.value_slot`` of one value of a multi-valued pair: a digest, so the unique index stays short."""
+    import hashlib
+
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]
+
+
 class CleanTriple(NamedTuple):
     """A validated write: stripped fields plus the normalised forms they are matched by."""
 
@@ -119,16 +131,21 @@ def utcnow() -> datetime:
 
 
 class Fact(SQLModel, table=True):
-    """One (entity, relation, value) row, unique per normalised (entity, relation) in a namespace.
+    """One (entity, relation, value) row.
 
-    A rewrite of the same (entity, relation) updates the value; ``key`` (the normalised
-    ``"entity relation"``) is what the semantic index embeds.
+    A single-valued (entity, relation) has one row (``value_slot`` = ``""``), which a rewrite
+    updates in place; a multi-valued one has a row per distinct value (``value_slot`` = a
+    digest of the value), each with its own id. ``key`` (the normalised ``"entity relation"``)
+    is what the semantic index embeds.
     """
 
     __tablename__ = "kb_fact"
     __table_args__ = (
-        # Also serves exact lookups and delete-by-entity (its (namespace, entity_key) prefix).
-        UniqueConstraint("namespace", "entity_key", "relation_key", name="uq_kb_fact_namespace_entity_relation"),
+        # Guards against two writers storing the same pair (single-valued) or the same value (multi-valued);
+        # its (namespace, entity_key) prefix also serves lookups and delete-by-entity.
+        UniqueConstraint(
+            "namespace", "entity_key", "relation_key", "value_slot", name="uq_kb_fact_namespace_entity_relation_slot"
+        ),
         # Never reuse a deleted id on SQLite: index entries and receipts refer to ids.
         {"sqlite_autoincrement": True},
     )
@@ -141,9 +158,22 @@ class Fact(SQLModel, table=True):
     key: str = SQLField(sa_column=Column(Text, nullable=False))
     entity_key: str = SQLField(sa_column=Column(Text, nullable=False))
     relation_key: str = SQLField(sa_column=Column(Text, nullable=False))
+    # A server default keeps writers of the previous schema (no such column) working on a migrated database.
+    value_slot: str = SQLField(default=SINGLE_SLOT, sa_column=Column(Text, nullable=False, server_default=SINGLE_SLOT))
     source: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))
     updated_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))
+
+
+class RelationDecl(SQLModel, table=True):
+    """A relation declared multi-valued in a namespace: writing a new value adds a row instead of replacing."""
+
+    __tablename__ = "kb_relation"
+
+    namespace: str = SQLField(sa_column=Column(Text, primary_key=True))
+    relation_key: str = SQLField(sa_column=Column(Text, primary_key=True))
+    relation: str = SQLField(sa_column=Column(Text, nullable=False))
+    declared_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime, nullable=False))
 
 
 AuditAction = Literal["insert", "update", "delete"]
@@ -179,12 +209,27 @@ class StoreMeta(SQLModel, table=True):
 # --------------------------------------------------------------------------- results
 
 
+class FactRecord(BaseModel):
+    """A detached copy of a row: one value of a lookup, or what a receipt lists after the row is gone."""
+
+    id: int
+    entity: str
+    relation: str
+    value: str
+    source: str | None = None
+
+
 class LookupResult(BaseModel):
     """What a lookup returns, with the provenance needed to cite or audit the injected value.
 
-    ``found`` is true when a fact's value is returned (``exact``, ``semantic`` or
-    ``fallback``); on a ``miss`` the value is :data:`UNKNOWN`, ``entity``/``relation``
-    echo the query and ``score`` is the best similarity seen (``None`` when none).
+    ``found`` is true when stored values are returned (``match`` ``exact``, ``semantic`` or
+    ``fallback``); on a ``miss`` the value is :data:`UNKNOWN` and ``entity``/``relation``
+    echo the query. ``match`` is ``exact`` only when both the entity and the relation matched
+    after normalisation; ``semantic`` means some step was approximate, and ``rule`` says which.
+
+    A multi-valued (entity, relation) returns every value: ``records`` in id order (each with
+    its own id and source) and ``value`` joined with :data:`VALUE_SEPARATOR`; ``fact_id`` and
+    ``source`` are the first record's.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -199,16 +244,16 @@ class LookupResult(BaseModel):
     source: str | None = None
     namespace: str
     query: str = Field(description="the normalised key that was looked up")
+    records: list[FactRecord] = Field(default_factory=list, description="every value returned, in id order")
+    policy: str = Field("entity", description="the read policy: 'entity' (entity first) or 'published'")
+    rule: str = Field("", description="the step that decided, e.g. exact, entity_fuzzy+relation_semantic, entity_unknown")
+    entity_score: float | None = Field(None, description="entity policy: 1.0 exact, else the fuzzy name similarity")
+    relation_score: float | None = Field(None, description="entity policy: 1.0 exact, else the relation-name cosine")
 
-
-class FactRecord(BaseModel):
-    """A detached copy of a row: what a receipt lists after the row itself is gone."""
-
-    id: int
-    entity: str
-    relation: str
-    value: str
-    source: str | None = None
+    @property
+    def fact_ids(self) -> list[int]:
+        """The ids of every value returned (cite or forget each)."""
+        return [r.id for r in self.records]
 
 
 class ForgetReceipt(BaseModel):
@@ -221,7 +266,7 @@ class ForgetReceipt(BaseModel):
     sql_remaining: int = Field(description="removed ids still in SQL afterwards (0 when the delete held)")
     index_remaining: int | None = Field(description="removed ids still in the index afterwards; None without an index")
     relookups: list[LookupResult] = Field(description="a fresh read of each removed (entity, relation), up to a cap")
-    verified: bool = Field(description="nothing remains and no re-lookup returned a removed row")
+    verified: bool = Field(description="nothing remains and no re-lookup returned a removed row (among all its values)")
     at: datetime
 
     @property

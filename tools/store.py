@@ -1,30 +1,48 @@
 """The knowledge store: SQL rows are the truth, the semantic index is derived from them.
 
-Lookup policy (``read``): the normalised key is matched exactly in SQL first; then
-the semantic index gives the top-k nearest keys, each checked against SQL (so a
-row SQL no longer has is never returned), and the best one at or above the
-threshold wins; below it the fallback policy decides (``unknown``: a miss,
-``top1``: the best candidate anyway, marked ``fallback``).
+Read policies (``read``; see :mod:`tools.lookup`):
 
-Writes upsert on the normalised (namespace, entity, relation): writing a known pair again with
-a new value replaces the value (audited as an update); with the same value it
-changes nothing. Namespaces are a hard boundary: every statement filters on one.
+- ``entity`` (default): the entity is matched by name (exact after normalisation, else a
+  fuzzy character-level match that forgives a typo), then, only among that entity's rows,
+  the relation (exact, else by the meaning of relation names). An entity the store does
+  not know is ``unknown`` whatever the relation.
+- ``published``: the LMLM release's lookup, kept for comparison: the exact pair, else the
+  nearest ``"entity relation"`` key in the semantic index at or above a cosine threshold
+  (which answers an unknown entity with someone else's value).
+
+Writes: a single-valued (entity, relation) has one row, which a new value replaces in
+place (audited as an update); a multi-valued one (the relation declared multi-valued in
+the namespace, or a write with ``mode="add"``) gets a row per distinct value. The same
+value again changes nothing. Namespaces are a hard boundary: every statement filters on one.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, text, tuple_, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from tools.lookup import (
+    RELATION_VECTORS,
+    EntityMatch,
+    EntityNames,
+    Fallback,
+    LookupPolicy,
+    PolicyName,
+    RelationVectors,
+    pick_relation,
+)
 from tools.schema import (
     MAX_FIELD_CHARS,
+    SINGLE_SLOT,
     UNKNOWN,
+    VALUE_SEPARATOR,
     AuditEntry,
     CleanTriple,
     Fact,
@@ -32,7 +50,9 @@ from tools.schema import (
     ForgetReceipt,
     InvalidInput,
     LookupResult,
+    RelationDecl,
     StoreMeta,
+    WriteMode,
     clean_field,
     clean_namespace,
     clean_triple,
@@ -40,34 +60,43 @@ from tools.schema import (
     normalise_text,
     storable,
     utcnow,
+    value_slot,
 )
 
 if TYPE_CHECKING:
     from tools.index import SemanticIndex
 
-Fallback = Literal["unknown", "top1"]
 Triple = Sequence[Any]  # (entity, relation, value) or (entity, relation, value, source)
 
 TOP_K = 5
 SQL_CHUNK = 2_000  # keys per statement: far below SQLite's and PostgreSQL's parameter limits
 RELOOKUP_CAP = 20  # re-lookups listed in a forget receipt
 DEFAULT_SERVER_INDEX = Path("runs/kb-index")
+GENERATION = "entity_generation"  # kb_meta row that changes with every insert or delete (entity-name caches)
+WRITE_MODES = ("add", "replace")
 
 FACTS = Fact.__table__
 AUDIT = AuditEntry.__table__
 META = StoreMeta.__table__
+RELATIONS = RelationDecl.__table__
 _ROW = (FACTS.c.id, FACTS.c.entity, FACTS.c.relation, FACTS.c.value, FACTS.c.source, FACTS.c.key)
-_EXACT = select(*_ROW).where(
+_PAIR_ROWS = select(*_ROW).where(
     FACTS.c.namespace == bindparam("ns"), FACTS.c.entity_key == bindparam("ek"), FACTS.c.relation_key == bindparam("rk")
-)
+).order_by(FACTS.c.id)
+_ENTITY_ROWS = select(*_ROW, FACTS.c.relation_key).where(
+    FACTS.c.namespace == bindparam("ns"), FACTS.c.entity_key == bindparam("ek")
+).order_by(FACTS.c.id)
 # By primary key alone: with the namespace in the WHERE clause SQLite scans the namespace's
 # (namespace, entity, relation) index instead, which grows with the store (9 ms at 100k rows).
 # The namespace boundary is enforced on the rows returned.
-_BY_IDS = select(*_ROW, FACTS.c.namespace).where(FACTS.c.id.in_(bindparam("ids", expanding=True)))
-_BY_PAIRS = select(FACTS.c.id, FACTS.c.entity_key, FACTS.c.relation_key, FACTS.c.value).where(
+_BY_IDS = select(*_ROW, FACTS.c.namespace, FACTS.c.entity_key, FACTS.c.relation_key).where(
+    FACTS.c.id.in_(bindparam("ids", expanding=True))
+)
+_BY_PAIRS = select(*_ROW, FACTS.c.entity_key, FACTS.c.relation_key, FACTS.c.value_slot).where(
     FACTS.c.namespace == bindparam("ns"),
     tuple_(FACTS.c.entity_key, FACTS.c.relation_key).in_(bindparam("pairs", expanding=True)),
-)
+).order_by(FACTS.c.id)
+_GENERATION = select(META.c.value).where(META.c.name == GENERATION)
 
 
 @runtime_checkable
@@ -79,10 +108,19 @@ class KnowledgeStore(Protocol):
     def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult: ...
 
     def write(
-        self, entity: str, relation: str, value: str, source: str | None = None, *, namespace: str | None = None
+        self,
+        entity: str,
+        relation: str,
+        value: str,
+        source: str | None = None,
+        *,
+        namespace: str | None = None,
+        mode: WriteMode | None = None,
     ) -> Fact: ...
 
-    def write_many(self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None) -> int: ...
+    def write_many(
+        self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
+    ) -> int: ...
 
     def delete(
         self,
@@ -102,12 +140,18 @@ class KnowledgeStore(Protocol):
 
 @dataclass(frozen=True)
 class WriteStats:
-    """What a bulk write did. ``duplicates``: rows superseded by a later row with the same key in the same batch."""
+    """What a bulk write did.
+
+    ``duplicates``: rows of the batch that repeat another (the same value of a multi-valued
+    pair, or an earlier value of a single-valued pair, which the later one supersedes);
+    ``removed``: stored values a replace dropped (a single-valued write over several values).
+    """
 
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     duplicates: int = 0
+    removed: int = 0
 
     @property
     def written(self) -> int:
@@ -123,8 +167,21 @@ def _record(row: Any) -> FactRecord:
     return FactRecord(id=row.id, entity=row.entity, relation=row.relation, value=row.value, source=row.source)
 
 
+def _bump_generation(conn: Any) -> None:
+    """Tell every entity-name cache (in any process) that entities may have come or gone."""
+    stamp = uuid.uuid4().hex
+    if conn.execute(update(META).where(META.c.name == GENERATION).values(value=stamp)).rowcount == 0:
+        conn.execute(insert(META).values(name=GENERATION, value=stamp))
+
+
 class SQLKnowledgeStore:
-    """A :class:`KnowledgeStore` on any SQLAlchemy engine (SQLite file or memory, PostgreSQL)."""
+    """A :class:`KnowledgeStore` on any SQLAlchemy engine (SQLite file or memory, PostgreSQL).
+
+    ``policy`` is a :class:`~tools.lookup.LookupPolicy` or its name, with its fields as keyword
+    arguments (``entity_threshold``, ``relation_threshold``, ``relation_margin``, ``threshold``,
+    ``fallback``). ``relation_vectors``: the embeddings of relation names used by the entity
+    policy; None matches relations exactly (the default when there is no semantic index).
+    """
 
     def __init__(
         self,
@@ -132,20 +189,35 @@ class SQLKnowledgeStore:
         *,
         index: SemanticIndex | None = None,
         namespace: str = "default",
-        threshold: float = 0.6,
-        fallback: Fallback = "unknown",
+        policy: PolicyName | LookupPolicy = "entity",
+        relation_vectors: RelationVectors | None | Literal["auto"] = "auto",
         top_k: int = TOP_K,
+        legacy_schema: bool = False,
+        **settings: Any,
     ) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise InvalidInput(f"threshold must be within [0, 1], got {threshold}")
-        if fallback not in ("unknown", "top1"):
-            raise InvalidInput(f"fallback must be 'unknown' or 'top1', got {fallback!r}")
         self.engine = engine
         self.index = index
         self.namespace = clean_namespace(namespace)
-        self.threshold = threshold
-        self.fallback: Fallback = fallback
+        self.policy = _policy(policy, settings)
+        self.relation_vectors = (RELATION_VECTORS if index is not None else None) if relation_vectors == "auto" else relation_vectors
         self.top_k = top_k
+        self.legacy_schema = legacy_schema  # opened read-only (create=False) on the previous schema: no writes
+        self._names: dict[str, EntityNames] = {}
+
+    def with_policy(self, policy: PolicyName | LookupPolicy, **settings: Any) -> SQLKnowledgeStore:
+        """The same database and index read with another policy (to compare policies on one store)."""
+        return SQLKnowledgeStore(
+            self.engine, index=self.index, namespace=self.namespace, policy=policy,
+            relation_vectors=self.relation_vectors, top_k=self.top_k, legacy_schema=self.legacy_schema, **settings,
+        )
+
+    @property
+    def threshold(self) -> float:
+        return self.policy.threshold
+
+    @property
+    def fallback(self) -> Fallback:
+        return self.policy.fallback
 
     # ------------------------------------------------------------------ reads
 
@@ -153,47 +225,79 @@ class SQLKnowledgeStore:
         return self.namespace if namespace is None else clean_namespace(namespace)
 
     def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult:
-        """Exact, then semantic, then the fallback policy; total for any strings (bad ones are misses)."""
+        """Look a fact up with the store's policy; total for any strings (bad ones are misses)."""
         if not isinstance(entity, str) or not isinstance(relation, str):
             raise InvalidInput("entity and relation must be strings")
         ns = self._ns(namespace)
         key = normalise_key(entity, relation)
-        miss = dict(found=False, value=UNKNOWN, entity=entity, relation=relation, match="miss", namespace=ns, query=key)
-        if not key or not storable(key):
-            return LookupResult(**miss)  # nothing stored can have this key
-        with self.engine.connect() as conn:
-            row = conn.execute(_EXACT, {"ns": ns, "ek": normalise_text(entity), "rk": normalise_text(relation)}).first()
-            if row is not None:
-                return self._result(row, 1.0, "exact", ns, key)
-            if self.index is None:
-                return LookupResult(**miss)
-            hits = self.index.query(ns, key, self.top_k)
-            rows = {r.id: r for r in conn.execute(_BY_IDS, {"ids": [h.fact_id for h in hits]}) if r.namespace == ns} if hits else {}
-        # A hit counts only if SQL still has the row under the key that was embedded.
-        live = [(h, rows[h.fact_id]) for h in hits if h.fact_id in rows and rows[h.fact_id].key == h.key]
-        if live:
-            hit, row = live[0]
-            if hit.similarity >= self.threshold:
-                return self._result(row, hit.similarity, "semantic", ns, key)
-            if self.fallback == "top1":
-                return self._result(row, hit.similarity, "fallback", ns, key)
-            miss["score"] = round(hit.similarity, 6)
-        return LookupResult(**miss)
+        ek, rk = normalise_text(entity), normalise_text(relation)
+        query = dict(entity=entity, relation=relation, namespace=ns, query=key, policy=self.policy.name)
+        if not ek or not rk or not storable(key):
+            return _miss(query, "empty_query")  # nothing stored can have this key
+        if self.policy.name == "published":
+            return self._read_published(ns, ek, rk, key, query)
+        return self._read_entity_first(ns, ek, rk, query)
 
-    @staticmethod
-    def _result(row: Any, score: float, match: str, ns: str, key: str) -> LookupResult:
-        return LookupResult(
-            found=True,
-            value=row.value,
-            entity=row.entity,
-            relation=row.relation,
-            fact_id=row.id,
-            score=round(score, 6),
-            match=match,
-            source=row.source,
-            namespace=ns,
-            query=key,
-        )
+    def _read_entity_first(self, ns: str, ek: str, rk: str, query: dict[str, Any]) -> LookupResult:
+        with self.engine.connect() as conn:
+            rows = conn.execute(_ENTITY_ROWS, {"ns": ns, "ek": ek}).all()
+            entity = EntityMatch(ek, 1.0, "entity_exact")
+            if not rows:
+                entity = self._fuzzy_entity(conn, ns, ek)
+                if entity.entity_key is None:
+                    return _miss(query, entity.rule, entity_score=entity.score)
+                # Read from SQL, never from the cache: an entity deleted since is simply not found.
+                rows = conn.execute(_ENTITY_ROWS, {"ns": ns, "ek": entity.entity_key}).all()
+                if not rows:
+                    return _miss(query, "entity_unknown", entity_score=entity.score)
+        by_relation: dict[str, list[Any]] = {}
+        for row in rows:
+            by_relation.setdefault(row.relation_key, []).append(row)
+        relation = pick_relation(rk, list(by_relation), self.relation_vectors, self.policy)
+        scores = dict(entity_score=entity.score, relation_score=relation.score)
+        if relation.relation_key is None:
+            return _miss(query, relation.rule, **scores)
+        approximate = [r for r in (entity.rule, relation.rule) if r not in ("entity_exact", "relation_exact")]
+        match = "fallback" if relation.fallback else "semantic" if approximate else "exact"
+        return _found(by_relation[relation.relation_key], query, match, "+".join(approximate) or "exact",
+                      min(entity.score, relation.score), **scores)
+
+    def _fuzzy_entity(self, conn: Any, ns: str, ek: str) -> EntityMatch:
+        """The nearest stored name, from a cache rebuilt whenever any process inserted or deleted rows."""
+        generation = conn.execute(_GENERATION).scalar()
+        names = self._names.get(ns)
+        if names is None or not names.is_current(generation):
+            live = conn.execute(
+                select(FACTS.c.entity_key).where(FACTS.c.namespace == ns).distinct().order_by(FACTS.c.entity_key)
+            ).scalars().all()
+            deleted = conn.execute(
+                select(AUDIT.c.entity).where(AUDIT.c.namespace == ns, AUDIT.c.action == "delete").distinct()
+            ).scalars().all()
+            names = self._names[ns] = EntityNames.build(generation, list(live), list(deleted))
+        return names.match(ek, self.policy.entity_threshold, self.policy.entity_max_edits)
+
+    def _read_published(self, ns: str, ek: str, rk: str, key: str, query: dict[str, Any]) -> LookupResult:
+        """The released LMLM lookup: the exact pair, else the nearest indexed key at or above ``threshold``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(_PAIR_ROWS, {"ns": ns, "ek": ek, "rk": rk}).all()
+            if rows:
+                return _found(rows, query, "exact", "exact", 1.0)
+            if self.index is None:
+                return _miss(query, "published_no_index")
+            hits = self.index.query(ns, key, self.top_k)
+            found = {r.id: r for r in conn.execute(_BY_IDS, {"ids": [h.fact_id for h in hits]}) if r.namespace == ns} if hits else {}
+            # A hit counts only if SQL still has the row under the key that was embedded.
+            live = [(h, found[h.fact_id]) for h in hits if h.fact_id in found and found[h.fact_id].key == h.key]
+            if not live:
+                return _miss(query, "published_below_threshold")
+            hit, row = live[0]
+            if hit.similarity < self.policy.threshold and self.policy.fallback != "top1":
+                return _miss(query, "published_below_threshold", score=round(hit.similarity, 6))
+            # Every value of the hit's (entity, relation), as an exact read of it would give.
+            pair = conn.execute(_PAIR_ROWS, {"ns": ns, "ek": row.entity_key, "rk": row.relation_key}).all()
+        semantic = hit.similarity >= self.policy.threshold
+        return _found(pair or [row], query, "semantic" if semantic else "fallback",
+                      "published_semantic" if semantic else "published_fallback", hit.similarity)
 
     def get(self, fact_id: int, *, namespace: str | None = None) -> Fact | None:
         """The row with this id in the namespace, or None (another namespace's id is not visible)."""
@@ -230,32 +334,91 @@ class SQLKnowledgeStore:
             ).all()
         return [AuditEntry(**r._mapping) for r in rows]
 
+    # ------------------------------------------------------------------ multi-valued relations
+
+    def declare_multi_valued(
+        self, relations: Iterable[str], *, multi_valued: bool = True, namespace: str | None = None
+    ) -> list[str]:
+        """Declare relations multi-valued in the namespace (a new value adds a row), or single-valued again.
+
+        Making a relation single-valued again keeps the values already stored; the next
+        write of a pair replaces all of that pair's values. Returns the relations changed.
+        """
+        self._writable()
+        ns = self._ns(namespace)
+        cleaned = {normalise_text(r): r for r in (clean_field("relation", r, MAX_FIELD_CHARS) for r in relations)}
+        with self.engine.begin() as conn:
+            declared = set(conn.execute(select(RELATIONS.c.relation_key).where(RELATIONS.c.namespace == ns)).scalars())
+            if multi_valued:
+                new = {k: r for k, r in cleaned.items() if k not in declared}
+                if new:
+                    conn.execute(insert(RELATIONS), [dict(namespace=ns, relation_key=k, relation=r, declared_at=utcnow())
+                                                     for k, r in new.items()])
+                return list(new.values())
+            gone = [k for k in cleaned if k in declared]
+            for chunk in _chunks(gone, SQL_CHUNK):
+                conn.execute(delete(RELATIONS).where(RELATIONS.c.namespace == ns, RELATIONS.c.relation_key.in_(chunk)))
+            return [cleaned[k] for k in gone]
+
+    def multi_valued(self, *, namespace: str | None = None) -> list[str]:
+        """The relations declared multi-valued in the namespace, as first spelled."""
+        if self.legacy_schema:
+            return []
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                select(RELATIONS.c.relation).where(RELATIONS.c.namespace == self._ns(namespace)).order_by(RELATIONS.c.relation_key)
+            ).scalars())
+
     # ------------------------------------------------------------------ writes
 
     def write(
-        self, entity: str, relation: str, value: str, source: str | None = None, *, namespace: str | None = None
+        self,
+        entity: str,
+        relation: str,
+        value: str,
+        source: str | None = None,
+        *,
+        namespace: str | None = None,
+        mode: WriteMode | None = None,
     ) -> Fact:
-        """Insert, or replace the value of the same normalised (entity, relation); returns the stored row."""
+        """Store one value; returns its row.
+
+        ``mode``: ``"replace"`` (the pair ends with this one value), ``"add"`` (kept beside
+        the pair's other values), or None: ``add`` for a relation declared multi-valued in the
+        namespace, else ``replace``.
+        """
         ns = self._ns(namespace)
         row = clean_triple(entity, relation, value, source)
-        self._upsert(ns, [row])
+        self._upsert(ns, [row], mode)
         with self.engine.connect() as conn:
             stored = conn.execute(select(FACTS).where(
-                FACTS.c.namespace == ns, FACTS.c.entity_key == row.entity_key, FACTS.c.relation_key == row.relation_key
-            )).one()
+                FACTS.c.namespace == ns, FACTS.c.entity_key == row.entity_key, FACTS.c.relation_key == row.relation_key,
+                FACTS.c.value == row.value,
+            ).order_by(FACTS.c.id)).first()
         return Fact(**stored._mapping)
 
-    def write_many(self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None) -> int:
-        """Bulk upsert; returns the number of rows inserted or changed (see :meth:`upsert_many` for the split)."""
-        return self.upsert_many(triples, source=source, namespace=namespace).written
+    def write_many(
+        self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
+    ) -> int:
+        """Bulk write; returns the number of rows inserted or changed (see :meth:`upsert_many` for the split)."""
+        return self.upsert_many(triples, source=source, namespace=namespace, mode=mode).written
 
     def upsert_many(
-        self, triples: Iterable[Triple], *, source: str | None = None, namespace: str | None = None
+        self,
+        triples: Iterable[Triple],
+        *,
+        source: str | None = None,
+        namespace: str | None = None,
+        mode: WriteMode | None = None,
     ) -> WriteStats:
-        """Validate every triple first (one bad triple stores nothing), then write in chunks in one transaction."""
+        """Validate every triple first (one bad triple stores nothing), then write in chunks in one transaction.
+
+        Per pair, ``mode`` as in :meth:`write`; within the batch, the last value of a replaced
+        (single-valued) pair wins, and every distinct value of an added one is kept.
+        """
         ns = self._ns(namespace)
         rows = [self._clean_row(n, t, source) for n, t in enumerate(triples)]
-        return self._upsert(ns, rows)
+        return self._upsert(ns, rows, mode)
 
     @staticmethod
     def _clean_row(n: int, triple: Triple, source: str | None) -> CleanTriple:
@@ -267,63 +430,51 @@ class SQLKnowledgeStore:
         except InvalidInput as exc:
             raise InvalidInput(f"triple #{n}: {exc}") from None
 
-    def _upsert(self, ns: str, rows: list[CleanTriple]) -> WriteStats:
-        """One SQL transaction for all rows (all or nothing), then the new keys go to the index."""
-        latest = {r.pair: r for r in rows}  # within a batch the last row for an (entity, relation) wins
-        inserted = updated = unchanged = 0
-        new_keys: list[tuple[int, str]] = []
-        now = utcnow()
+    def _writable(self) -> None:
+        if self.legacy_schema:
+            raise InvalidInput(
+                "this database has the previous schema (one value per entity and relation) and was opened with "
+                "create=False; open it once without create=False to migrate it (lossless), then write"
+            )
+
+    def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None) -> WriteStats:
+        """One SQL transaction for all rows (all or nothing), then the index follows (new keys in, dropped ids out)."""
+        self._writable()
+        if mode is not None and mode not in WRITE_MODES:
+            raise InvalidInput(f"mode must be 'add', 'replace' or None, got {mode!r}")
+        plan = _WritePlan(ns, utcnow())
         try:
             with self.engine.begin() as conn:
-                for chunk in _chunks(list(latest.values()), SQL_CHUNK):
-                    found = conn.execute(_BY_PAIRS, {"ns": ns, "pairs": [c.pair for c in chunk]})
-                    existing = {(r.entity_key, r.relation_key): r for r in found}
-                    fresh = [c for c in chunk if c.pair not in existing]
-                    changed = [(existing[c.pair], c) for c in chunk if c.pair in existing and existing[c.pair].value != c.value]
-                    unchanged += len(chunk) - len(fresh) - len(changed)
-                    audit = self._insert_fresh(conn, ns, fresh, now, new_keys) + self._update_changed(conn, ns, changed, now)
-                    if audit:
-                        conn.execute(insert(AUDIT), audit)
-                    inserted += len(fresh)
-                    updated += len(changed)
+                multi = set() if mode is not None else set(
+                    conn.execute(select(RELATIONS.c.relation_key).where(RELATIONS.c.namespace == ns)).scalars()
+                )
+                added: dict[tuple[str, str, str], CleanTriple] = {}
+                replaced: dict[tuple[str, str], CleanTriple] = {}
+                for r in rows:
+                    if mode == "add" or (mode is None and r.relation_key in multi):
+                        added.setdefault((*r.pair, r.value), r)
+                    else:
+                        replaced[r.pair] = r  # the last value of the batch wins
+                plan.duplicates = len(rows) - len(added) - len(replaced)
+                todo = [(r, True) for r in added.values()] + [(r, False) for r in replaced.values()]
+                for chunk in _chunks(todo, SQL_CHUNK):
+                    found = conn.execute(_BY_PAIRS, {"ns": ns, "pairs": list({r.pair for r, _ in chunk})})
+                    existing: dict[tuple[str, str], list[Any]] = {}
+                    for e in found:
+                        existing.setdefault((e.entity_key, e.relation_key), []).append(e)
+                    for r, add in chunk:
+                        (plan.add if add else plan.replace)(r, existing.setdefault(r.pair, []))
+                    plan.flush(conn)
+                if plan.inserted or plan.dropped:
+                    _bump_generation(conn)
         except IntegrityError as exc:
-            raise InvalidInput(f"a concurrent writer stored one of these keys first; nothing was written ({exc.orig})") from exc
-        if self.index is not None and new_keys:
-            self.index.add(ns, new_keys)
-        return WriteStats(inserted, updated, unchanged, len(rows) - len(latest))
-
-    @staticmethod
-    def _insert_fresh(conn: Any, ns: str, fresh: Sequence[CleanTriple], now: Any, new_keys: list[tuple[int, str]]) -> list[dict]:
-        """Insert new rows; their (id, key) go to ``new_keys`` for the index; returns their audit entries."""
-        if not fresh:
-            return []
-        values = [
-            dict(namespace=ns, entity=c.entity, relation=c.relation, value=c.value, key=c.key,
-                 entity_key=c.entity_key, relation_key=c.relation_key, source=c.source, created_at=now, updated_at=now)
-            for c in fresh
-        ]
-        ids = conn.execute(insert(FACTS).returning(FACTS.c.id, sort_by_parameter_order=True), values).scalars().all()
-        new_keys.extend((i, c.key) for i, c in zip(ids, fresh, strict=True))
-        return [
-            dict(at=now, action="insert", namespace=ns, fact_id=i, entity=c.entity, relation=c.relation,
-                 old_value=None, new_value=c.value, source=c.source)
-            for i, c in zip(ids, fresh, strict=True)
-        ]
-
-    @staticmethod
-    def _update_changed(conn: Any, ns: str, changed: Sequence[tuple[Any, CleanTriple]], now: Any) -> list[dict]:
-        """Replace the values of existing rows (ids and keys unchanged, so no re-embedding); returns audit entries."""
-        if not changed:
-            return []
-        stmt = update(FACTS).where(FACTS.c.id == bindparam("b_id")).values(
-            value=bindparam("b_value"), source=bindparam("b_source"), updated_at=now
-        )
-        conn.execute(stmt, [dict(b_id=old.id, b_value=c.value, b_source=c.source) for old, c in changed])
-        return [
-            dict(at=now, action="update", namespace=ns, fact_id=old.id, entity=c.entity, relation=c.relation,
-                 old_value=old.value, new_value=c.value, source=c.source)
-            for old, c in changed
-        ]
+            raise InvalidInput(f"a concurrent writer stored one of these values first; nothing was written ({exc.orig})") from exc
+        if self.index is not None:
+            if plan.new_keys:
+                self.index.add(ns, plan.new_keys)
+            if plan.dropped:
+                self.index.delete(ns, [r.id for r in plan.dropped])
+        return WriteStats(len(plan.new_keys), plan.updated, plan.unchanged, plan.duplicates, len(plan.dropped))
 
     # ------------------------------------------------------------------ delete
 
@@ -335,7 +486,8 @@ class SQLKnowledgeStore:
         relation: str | None = None,
         namespace: str | None = None,
     ) -> ForgetReceipt:
-        """Forget by id, by entity, or by entity + relation; deleting what is not there is an empty receipt."""
+        """Forget by id (one value), by entity, or by entity + relation (all its values); nothing there is an empty receipt."""
+        self._writable()
         ns = self._ns(namespace)
         condition, selector = self._selector(fact_id, entity, relation)
         now = utcnow()
@@ -345,11 +497,8 @@ class SQLKnowledgeStore:
             for chunk in _chunks(ids, SQL_CHUNK):
                 conn.execute(delete(FACTS).where(FACTS.c.namespace == ns, FACTS.c.id.in_(chunk)))
             if rows:
-                conn.execute(insert(AUDIT), [
-                    dict(at=now, action="delete", namespace=ns, fact_id=r.id, entity=r.entity, relation=r.relation,
-                         old_value=r.value, new_value=None, source=r.source)
-                    for r in rows
-                ])
+                conn.execute(insert(AUDIT), [_audit(now, "delete", ns, r, old_value=r.value) for r in rows])
+                _bump_generation(conn)
         index_removed: list[int] = []
         index_remaining: int | None = None
         if self.index is not None:
@@ -372,7 +521,7 @@ class SQLKnowledgeStore:
             sql_remaining=sql_remaining,
             index_remaining=index_remaining,
             relookups=relookups,
-            verified=sql_remaining == 0 and not index_remaining and all(r.fact_id not in gone for r in relookups),
+            verified=sql_remaining == 0 and not index_remaining and not any(gone & set(r.fact_ids) for r in relookups),
             at=now,
         )
 
@@ -400,7 +549,7 @@ class SQLKnowledgeStore:
     def rebuild_index(self, namespace: str | None = None) -> dict[str, int]:
         """Drop and re-embed the index from the SQL rows: of one namespace, or of every namespace either side knows."""
         if self.index is None:
-            raise InvalidInput("this store was opened without an index (index=False)")
+            raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
         done: dict[str, int] = {}
         for ns in targets:
@@ -414,9 +563,16 @@ class SQLKnowledgeStore:
             "db": self.engine.url.render_as_string(hide_password=True),
             "index": None if self.index is None else self.index.location,
             "namespace": self.namespace,
-            "threshold": self.threshold,
-            "fallback": self.fallback,
+            "policy": self.policy.name,
+            "entity_threshold": self.policy.entity_threshold,
+            "entity_max_edits": self.policy.entity_max_edits,
+            "relation_threshold": self.policy.relation_threshold,
+            "relation_margin": self.policy.relation_margin,
+            "relation_match": "semantic" if self.relation_vectors is not None else "exact",
+            "threshold": self.policy.threshold,
+            "fallback": self.policy.fallback,
             "top_k": self.top_k,
+            "legacy_schema": self.legacy_schema,
         }
 
     def close(self) -> None:
@@ -429,24 +585,144 @@ class SQLKnowledgeStore:
         self.close()
 
 
+# --------------------------------------------------------------------------- read and write helpers
+
+
+def _policy(policy: PolicyName | LookupPolicy, settings: dict[str, Any]) -> LookupPolicy:
+    """A :class:`LookupPolicy` from a policy object, or from a name plus field values; unknown settings are refused."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(LookupPolicy)} - {"name"}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise InvalidInput(f"unknown lookup setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    if isinstance(policy, LookupPolicy):
+        return dataclasses.replace(policy, **settings)
+    return LookupPolicy(name=policy, **settings)
+
+
+def _miss(query: dict[str, Any], rule: str, **scores: float | None) -> LookupResult:
+    return LookupResult(found=False, value=UNKNOWN, match="miss", rule=rule, **query, **scores)
+
+
+def _found(rows: Sequence[Any], query: dict[str, Any], match: str, rule: str, score: float, **scores: float | None) -> LookupResult:
+    """A hit on every value of one (entity, relation), in id order; ``entity``/``relation`` are the stored spelling."""
+    first = rows[0]
+    records = [_record(r) for r in rows]
+    return LookupResult(
+        found=True,
+        value=VALUE_SEPARATOR.join(r.value for r in records),
+        fact_id=first.id,
+        score=round(score, 6),
+        match=match,
+        source=first.source,
+        records=records,
+        rule=rule,
+        **{**query, "entity": first.entity, "relation": first.relation},
+        **scores,
+    )
+
+
+def _audit(at: Any, action: str, ns: str, row: Any, *, old_value: str | None = None, new_value: str | None = None,
+           fact_id: int | None = None) -> dict[str, Any]:
+    """A kb_audit row for ``row`` (a stored row, or a CleanTriple with ``fact_id`` given)."""
+    return dict(at=at, action=action, namespace=ns, fact_id=row.id if fact_id is None else fact_id, entity=row.entity,
+                relation=row.relation, old_value=old_value, new_value=new_value, source=row.source)
+
+
+class _WritePlan:
+    """The statements of one write transaction, planned per pair and flushed per chunk."""
+
+    def __init__(self, ns: str, now: Any) -> None:
+        self.ns, self.now = ns, now
+        self.inserts: list[tuple[CleanTriple, str]] = []  # (row, value_slot)
+        self.updates: list[tuple[Any, CleanTriple]] = []  # (stored row, new value) of single-valued pairs
+        self.slot_fixes: list[int] = []  # rows kept by a replace that were one value of several
+        self.deletes: list[Any] = []
+        self.new_keys: list[tuple[int, str]] = []
+        self.dropped: list[Any] = []
+        self.updated = self.unchanged = self.duplicates = 0
+
+    @property
+    def inserted(self) -> int:
+        return len(self.new_keys)
+
+    def add(self, row: CleanTriple, stored: list[Any]) -> None:
+        """Keep ``row`` beside the pair's other values (the same value again changes nothing)."""
+        if any(s.value == row.value for s in stored):
+            self.unchanged += 1
+        else:
+            self.inserts.append((row, value_slot(row.value)))
+
+    def replace(self, row: CleanTriple, stored: list[Any]) -> None:
+        """End with ``row`` as the pair's one value: a row holding it is kept (else the oldest is updated), the rest go."""
+        if not stored:
+            self.inserts.append((row, SINGLE_SLOT))
+            return
+        keep = next((s for s in stored if s.value == row.value), stored[0])
+        self.deletes.extend(s for s in stored if s is not keep)
+        if keep.value == row.value:
+            self.unchanged += 1
+            if keep.value_slot != SINGLE_SLOT:
+                self.slot_fixes.append(keep.id)
+        else:
+            self.updates.append((keep, row))
+
+    def flush(self, conn: Any) -> None:
+        """Deletes first (they free the single-value slot a kept row moves into), then updates, then inserts."""
+        audit: list[dict[str, Any]] = []
+        if self.deletes:
+            for chunk in _chunks([d.id for d in self.deletes], SQL_CHUNK):
+                conn.execute(delete(FACTS).where(FACTS.c.id.in_(chunk)))
+            audit += [_audit(self.now, "delete", self.ns, d, old_value=d.value) for d in self.deletes]
+            self.dropped += self.deletes
+        if self.slot_fixes:
+            conn.execute(update(FACTS).where(FACTS.c.id.in_(self.slot_fixes)).values(value_slot=SINGLE_SLOT))
+        if self.updates:
+            stmt = update(FACTS).where(FACTS.c.id == bindparam("b_id")).values(
+                value=bindparam("b_value"), source=bindparam("b_source"), value_slot=SINGLE_SLOT, updated_at=self.now
+            )
+            conn.execute(stmt, [dict(b_id=old.id, b_value=c.value, b_source=c.source) for old, c in self.updates])
+            audit += [_audit(self.now, "update", self.ns, c, fact_id=old.id, old_value=old.value, new_value=c.value)
+                      for old, c in self.updates]
+            self.updated += len(self.updates)
+        if self.inserts:
+            values = [
+                dict(namespace=self.ns, entity=c.entity, relation=c.relation, value=c.value, key=c.key, entity_key=c.entity_key,
+                     relation_key=c.relation_key, value_slot=slot, source=c.source, created_at=self.now, updated_at=self.now)
+                for c, slot in self.inserts
+            ]
+            ids = conn.execute(insert(FACTS).returning(FACTS.c.id, sort_by_parameter_order=True), values).scalars().all()
+            self.new_keys += [(i, c.key) for i, (c, _) in zip(ids, self.inserts, strict=True)]
+            audit += [_audit(self.now, "insert", self.ns, c, fact_id=i, new_value=c.value)
+                      for i, (c, _) in zip(ids, self.inserts, strict=True)]
+        if audit:
+            conn.execute(insert(AUDIT), audit)
+        self.inserts, self.updates, self.slot_fixes, self.deletes = [], [], [], []
+
+
 # --------------------------------------------------------------------------- opening
 
 
-def make_engine(db: str | Path | None) -> Engine:
-    """None: a private in-memory SQLite; a path: a SQLite file (parents created); a URL: that database."""
+def make_engine(db: str | Path | None, *, create: bool = True) -> Engine:
+    """None: a private in-memory SQLite; a path: a SQLite file (parents created unless ``create=False``); a URL: that database."""
     if db is None:
         return create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
-    text = str(db)
-    if "://" not in text:
-        path = Path(text).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
+    text_ = str(db)
+    if "://" not in text_:
+        path = Path(text_).expanduser().resolve()
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.is_file():
+            raise FileNotFoundError(f"no knowledge base at {path} (opened with create=False, which never creates one)")
         engine = create_engine(f"sqlite:///{path}")
-        event.listen(engine, "connect", _sqlite_pragmas)
+        if create:  # WAL is a persistent property of the file: a read-only open leaves the file as it is
+            event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     for plain in ("postgresql://", "postgres://"):
-        if text.startswith(plain):
-            text = "postgresql+psycopg://" + text[len(plain) :]  # psycopg 3 is the driver we ship
-    return create_engine(text, pool_pre_ping=True)
+        if text_.startswith(plain):
+            text_ = "postgresql+psycopg://" + text_[len(plain) :]  # psycopg 3 is the driver we ship
+    return create_engine(text_, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -457,36 +733,91 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _store_id(engine: Engine) -> str:
-    """The database's own id, made once: index collections are named by it, so two databases never share one."""
-    import uuid
+class _Prepared(NamedTuple):
+    store_id: str | None
+    legacy_schema: bool
 
-    Fact.metadata.create_all(engine, tables=[FACTS, AUDIT, META])
+
+def _prepare(engine: Engine, *, create: bool) -> _Prepared:
+    """Create (or, with ``create=False``, only inspect) the tables; migrate a previous-schema database when allowed."""
+    if not create:
+        tables = set(inspect(engine).get_table_names())
+        if FACTS.name not in tables:
+            raise InvalidInput(f"{engine.url.render_as_string(hide_password=True)} holds no knowledge base (no {FACTS.name} "
+                               "table; opened with create=False, which never creates one)")
+        legacy = _missing_columns(engine) == {"value_slot"}
+        _check_columns(engine, allow={"value_slot"})
+        found = None
+        if META.name in tables:
+            with engine.connect() as conn:
+                found = conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar()
+        return _Prepared(found, legacy)
+    Fact.metadata.create_all(engine, tables=[FACTS, AUDIT, META, RELATIONS])
+    if _missing_columns(engine) == {"value_slot"}:
+        _migrate_to_value_slots(engine)
     _check_columns(engine)
-    with engine.begin() as conn:
-        found = conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar()
-        if found:
-            return found
+    for name in ("store_id", GENERATION):
         try:
-            conn.execute(insert(META).values(name="store_id", value=uuid.uuid4().hex))
+            with engine.begin() as conn:
+                if conn.execute(select(META.c.value).where(META.c.name == name)).scalar() is None:
+                    conn.execute(insert(META).values(name=name, value=uuid.uuid4().hex))
         except IntegrityError:
             pass  # another process made it first; read theirs below
     with engine.connect() as conn:
-        return conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar_one()
+        return _Prepared(conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar_one(), False)
 
 
-def _check_columns(engine: Engine) -> None:
-    """Refuse a database whose tables predate the current schema, instead of failing on the first query."""
-    from sqlalchemy import inspect
+def _missing_columns(engine: Engine) -> set[str]:
+    return {c.name for c in FACTS.columns} - {c["name"] for c in inspect(engine).get_columns(FACTS.name)}
 
+
+def _check_columns(engine: Engine, allow: set[str] = frozenset()) -> None:
+    """Refuse a database whose tables predate the current schema (beyond what migrates), instead of failing later."""
     inspector = inspect(engine)
     for table in (FACTS, AUDIT):
-        missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)}
+        missing = {c.name for c in table.columns} - {c["name"] for c in inspector.get_columns(table.name)} - allow
         if missing:
             raise InvalidInput(
                 f"{table.name} lacks column(s) {', '.join(sorted(missing))}: the database was made by an older "
                 "version; export it with that version or re-import its source into a new database"
             )
+
+
+_V1_COLUMNS = "id, namespace, entity, relation, value, key, entity_key, relation_key, source, created_at, updated_at"
+
+
+def _migrate_to_value_slots(engine: Engine) -> None:
+    """Migrate the previous schema (one row per entity and relation) in place; lossless, in one transaction.
+
+    Every existing row becomes a single-valued row (``value_slot`` = ``""``) with its id, and the
+    unique key (namespace, entity, relation) becomes (namespace, entity, relation, value_slot).
+    SQLite cannot drop a table constraint, so the table is rebuilt (ids and the AUTOINCREMENT
+    high-water mark kept); PostgreSQL alters it.
+    """
+    backend = engine.url.get_backend_name()
+    try:
+        with engine.begin() as conn:
+            if backend == "sqlite":
+                if "value_slot" in {r[1] for r in conn.execute(text("PRAGMA table_info(kb_fact)"))}:
+                    return  # another process migrated it since we looked
+                seq = conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'kb_fact'")).scalar()
+                conn.execute(text("ALTER TABLE kb_fact RENAME TO kb_fact_v1"))
+                FACTS.create(conn)
+                conn.execute(text(f"INSERT INTO kb_fact ({_V1_COLUMNS}, value_slot) SELECT {_V1_COLUMNS}, '' FROM kb_fact_v1"))
+                conn.execute(text("DROP TABLE kb_fact_v1"))
+                if seq is not None:
+                    conn.execute(text("UPDATE sqlite_sequence SET seq = max(seq, :seq) WHERE name = 'kb_fact'"), {"seq": seq})
+            elif backend == "postgresql":
+                conn.execute(text("ALTER TABLE kb_fact ADD COLUMN value_slot TEXT NOT NULL DEFAULT ''"))
+                conn.execute(text("ALTER TABLE kb_fact DROP CONSTRAINT IF EXISTS uq_kb_fact_namespace_entity_relation"))
+                conn.execute(text("ALTER TABLE kb_fact ADD CONSTRAINT uq_kb_fact_namespace_entity_relation_slot "
+                                  "UNIQUE (namespace, entity_key, relation_key, value_slot)"))
+            else:
+                raise InvalidInput(f"kb_fact has the previous schema and migrating {backend} is not supported; "
+                                   "export it with the previous version and re-import it")
+    except DBAPIError:
+        if _missing_columns(engine):  # not another process migrating at the same moment: a real failure
+            raise
 
 
 def default_index_location(db: str | Path | None, engine: Engine) -> str:
@@ -506,21 +837,46 @@ def open_store(
     *,
     index: str | Path | None | Literal[False] = None,
     namespace: str = "default",
-    threshold: float = 0.6,
-    fallback: Fallback = "unknown",
+    policy: PolicyName | LookupPolicy = "entity",
+    relation_match: Literal["semantic", "exact"] | None = None,
+    create: bool = True,
+    **settings: Any,
 ) -> SQLKnowledgeStore:
-    """Open (creating if needed) a knowledge store.
+    """Open a knowledge store (creating it, unless ``create=False``).
 
-    ``index``: None for the default location, a directory, ``":memory:"``, an
-    ``http(s)://`` Chroma server, or False for exact lookups only (the embedder and
-    Chroma are then never imported, which keeps other packages' tests fast).
+    ``index``: None for the default location, a directory, ``":memory:"``, an ``http(s)://``
+    Chroma server, or False: no index and no embedder (Chroma and the model are never
+    imported, which keeps other packages' tests fast); the entity policy then matches
+    relations exactly. ``policy``: ``"entity"`` (default) or ``"published"``, or a
+    :class:`~tools.lookup.LookupPolicy`; ``settings`` are its fields (``entity_threshold``,
+    ``relation_threshold``, ``relation_margin``, ``threshold``, ``fallback``).
+    ``relation_match``: how the entity policy matches relations, ``"semantic"`` (MiniLM
+    embeddings of relation names; needs only the embedder, not the index) or ``"exact"``;
+    None: semantic unless ``index=False``. ``index=False, relation_match="semantic"`` is the
+    entity policy at full strength without building or maintaining a Chroma index.
+
+    ``create=False`` (for readers such as an agent) never creates a file, a directory or a
+    table: a missing database is a :class:`FileNotFoundError`, a file without the tables an
+    :class:`InvalidInput`; a missing local index directory means no index (the published
+    policy is then exact-only; the entity policy still matches relations by meaning, its
+    vectors live in memory); a previous-schema database is read as it is, and writes to it
+    are refused until it is opened once with ``create=True`` (which migrates it).
     """
-    engine = make_engine(db)
-    store_id = _store_id(engine)
+    lookup = _policy(policy, settings)
+    if relation_match not in (None, "semantic", "exact"):
+        raise InvalidInput(f"relation_match must be 'semantic', 'exact' or None, got {relation_match!r}")
+    semantic_relations = relation_match == "semantic" or (relation_match is None and index is not False)
+    engine = make_engine(db, create=create)
+    prepared = _prepare(engine, create=create)
     semantic = None
     if index is not False:
-        from tools.index import SemanticIndex, make_client
+        from tools.index import EPHEMERAL, SemanticIndex, make_client
 
         location = default_index_location(db, engine) if index is None else str(index)
-        semantic = SemanticIndex(make_client(location), store_id, location)
-    return SQLKnowledgeStore(engine, index=semantic, namespace=namespace, threshold=threshold, fallback=fallback)
+        local_dir = location != EPHEMERAL and not location.startswith(("http://", "https://"))
+        if create or (prepared.store_id is not None and (not local_dir or Path(location).is_dir())):
+            semantic = SemanticIndex(make_client(location), prepared.store_id, location)
+    return SQLKnowledgeStore(
+        engine, index=semantic, namespace=namespace, policy=lookup, legacy_schema=prepared.legacy_schema,
+        relation_vectors=RELATION_VECTORS if semantic_relations else None,
+    )

@@ -44,6 +44,11 @@ class WriteArgs(_Args):
     value: str = Field(min_length=1, max_length=MAX_VALUE_CHARS)
     source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS, description="provenance, e.g. 'doc:12@340'")
     namespace: str | None = None
+    mode: Literal["add", "replace"] | None = Field(
+        default=None,
+        description="'add': keep beside the relation's other values; 'replace': the one value; "
+        "omitted: 'add' if the relation is declared multi-valued, else 'replace'",
+    )
 
 
 class DeleteArgs(_Args):
@@ -64,7 +69,10 @@ class DeleteArgs(_Args):
 
 
 class WriteResult(BaseModel):
-    """A successful write: the stored row and what it replaced (``previous_value`` on an update)."""
+    """A successful write: the stored row and what it replaced (``previous_value`` on an update).
+
+    ``inserted`` is a new row: a first value, or one more value of a multi-valued relation.
+    """
 
     action: Literal["inserted", "updated", "unchanged"]
     fact: FactRecord
@@ -105,17 +113,19 @@ def _describe(exc: ValidationError) -> str:
 
 
 def read(store: KnowledgeStore, /, **raw: Any) -> LookupResult | ToolError:
-    """Look a fact up (exact, then semantic); a miss is a result with value 'unknown', not an error."""
+    """Look a fact up with the store's policy; a miss is a result with value 'unknown', not an error."""
     return _guarded("kb_read", ReadArgs, lambda a: store.read(a.entity, a.relation, namespace=a.namespace), raw)
 
 
 def write(store: KnowledgeStore, /, **raw: Any) -> WriteResult | ToolError:
-    """Store a fact; a known (entity, relation) gets its value replaced, and the old value is reported."""
+    """Store a fact: a known single-valued (entity, relation) gets its value replaced (the old value is reported),
+    a multi-valued one gets the value added."""
 
     def body(a: WriteArgs) -> WriteResult:
         before = store.read(a.entity, a.relation, namespace=a.namespace)
-        previous = before.value if before.match == "exact" else None
-        fact = store.write(a.entity, a.relation, a.value, a.source, namespace=a.namespace)
+        stored = {r.id: r.value for r in before.records} if before.match == "exact" else {}
+        fact = store.write(a.entity, a.relation, a.value, a.source, namespace=a.namespace, mode=a.mode)
+        previous = stored.get(fact.id)
         action = "inserted" if previous is None else "unchanged" if previous == fact.value else "updated"
         record = FactRecord(id=fact.id, entity=fact.entity, relation=fact.relation, value=fact.value, source=fact.source)
         return WriteResult(action=action, fact=record, namespace=fact.namespace, previous_value=previous)

@@ -1,4 +1,4 @@
-"""`lmlm kb`: the knowledge base from the shell (import, add, get, delete, stats, export, rebuild-index).
+"""`lmlm kb`: the knowledge base from the shell (import, add, get, delete, multi-valued, stats, export, rebuild-index).
 
 Every command takes ``--db`` (a SQLite path or a database URL), ``--index`` (a
 directory, ``:memory:``, an ``http://`` Chroma server, or ``off``) and
@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from tools import SQLKnowledgeStore
     from tools.io import Loaded
 
-app = typer.Typer(help="The knowledge base: import, add, get, delete, stats, export, rebuild-index.", no_args_is_help=True)
+app = typer.Typer(
+    help="The knowledge base: import, add, get, delete, multi-valued, stats, export, rebuild-index.", no_args_is_help=True
+)
 
 DEFAULT_DB = "runs/kb/kb.sqlite"
 DB = typer.Option(DEFAULT_DB, "--db", envvar="LMLM_KB_DB", help="SQLite file or database URL (postgresql://...).")
@@ -159,12 +161,18 @@ def import_(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL triples, LMLM database JSON, or annotated text."),
     fmt: str = typer.Option("auto", "--format", "-f", help=f"One of {', '.join(FORMATS)}."),
     source: Optional[str] = typer.Option(None, help="Provenance for rows without one (default: file and line/document)."),
+    multi_valued: bool = typer.Option(
+        True, "--multi-valued/--single-valued",
+        help="A relation some entity has with several values in the file is declared multi-valued and every value kept "
+        "(default); --single-valued keeps the last value of each (entity, relation).",
+    ),
     db: str = DB,
     index: Optional[str] = INDEX,
     namespace: str = NAMESPACE,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Import facts. Good rows are stored, bad ones listed; a known (entity, relation) gets the new value."""
+    """Import facts. Good rows are stored, bad ones listed; a known single-valued (entity, relation) gets the new
+    value, a multi-valued one gets it added."""
     from tools.io import import_rows, load_lmlm_database, read_triples_jsonl
 
     console = _console()
@@ -178,15 +186,18 @@ def import_(
             loaded = _annotated_rows(path, data, source)
         store = _open(db, index, namespace)
         with console.status(f"writing {len(loaded.rows):,} rows" + (" and embedding their keys" if store.index else "")):
-            report = import_rows(store, loaded.rows, loaded.rejected, namespace=namespace)
+            report = import_rows(store, loaded.rows, loaded.rejected, namespace=namespace, detect_multi_valued=multi_valued)
     if as_json:
         _print_json(report.model_dump())
         return
     console.print(
         f"[bold]{path.name}[/bold] ({kind}) -> namespace [cyan]{namespace}[/cyan]: read {report.read:,}, "
         f"inserted [green]{report.inserted:,}[/green], updated {report.updated:,}, unchanged {report.unchanged:,}, "
-        f"duplicates {report.duplicates:,}, rejected [yellow]{report.rejected:,}[/yellow]"
+        f"duplicates {report.duplicates:,}, replaced values removed {report.removed:,}, "
+        f"rejected [yellow]{report.rejected:,}[/yellow]"
     )
+    if report.multi_valued:
+        console.print(f"  declared multi-valued (every value kept): {', '.join(report.multi_valued)}")
     for r in report.rejections:
         console.print(f"  [yellow]rejected[/yellow] {r.where}: {r.reason}", markup=True)
     if report.rejected > len(report.rejections):
@@ -202,16 +213,21 @@ def add(
     relation: str = typer.Argument(...),
     value: str = typer.Argument(...),
     source: Optional[str] = typer.Option(None, help="Provenance, e.g. doc:12@340."),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="'add' (keep beside the other values) or 'replace' (the one value). "
+        "Default: add for a relation declared multi-valued (`lmlm kb multi-valued`), else replace.",
+    ),
     db: str = DB,
     index: Optional[str] = INDEX,
     namespace: str = NAMESPACE,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Add a fact, or replace the value of a known (entity, relation)."""
+    """Add a fact: replaces the value of a known single-valued (entity, relation), adds one to a multi-valued one."""
     from tools.typed_tools import ToolError, write
 
     with _clear_errors():
-        obs = write(_open(db, index, namespace), entity=entity, relation=relation, value=value, source=source)
+        obs = write(_open(db, index, namespace), entity=entity, relation=relation, value=value, source=source,
+                    **({"mode": mode} if mode is not None else {}))
     if isinstance(obs, ToolError):
         _console().print(f"[red]error:[/red] {obs.message}")
         raise typer.Exit(1)
@@ -223,33 +239,78 @@ def add(
     _console().print(f"[green]{obs.action}[/green] #{f.id}: {f.entity} | {f.relation} = {f.value!r}{was}")
 
 
+POLICY_HELP = "Read policy: 'entity' (entity by name, then its relation by meaning) or 'published' (nearest key)."
+
+
 @app.command("get")
 def get(
     entity: str = typer.Argument(...),
     relation: str = typer.Argument(...),
-    threshold: float = typer.Option(0.6, help="Cosine-similarity threshold of a semantic match."),
+    policy: str = typer.Option("entity", help=POLICY_HELP),
+    entity_threshold: float = typer.Option(0.85, help="entity policy: least name similarity of a fuzzy entity match (1: exact only)."),
+    entity_max_edits: int = typer.Option(1, help="entity policy: most typos (edits) a fuzzy entity match may have (0: exact only)."),
+    relation_threshold: float = typer.Option(0.5, help="entity policy: least cosine of relation-name embeddings."),
+    relation_margin: float = typer.Option(0.05, help="entity policy: how far the best relation must lead the next."),
+    threshold: float = typer.Option(0.6, help="published policy: least cosine of the 'entity relation' key."),
     fallback: str = typer.Option("unknown", help="Below the threshold: 'unknown' (a miss) or 'top1' (best anyway)."),
+    relation_match: Optional[str] = typer.Option(
+        None, help="entity policy: 'semantic' (relation names by meaning; needs only the embedder) or 'exact'. "
+        "Default: semantic unless --index off."),
     db: str = DB,
     index: Optional[str] = INDEX,
     namespace: str = NAMESPACE,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Look a fact up: exact match first, then semantic, with provenance. A miss prints 'unknown' (exit 0)."""
+    """Look a fact up, with provenance: every value, the entity and relation scores and the rule that decided.
+    A miss prints 'unknown' (exit 0)."""
     from rich.table import Table
 
     with _clear_errors():
-        result = _open(db, index, namespace, threshold=threshold, fallback=fallback).read(entity, relation)
+        store = _open(db, index, namespace, create=False, policy=policy, entity_threshold=entity_threshold,
+                      entity_max_edits=entity_max_edits,
+                      relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold,
+                      fallback=fallback, relation_match=relation_match)
+        result = store.read(entity, relation)
     if as_json:
-        _print_json(result.model_dump())
+        _print_json({**result.model_dump(), "fact_ids": result.fact_ids})
+        return
+    console = _console()
+    style = "red" if result.match == "miss" else "green"
+
+    def fmt(score: Optional[float]) -> str:
+        return "-" if score is None else f"{score:.3f}"
+
+    console.print(f"[{style}]{result.match}[/{style}] by rule [bold]{result.rule}[/bold] ({result.policy} policy): "
+                  f"{result.entity} | {result.relation}  entity score {fmt(result.entity_score)}, "
+                  f"relation score {fmt(result.relation_score)}, score {fmt(result.score)}")
+    if not result.found:
+        console.print(result.value)
         return
     table = Table(show_header=True, header_style="bold")
-    for col in ("match", "value", "entity", "relation", "score", "fact", "source"):
+    for col in ("fact", "value", "source"):
         table.add_column(col)
-    score = "" if result.score is None else f"{result.score:.3f}"
-    style = "red" if result.match == "miss" else "green"
-    table.add_row(f"[{style}]{result.match}[/{style}]", result.value, result.entity, result.relation, score,
-                  "" if result.fact_id is None else f"#{result.fact_id}", result.source or "")
-    _console().print(table)
+    for r in result.records:
+        table.add_row(f"#{r.id}", r.value, r.source or "")
+    console.print(table)
+
+
+@app.command("multi-valued")
+def multi_valued(
+    relations: Optional[List[str]] = typer.Argument(None, help="Relations to declare; none: list the declared ones."),
+    off: bool = typer.Option(False, "--off", help="Make these relations single-valued again (stored values are kept)."),
+    db: str = DB,
+    namespace: str = NAMESPACE,
+) -> None:
+    """Declare relations multi-valued in a namespace (a new value is added beside the others, not replacing them),
+    or list the declared ones."""
+    with _clear_errors():
+        store = _open(db, "off", namespace)
+        changed = store.declare_multi_valued(relations, multi_valued=not off) if relations else []
+        declared = store.multi_valued()
+    console = _console()
+    if relations:
+        console.print(f"{'single' if off else 'multi'}-valued now: {', '.join(changed) or 'nothing changed'}")
+    console.print(f"multi-valued in namespace [cyan]{namespace}[/cyan]: {', '.join(declared) or 'none'}")
 
 
 @app.command("delete")
@@ -284,7 +345,8 @@ def delete(
     for row in receipt.removed:
         after = relook.get(normalise_key(row.entity, row.relation))
         table.add_row(f"#{row.id}", row.entity, row.relation, row.value,
-                      "removed" if row.id in indexed else "-", "" if after is None else f"{after.match} {after.value!r}")
+                      "removed" if row.id in indexed else "-",
+                      "" if after is None else f"{after.match} ({after.rule}) {after.value!r}")
     console.print(table)
     verdict = "[green]verified[/green]" if receipt.verified else "[red]NOT verified[/red]"
     console.print(f"{verdict}: {receipt.sql_remaining} left in SQL, "

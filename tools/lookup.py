@@ -1,0 +1,260 @@
+"""The read policies' matching steps: entity names by characters, relation names by meaning.
+
+The entity-first policy (the default) answers only from the rows of the entity asked
+about. The entity is matched by name: exactly after normalisation, else by a
+character-level similarity that forgives a typo (:class:`EntityNames`). Then, among
+that entity's relations, the relation is matched exactly, else by the cosine of
+MiniLM embeddings of relation names (:class:`RelationVectors`). An entity the store
+does not know is ``unknown`` whatever the relation, so no other entity's value is
+ever returned for it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PolicyName = Literal["entity", "published"]
+Fallback = Literal["unknown", "top1"]
+POLICIES: tuple[PolicyName, ...] = ("entity", "published")
+FALLBACKS: tuple[Fallback, ...] = ("unknown", "top1")
+FUZZY_CANDIDATES = 5  # best names kept by the fuzzy search before the digit and tie checks
+_DIGITS_RE = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class LookupPolicy:
+    """How ``read`` matches a query to stored rows (every threshold is inclusive)."""
+
+    name: PolicyName = field(default="entity", metadata={"help": "entity: entity by name, then relation by meaning among "
+                             "its rows (never another entity's fact); published: nearest 'entity relation' key"})
+    entity_threshold: float = field(default=0.85, metadata={"help": "entity policy: least name similarity of a fuzzy "
+                                    "entity match, 1 - edits / longer length (an edit: a character inserted, deleted, "
+                                    "replaced, or two neighbours swapped); 1 disables fuzzy matching"})
+    entity_max_edits: int = field(default=1, metadata={"help": "entity policy: most edits between the query and a fuzzily "
+                                  "matched name (with entity_threshold, both must hold); 0 disables fuzzy matching. "
+                                  "Two edits would also match a made-up name to a stored one two letters away"})
+    relation_threshold: float = field(default=0.5, metadata={"help": "entity policy: least cosine of the MiniLM "
+                                      "embeddings of the query relation and a stored relation name"})
+    relation_margin: float = field(default=0.05, metadata={"help": "entity policy: the best relation must beat the "
+                                   "entity's next best by this much, else the lookup is 'unknown' (ambiguous)"})
+    threshold: float = field(default=0.6, metadata={"help": "published policy: least cosine of the 'entity relation' key"})
+    fallback: Fallback = field(default="unknown", metadata={"help": "below the relation (or published) threshold: "
+                               "'unknown' (a miss) or 'top1' (the best candidate anyway; an unknown entity stays unknown)"})
+
+    def __post_init__(self) -> None:
+        from tools.schema import InvalidInput
+
+        if self.name not in POLICIES:
+            raise InvalidInput(f"policy must be one of {', '.join(POLICIES)}, got {self.name!r}")
+        if self.fallback not in FALLBACKS:
+            raise InvalidInput(f"fallback must be 'unknown' or 'top1', got {self.fallback!r}")
+        if isinstance(self.entity_max_edits, bool) or not isinstance(self.entity_max_edits, int) or self.entity_max_edits < 0:
+            raise InvalidInput(f"entity_max_edits must be a non-negative integer, got {self.entity_max_edits!r}")
+        for name in ("entity_threshold", "relation_threshold", "relation_margin", "threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InvalidInput(f"{name} must be within [0, 1], got {value}")
+
+
+class EntityMatch(NamedTuple):
+    """The outcome of the entity step: the stored entity key (None on a miss), its similarity and the rule."""
+
+    entity_key: str | None
+    score: float | None
+    rule: str  # entity_exact | entity_fuzzy | entity_unknown | entity_ambiguous | entity_forgotten
+
+
+GRAM = 3  # character n-grams of the candidate filter
+GRAMS_PER_EDIT = 4  # most n-grams of a name one edit can remove (a swap of two neighbours: four trigrams)
+
+
+def _grams(text: str) -> set[str]:
+    return {text[i : i + GRAM] for i in range(len(text) - GRAM + 1)}
+
+
+class EntityNames(NamedTuple):
+    """The entity names of one namespace at one ``kb_meta.entity_generation`` (immutable: rebuilt, never edited).
+
+    Every write that inserts or deletes rows changes the generation in the same
+    transaction; a fuzzy search first reads it (one row) and rebuilds the names when it
+    moved, so another process's writes and deletes are seen at the next lookup.
+    ``forgotten`` holds entities that were deleted and have no rows left: they take part
+    in the search as tombstones, so a query for a forgotten person (or a typo of one) is
+    ``unknown`` instead of the nearest other person.
+
+    ``postings`` maps each character trigram to the names holding it. One edit (a letter
+    inserted, deleted, replaced, or two neighbours swapped) removes at most four of a
+    string's trigrams, so a name within ``k`` edits of the query holds all but ``4k`` of the
+    query's distinct trigrams: counting shared trigrams picks the names worth scoring (on the
+    shared 2-core machine a full scan of 100k names took about 100 ms, the count under 1 ms).
+    """
+
+    generation: str | None
+    choices: list[str]  # live names, then forgotten ones
+    forgotten: frozenset[str]
+    postings: dict[str, np.ndarray]
+
+    @classmethod
+    def build(cls, generation: str | None, live: list[str], deleted: list[str]) -> EntityNames:
+        import numpy as np
+
+        from tools.schema import normalise_text
+
+        live_set = set(live)
+        forgotten = frozenset(k for k in (normalise_text(d) for d in deleted) if k not in live_set)
+        choices = list(live) + sorted(forgotten)
+        postings: dict[str, list[int]] = {}
+        for i, name in enumerate(choices):
+            for gram in _grams(name):
+                postings.setdefault(gram, []).append(i)
+        return cls(generation, choices, forgotten, {g: np.asarray(ix, dtype=np.int64) for g, ix in postings.items()})
+
+    def is_current(self, generation: str | None) -> bool:
+        """Without a generation row (a database no writer of this version has opened) nothing can be trusted."""
+        return generation is not None and generation == self.generation
+
+    def candidates(self, query: str, threshold: float, max_edits: int) -> list[str]:
+        """The names that can be within ``threshold`` and ``max_edits`` of ``query`` (all of them when the
+        n-gram bound says nothing)."""
+        import numpy as np
+
+        # similarity = 1 - edits / longer length >= t  implies  edits <= (1 - t) * len(query) / t
+        most_edits = min(max_edits, int((1.0 - threshold) * len(query) / threshold + 1e-9))
+        grams = _grams(query)
+        need = len(grams) - GRAMS_PER_EDIT * most_edits
+        if need <= 0:
+            return self.choices
+        lists = [self.postings[g] for g in grams if g in self.postings]
+        if len(lists) < need:
+            return []
+        shared = np.bincount(np.concatenate(lists), minlength=len(self.choices))
+        return [self.choices[i] for i in np.flatnonzero(shared >= need)]
+
+    def match(self, query: str, threshold: float, max_edits: int) -> EntityMatch:
+        """The one stored (or forgotten) name nearest to ``query``, at or above ``threshold`` and at most ``max_edits`` away.
+
+        Digits are never forgiven ("Apollo 11" is not a typo of "Apollo 12"); a tie between
+        two names is ``entity_ambiguous``; a forgotten name winning is ``entity_forgotten``.
+        """
+        if threshold >= 1.0 or max_edits < 1 or not self.choices:
+            return EntityMatch(None, None, "entity_unknown")
+        found = process.extract(
+            query, self.candidates(query, threshold, max_edits), scorer=OSA.normalized_similarity,
+            score_cutoff=threshold, limit=FUZZY_CANDIDATES,
+        )
+        digits = _DIGITS_RE.findall(query)
+        found = [(name, score) for name, score, _ in found
+                 if _DIGITS_RE.findall(name) == digits and OSA.distance(query, name, score_cutoff=max_edits) <= max_edits]
+        if not found:
+            return EntityMatch(None, None, "entity_unknown")
+        (best, score), runner_up = found[0], found[1][1] if len(found) > 1 else None
+        if runner_up is not None and runner_up >= score:
+            return EntityMatch(None, round(score, 6), "entity_ambiguous")
+        if best in self.forgotten:
+            return EntityMatch(None, round(score, 6), "entity_forgotten")
+        return EntityMatch(best, round(score, 6), "entity_fuzzy")
+
+
+class RelationVectors:
+    """MiniLM embeddings of relation names, computed once per distinct normalised string per process.
+
+    Stored relation names are few (dozens to thousands), so they stay cached; query
+    relations are kept in a bounded LRU, so a lookup embeds at most its own relation,
+    and none when that relation was asked before.
+    """
+
+    QUERY_CACHE = 4096
+
+    def __init__(self) -> None:
+        self._vectors: dict[str, np.ndarray] = {}
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _embed(self, texts: list[str]) -> list[np.ndarray]:
+        from tools.embedder import embed_queries, intra_op_threads
+
+        with intra_op_threads(1):
+            return list(embed_queries(texts))
+
+    def stored(self, relations: list[str]) -> list[np.ndarray]:
+        missing = [r for r in dict.fromkeys(relations) if r not in self._vectors]
+        if missing:
+            vectors = self._embed(missing)
+            with self._lock:
+                self._vectors.update(zip(missing, vectors, strict=True))
+        return [self._vectors[r] for r in relations]
+
+    def query(self, relation: str) -> np.ndarray:
+        with self._lock:
+            vector = self._queries.get(relation)
+            if vector is not None:
+                self._queries.move_to_end(relation)
+                return vector
+        vector = self._vectors.get(relation)
+        if vector is None:
+            (vector,) = self._embed([relation])
+        with self._lock:
+            self._queries[relation] = vector
+            while len(self._queries) > self.QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return vector
+
+    def forget_queries(self) -> None:
+        """Drop the cached query vectors (benchmarks time a lookup that must embed its relation)."""
+        with self._lock:
+            self._queries.clear()
+
+    def rank(self, relation: str, candidates: list[str]) -> list[tuple[str, float]]:
+        """``candidates`` by cosine similarity to ``relation``, best first."""
+        import numpy as np
+
+        query = self.query(relation)
+        sims = np.stack(self.stored(candidates)) @ query
+        order = np.argsort(-sims, kind="stable")
+        return [(candidates[i], min(1.0, float(sims[i]))) for i in order]
+
+
+class RelationMatch(NamedTuple):
+    """The outcome of the relation step among one entity's relations."""
+
+    relation_key: str | None
+    score: float | None
+    rule: str  # relation_exact | relation_semantic | relation_fallback | relation_unknown | relation_ambiguous
+    fallback: bool = False  # returned below the threshold (or ambiguous) because fallback="top1"
+
+
+def pick_relation(
+    relation_key: str, candidates: list[str], vectors: RelationVectors | None, policy: LookupPolicy
+) -> RelationMatch:
+    """The stored relation that answers ``relation_key`` among one entity's ``candidates``.
+
+    Without ``vectors`` (a store opened with ``index=False``: no embedder) only the exact
+    normalised relation matches.
+    """
+    if relation_key in candidates:
+        return RelationMatch(relation_key, 1.0, "relation_exact")
+    if vectors is None or not candidates:
+        return RelationMatch(None, None, "relation_unknown")
+    ranked = vectors.rank(relation_key, candidates)
+    best, score = ranked[0][0], round(ranked[0][1], 6)
+    runner_up = ranked[1][1] if len(ranked) > 1 else None
+    top1 = policy.fallback == "top1"
+    if score < policy.relation_threshold:
+        return RelationMatch(best, score, "relation_fallback", True) if top1 else RelationMatch(None, score, "relation_unknown")
+    if runner_up is not None and score - runner_up < policy.relation_margin:
+        return RelationMatch(best, score, "relation_ambiguous", True) if top1 else RelationMatch(None, score, "relation_ambiguous")
+    return RelationMatch(best, score, "relation_semantic")
+
+
+RELATION_VECTORS = RelationVectors()
+"""Shared by every store of the process: the embedder is process-wide, so are the vectors of relation names."""
