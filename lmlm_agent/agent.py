@@ -54,8 +54,10 @@ def citations(lookups: list[LookupRecord], namespace: str | None = None) -> list
         key = r.fact_id if r.fact_id is not None else (r.entity, r.relation, r.value)
         if r.match in CITABLE and key not in seen:
             seen.add(key)
-            cite = dict(entity=r.entity, relation=r.relation, value=r.value, fact_id=r.fact_id, score=r.score, source=r.source)
-            out.append(cite if namespace is None else {**cite, "namespace": namespace})
+            # A multi-valued lookup cites each of its rows, so each id can be checked or forgotten on its own.
+            for fact_id, value, source in r.values or ((r.fact_id, r.value, r.source),):
+                cite = dict(entity=r.entity, relation=r.relation, value=value, fact_id=fact_id, score=r.score, source=source)
+                out.append(cite if namespace is None else {**cite, "namespace": namespace})
     return out
 
 
@@ -196,7 +198,7 @@ class LMLMAgent:
                 if store is not None:
                     from tools import open_store
 
-                    opened = open_store(store, **options)
+                    opened = open_store(store, **{"create": False, **options})  # a reader creates nothing
                 ckpt = _CHECKPOINTS[checkpoint]
                 _LOADED[key] = cls(ckpt.model, ckpt.tokenizer, opened)
             return _LOADED[key]

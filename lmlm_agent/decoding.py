@@ -172,6 +172,9 @@ class LookupRecord:
     latency_s: float = 0.0
     position: int = 0  # index in GenerationOutput.token_ids of the <|db_return|> that asked (-1: the prompt's last token)
     error: str | None = None
+    # A multi-valued answer: (fact_id, value, source) of each value spliced in (joined) as ``value``, in the
+    # store's order, so every row can be cited and forgotten by its own id. Empty for a single value.
+    values: tuple[tuple[int, str, str | None], ...] = ()
 
 
 @dataclass
@@ -239,7 +242,14 @@ def resolve(lookup: Store | None, entity: str, relation: str, db_off: bool = Fal
         match=getattr(hit, "match", "exact"),
         source=getattr(hit, "source", None),
         latency_s=time.perf_counter() - start,
+        values=_each_value(getattr(hit, "records", ())),
     )
+
+
+def _each_value(records: Any) -> tuple[tuple[int, str, str | None], ...]:
+    """The rows of a multi-valued lookup (``tools.LookupResult.records``); nothing for a single value."""
+    rows = tuple((r.id, r.value, r.source) for r in records or ())
+    return rows if len(rows) > 1 else ()
 
 
 @dataclass

@@ -64,3 +64,19 @@ def test_from_pretrained_with_a_real_store(tmp_path, tok):
     answer = agent.ask(QUESTION, force_lookup_start=True)
     assert answer.output.generated_tokens <= 8 and answer.output.raw_text.startswith("<|db_entity|>")
     assert store.read("ko itakura", "birth_place").value == "Yokohama"
+
+
+def test_a_multi_valued_lookup_cites_each_row_by_its_own_id(tok):
+    from tools import open_store
+
+    store = open_store(None, index=False)
+    store.declare_multi_valued(["child"])
+    first = store.write("Ko Itakura", "child", "Aiko", source="doc:1")
+    second = store.write("Ko Itakura", "child", "Ren", source="doc:2")
+    answer = " Ko Itakura has " + render_call("Ko Itakura", "child", "Aiko, Ren") + " Aiko, Ren.\n"
+    model = ScriptedLM(tok, {qa_prompt("Who are Ko Itakura's children?"): strip_values(answer)})
+    result = LMLMAgent(model, tok, store).ask("Who are Ko Itakura's children?")
+    assert result.text == "Ko Itakura has Aiko, Ren."
+    assert [(c["fact_id"], c["value"], c["source"]) for c in result.citations] == [
+        (first.id, "Aiko", "doc:1"), (second.id, "Ren", "doc:2")
+    ]
