@@ -202,6 +202,9 @@ def test_lazy_loading_is_once_per_process_under_threads(tmp_path, tok, monkeypat
     assert len(answers) == 6 and len(loads) == 1
     runtime = chats[1]._runtime()
     assert runtime is chats[3]._runtime()
+    from tools import open_store
+
+    open_store(tmp_path / "kb.sqlite", index=False).close()  # a reader never creates its knowledge base
     other = ChatLMLM(model=str(tmp_path / "ckpt"), kb=str(tmp_path / "kb.sqlite"), semantic=False)._runtime()
     assert other.model is runtime.model and other.store is not None and len(loads) == 1  # another store, same model
     assert runtime.model.lm_head.weight.data_ptr() == runtime.model.model.embed_tokens.weight.data_ptr()  # still tied
