@@ -14,9 +14,9 @@ DEVICE = typer.Option(None, "--device", help="torch device for the model (defaul
 def serve(
     run: Path = RUN,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you mean to expose it."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free one)."),
     config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML of ServerConfig fields (limits, access); default RUN/server.yaml if present."
+        None, "--config", help="YAML of ServerConfig fields (limits, access, namespace_tokens); default RUN/server.yaml if present."
     ),
     token: Optional[str] = typer.Option(
         None, "--token", envvar="LMLM_API_TOKEN", show_envvar=True,
@@ -43,12 +43,13 @@ def serve(
 
     from lmlm_agent.server import ServerConfig, create_app, load_run
 
-    try:
-        settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
-                                     max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
-        agent = load_run(run, settings, device=device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    # Everything is checked before the server binds: a bad value is one `error:` line (the front door's), not a
+    # server that starts and then fails its requests.
+    if config is not None and not config.is_file():
+        raise FileNotFoundError(f"--config {config}: no such file")
+    settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
+                                 max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
+    agent = load_run(run, settings, device=device)
     writes = "writes need the bearer token" if settings.token else "writes refused (no --token / LMLM_API_TOKEN)"
     typer.echo(f"serving {run / 'lmlm'} as '{settings.model_id}' on http://{host}:{port}/v1 ({writes})")
     uvicorn.run(create_app(agent, settings), host=host, port=port, log_level="info")
@@ -72,10 +73,7 @@ def chat(
     from lmlm_agent.server import ServerConfig, load_run
 
     console = Console(highlight=False)
-    try:
-        agent = load_run(run, ServerConfig(semantic=semantic), device=device)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    agent = load_run(run, ServerConfig(semantic=semantic), device=device)
     llm = ChatLMLM(model=str(run / "lmlm"), agent=agent, db_off=db_off, max_tokens=max_tokens)
     console.print(f"[bold]{run / 'lmlm'}[/bold] with {'no database' if db_off else run / 'kb.sqlite'}. "
                   "Ask about the world (e.g. 'Where was <name> born?'); an empty line quits.")
