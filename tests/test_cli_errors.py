@@ -134,6 +134,13 @@ def test_bad_input_is_one_clear_error_line(files, args, env, names) -> None:
     assert names.replace("{base}", str(files)) in errors[0], output
 
 
+def test_a_password_in_a_database_url_is_not_printed(files) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lmlm_agent.cli", "kb", "stats", "--db", "mysql://ada:hunter2@localhost/db"],
+                          capture_output=True, text=True, env=_clean_environ(), cwd=files, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "mysql://ada:***@localhost/db" in output and "hunter2" not in output
+
+
 def test_debug_env_shows_the_traceback(files) -> None:
     environ = {**_clean_environ(), "LMLM_DEBUG": "1"}
     proc = subprocess.run([sys.executable, "-m", "lmlm_agent.cli", "kb", "stats", "--db", "mysql://u@localhost/db"],

@@ -60,6 +60,8 @@ def hide_password(text: str) -> str:
 
 def explain(exc: BaseException) -> str | None:
     """One line saying what was wrong and with what, or None when ``exc`` is not a user's error."""
+    if isinstance(exc, BrokenPipeError):  # output piped into `head`: click ends quietly on its own
+        return None
     opened = _opened(exc.__traceback__)
     # A missing database driver is a bad URL (mysql://...), not a broken installation.
     if not isinstance(exc, _user_error_types()) and not (isinstance(exc, ImportError) and opened):
@@ -71,8 +73,10 @@ def explain(exc: BaseException) -> str | None:
     if opened is None:
         return hide_password(reason)
     kind, name, where = opened
-    if where == "make_engine":
+    if where == "make_engine" and not isinstance(exc, OSError):  # the URL itself was not understood
         reason = f"{reason}; {DATABASE_HINT}"
+    if "readonly database" in reason:
+        reason = f"{reason} (SQLite writes a journal beside the file: its directory must be writable)"
     return hide_password(reason if name in reason else f"{kind} {name}: {reason}")
 
 

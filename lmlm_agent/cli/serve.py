@@ -23,7 +23,8 @@ def serve(
         help="Bearer token that knowledge writes and deletes require; without one they are refused.",
     ),
     public_read: Optional[bool] = typer.Option(
-        None, "--public-read/--private-read", help="Whether reads and generation need the token (default: public)."
+        None, "--public-read/--private-read",
+        help="Whether reads and generation outside private namespaces need a token of this server (default: public).",
     ),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest max_tokens a request may ask for."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Most answers decoded together (default 8)."),
@@ -37,7 +38,7 @@ def serve(
 ) -> None:
     """Serve a run over an OpenAI-compatible API.
 
-    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token). Concurrent requests are decoded in one continuous batch (per knowledge-base namespace); OpenAI parameters the server does not implement are refused with a 400 naming them.
+    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token; a namespace listed under `namespace_tokens` in the config file is private: reading, writing and generating over it need its own token). The access log leaves out query strings (looked-up names) unless `log_queries: true`. Concurrent requests are decoded in one continuous batch (per knowledge-base namespace); OpenAI parameters the server does not implement are refused with a 400 naming them.
     """
     import uvicorn
 
