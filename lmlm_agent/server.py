@@ -848,7 +848,8 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
                    offset: int = Query(0, ge=0, le=INT64)) -> dict[str, Any]:
         ns = _namespace_for(request, namespace, "reading")
         rows = []
-        for fact in itertools.islice(store.iter_facts(namespace=ns), offset, offset + limit):
+        # islice takes positions up to 2**63 - 1 (INT64): an offset near it still lists to the end, not a 500.
+        for fact in itertools.islice(store.iter_facts(namespace=ns), offset, min(offset + limit, INT64)):
             rows.append({"id": fact.id, "entity": fact.entity, "relation": fact.relation, "value": fact.value,
                          "source": fact.source, "updated_at": fact.updated_at.isoformat()})
         return {"object": "list", "namespace": ns, "total": store.count(namespace=ns), "data": rows}
