@@ -205,3 +205,55 @@ def test_log_queries_keeps_them_when_asked() -> None:
         assert not any("1906" in line for line in lines)  # values are never logged
     finally:
         logging.getLogger(ACCESS_LOGGER).addFilter(REDACT_QUERIES)
+
+
+def test_lmlm_serve_keeps_a_private_namespace_and_no_key_in_its_log(tmp_path) -> None:
+    """The real `lmlm serve` process, configured by server.yaml, with uvicorn's own logging set-up."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lmlm_agent.model import build_model, save_checkpoint
+    from tools import open_store
+
+    run = tmp_path / "run"
+    save_checkpoint(run / "lmlm", build_model("micro", tokenizer()), tokenizer(), kind="lmlm", preset="micro")
+    store = open_store(run / "kb.sqlite", index=False)
+    store.write(*SECRET, namespace="team-a")
+    store.close()
+    (run / "server.yaml").write_text(f"namespace_tokens:\n  team-a: {TOKEN_A}\nmax_tokens: 8\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMLM_")}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    server = subprocess.Popen([sys.executable, "-m", "lmlm_agent.cli", "serve", "--run", str(run), "--port", str(port),
+                               "--token", ADMIN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "lmlm serve did not start"
+            try:
+                httpx.get(url + "/models", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        query = {"entity": SECRET[0], "relation": SECRET[1]}
+        with _http(url, ADMIN) as admin:
+            assert admin.get(LOOKUP.format(ns="team-a"), params=query).status_code == 403
+            refused = admin.post("/v1/chat/completions", json={"model": "lmlm", "namespace": "team-a",
+                                                                "messages": [{"role": "user", "content": QUESTION}]})
+            assert refused.status_code == 403
+        with _http(url, TOKEN_A) as a:
+            assert a.get(LOOKUP.format(ns="team-a"), params=query).json()["value"] == "1906"
+            assert a.request("DELETE", FACTS.format(ns="team-a"), params=query).json()["verified"]
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert "private namespaces: team-a" in log
+    assert '"GET /v1/knowledge/team-a/lookup?<redacted> HTTP/1.1" 200' in log, log
+    for needle in ("Grace", "Hopper", "1906"):
+        assert needle not in log, log

@@ -52,6 +52,8 @@ def serve(
                                  max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
     agent = load_run(run, settings, device=device)
     writes = "writes need the bearer token" if settings.token else "writes refused (no --token / LMLM_API_TOKEN)"
+    if settings.namespace_tokens:
+        writes += f"; private namespaces: {', '.join(sorted(settings.namespace_tokens))}"
     typer.echo(f"serving {run / 'lmlm'} as '{settings.model_id}' on http://{host}:{port}/v1 ({writes})")
     uvicorn.run(create_app(agent, settings), host=host, port=port, log_level="info")
 
