@@ -14,6 +14,7 @@ from lmlm_agent.cli.errors import FrontDoor
 app = typer.Typer(
     cls=FrontDoor,
     help="lmlm: train, serve, audit and benchmark language models that look their facts up in a database.",
+    epilog="A bad URL, file or setting is one 'error:' line (exit status 2); LMLM_DEBUG=1 shows the traceback.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
