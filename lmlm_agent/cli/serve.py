@@ -11,6 +11,30 @@ RUN = typer.Option(..., "--run", help="A run directory (what `lmlm demo` writes)
 DEVICE = typer.Option(None, "--device", help="torch device for the model (default: CPU).")
 
 
+def _check_device(device: str | None) -> None:
+    """A device string torch reads and a backend this machine has, before the model loads onto it."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: not a torch device ({' '.join(str(exc).split())})") from None
+    backend = getattr(torch, kind, None)
+    if kind != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"--device {device!r}: torch sees no {kind} device on this machine")
+
+
+def _check_host(host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as exc:
+        raise OSError(f"--host {host}: {exc.strerror}") from None
+
+
 def serve(
     run: Path = RUN,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you mean to expose it."),
@@ -48,6 +72,8 @@ def serve(
     # server that starts and then fails its requests.
     if config is not None and not config.is_file():
         raise FileNotFoundError(f"--config {config}: no such file")
+    _check_host(host, port)
+    _check_device(device)
     settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
                                  max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
     agent = load_run(run, settings, device=device)
@@ -76,6 +102,7 @@ def chat(
     from lmlm_agent.server import ServerConfig, load_run
 
     console = Console(highlight=False)
+    _check_device(device)
     agent = load_run(run, ServerConfig(semantic=semantic), device=device)
     llm = ChatLMLM(model=str(run / "lmlm"), agent=agent, db_off=db_off, max_tokens=max_tokens)
     console.print(f"[bold]{run / 'lmlm'}[/bold] with {'no database' if db_off else run / 'kb.sqlite'}. "
