@@ -38,9 +38,18 @@ Every answer carries ``citations``: one per fact the model's lookups used (entit
 relation, value, fact_id, score, source, namespace). In a stream each chunk
 carries the citations made since the previous chunk.
 
-Writes and deletes need ``Authorization: Bearer <token>`` (``LMLM_API_TOKEN`` or
-the config file); with no token configured they are refused. Reads (generation
-included) are public unless ``public_read`` is off, then they need the token too.
+Access. Writes and deletes need ``Authorization: Bearer <token>`` (``LMLM_API_TOKEN``
+or the config file); with no token configured they are refused. Reads (generation
+included) are public unless ``public_read`` is off, then they need a token of this
+server. A namespace listed in ``namespace_tokens`` is private: reading it (lookups,
+listings, and generation whose ``namespace`` it is, so its facts reach no other
+client's answers or citations) and writing it need its own token; the server-wide
+token does not open it.
+
+Logs. The access log keeps method, path and status, not the query string (the
+entity and relation of a lookup or a delete), so a forgotten fact's key does not
+stay in the log (``log_queries`` keeps it); no value is ever logged.
+
 Bad requests get a 4xx with an OpenAI-style error body, never a 5xx.
 """
 
@@ -49,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import secrets
 import threading
@@ -82,7 +92,20 @@ class ServerConfig:
 
     model_id: str = field(default="lmlm", metadata={"help": "Model id clients send and /v1/models lists."})
     token: str | None = field(default=None, metadata={"help": f"Bearer token for writes/deletes (env {TOKEN_ENV})."})
-    public_read: bool = field(default=True, metadata={"help": "Reads and generation need no token."})
+    public_read: bool = field(
+        default=True,
+        metadata={"help": "Reads and generation need no token; off: they need the server's or a namespace's token."},
+    )
+    namespace_tokens: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Private namespaces, namespace -> bearer token: reading one (lookup, facts, generation with that "
+                          "`namespace`) and writing it need its own token; the server-wide token does not open it."},
+    )
+    log_queries: bool = field(
+        default=False,
+        metadata={"help": "Keep query strings (the entity and relation of lookups and deletes) in the access log; "
+                          "off: '?<redacted>', so a forgotten fact's key does not stay in the log. Process-wide."},
+    )
     max_request_bytes: int = field(default=64_000, metadata={"help": "Largest request body accepted (413 above)."})
     max_tokens: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
     default_max_tokens: int = field(default=128, metadata={"help": "max_tokens when a chat request gives none."})
@@ -96,6 +119,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _check_private_namespaces(self.namespace_tokens)
+        if self.token == "":
+            raise ValueError("token must not be empty")
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:
@@ -137,6 +163,11 @@ def _check_types(config: ServerConfig) -> None:
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
         value, hint = getattr(config, f.name), hints[f.name]
+        if typing.get_origin(hint) is dict:
+            if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+                # The tokens are secrets: the message names the field and the shape, never the values.
+                raise ValueError(f"{f.name} must be a mapping of strings (namespace: token), got a {type(value).__name__}")
+            continue
         allowed = typing.get_args(hint) or (hint,)
         ok = any(
             (value is None and t is type(None))
@@ -150,6 +181,38 @@ def _check_types(config: ServerConfig) -> None:
             raise ValueError(f"{f.name} must be {names}, got {value!r} ({type(value).__name__})")
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise ValueError(f"{f.name} must be at least 1, got {value}")
+
+
+def _check_private_namespaces(tokens: dict[str, str]) -> None:
+    """Each name of ``namespace_tokens`` is a valid namespace and each token non-empty."""
+    from tools.schema import InvalidInput, clean_namespace
+
+    for name, token in tokens.items():
+        try:
+            clean_namespace(name)
+        except InvalidInput as exc:
+            raise ValueError(f"namespace_tokens: {exc}") from None
+        if not token:
+            raise ValueError(f"namespace_tokens: the token of {name!r} is empty")
+
+
+class QueryRedactor(logging.Filter):
+    """Uvicorn's access log line without its query string: ``GET /v1/knowledge/team/lookup?<redacted>``.
+
+    A lookup's or a delete's query names an entity and a relation; kept in a log,
+    a forgotten fact's key would outlive the fact.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn logs (client, method, path with query, http version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].partition("?")[0] + "?<redacted>", *args[3:])
+        return True
+
+
+REDACT_QUERIES = QueryRedactor()
+ACCESS_LOGGER = "uvicorn.access"
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -479,6 +542,8 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
     app.state.scheduler = scheduler
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
     app.router.on_shutdown.append(scheduler.close)
+    if not config.log_queries:
+        logging.getLogger(ACCESS_LOGGER).addFilter(REDACT_QUERIES)  # the same filter once, however many apps
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -501,21 +566,43 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         scheme, _, value = header.partition(" ")
         return value.strip() if scheme.lower() == "bearer" else None
 
-    def _check(request: Request, action: str) -> None:
-        if config.token is None:
+    private = config.namespace_tokens
+
+    def _same(given: str, token: str) -> bool:
+        return secrets.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
+
+    def _known(given: str) -> bool:
+        return any(_same(given, t) for t in (config.token, *private.values()) if t is not None)
+
+    def _check(request: Request, action: str, token: str | None, scope: str = "") -> None:
+        """The request carries ``token`` (401 without a token or with an unknown one; 403 with another known one)."""
+        if token is None:
             raise APIError(403, f"{action} is disabled: the server has no token configured ({TOKEN_ENV})", "forbidden")
         given = _bearer(request)
         if given is None:
-            raise APIError(401, f"{action} needs 'Authorization: Bearer <token>'", "unauthorized")
-        if not secrets.compare_digest(given.encode("utf-8", "surrogateescape"), config.token.encode()):
+            raise APIError(401, f"{action}{scope} needs 'Authorization: Bearer <token>'", "unauthorized")
+        if not _same(given, token):
+            if _known(given):
+                raise APIError(403, f"this token does not allow {action}{scope}", "forbidden")
             raise APIError(401, "invalid token", "unauthorized")
 
     def reader(request: Request) -> None:
-        if not config.public_read:
-            _check(request, "reading")
+        """A read outside any private namespace: public, or (public_read off) any token of this server."""
+        if config.public_read:
+            return
+        given = _bearer(request)
+        if given is None:
+            raise APIError(401, "reading needs 'Authorization: Bearer <token>'", "unauthorized")
+        if not _known(given):
+            raise APIError(401, "invalid token", "unauthorized")
 
-    def writer(request: Request) -> None:
-        _check(request, "writing")
+    def _allow(request: Request, namespace: str, action: Literal["reading", "writing"]) -> None:
+        if namespace in private:
+            _check(request, action, private[namespace], f" namespace {namespace!r}")
+        elif action == "reading":
+            reader(request)
+        else:
+            _check(request, action, config.token)
 
     # ------------------------------------------------------------------ models
     def _model_card() -> dict[str, Any]:
@@ -535,8 +622,19 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
             raise APIError(404, f"model {model_id!r} is not served here; use {config.model_id!r}", "model_not_found", "model")
 
     # ------------------------------------------------------------------ generation
-    def _job(req: _Sampling, prompts: list[str], max_tokens: int | None, chat: bool, logprobs: int | None) -> Job:
-        """The request as decoder rows, its limits checked; queued for the worker (503 when the queue is full)."""
+    def _job(req: _Sampling, request: Request, prompts: list[str], max_tokens: int | None, chat: bool,
+             logprobs: int | None) -> Job:
+        """The request as decoder rows, its access and limits checked; queued for the worker (503 when the queue is full)."""
+        namespace = None
+        if req.namespace is not None:
+            from tools.schema import InvalidInput, clean_namespace
+
+            try:
+                namespace = clean_namespace(req.namespace)
+            except InvalidInput as exc:
+                raise APIError(400, str(exc), param="namespace") from None
+        # The lookups read this namespace: a private one's facts reach only its token's holders.
+        _allow(request, _lookup_namespace(namespace), "reading")
         _known_model(req.model)
         param = "messages" if chat else "prompt"
         limit = max_tokens or min(config.default_max_tokens, config.max_tokens)
@@ -554,14 +652,6 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
                     "context_length_exceeded",
                     param,
                 )
-        namespace = None
-        if req.namespace is not None:
-            from tools.schema import InvalidInput, clean_namespace
-
-            try:
-                namespace = clean_namespace(req.namespace)
-            except InvalidInput as exc:
-                raise APIError(400, str(exc), param="namespace") from None
         stops = (CHAT_STOP, *(req.stop or ())) if chat else tuple(req.stop or ())
         # A seeded request decodes alone (its own generator), so the same request gives the same answer.
         key = (namespace, uuid.uuid4().hex if req.seed is not None else None)
@@ -621,8 +711,12 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
             raise APIError(499, "the client closed the request", "client_closed")
         return outputs  # type: ignore[return-value]
 
+    def _lookup_namespace(namespace: str | None) -> str:
+        """The namespace a generation's lookups read: the request's, else the store's own default."""
+        return namespace or getattr(store, "namespace", None) or "default"
+
     def _namespace_name(job: Job) -> str:
-        return job.namespace or getattr(store, "namespace", None) or "default"
+        return _lookup_namespace(job.namespace)
 
     def _usage(prompts: list[str], n: int, outputs: list[GenerationOutput]) -> dict[str, int]:
         pt = n * sum(len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts)
@@ -632,7 +726,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
     def _answer_cites(outputs: list[GenerationOutput], job: Job) -> list[dict[str, Any]]:
         return citations([r for o in outputs for r in o.lookups], _namespace_name(job))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(reader)])
+    @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         if len(req.messages) > config.max_messages:
             raise APIError(400, f"{len(req.messages)} messages; at most {config.max_messages}", param="messages")
@@ -640,7 +734,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
             raise APIError(400, "logprobs are returned with non-streamed answers only", param="logprobs")
         prompt = chat_prompt([("user" if m.role == "user" else m.role, m.text) for m in req.messages])
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        job = _job(req, [prompt], req.max_completion_tokens or req.max_tokens, chat=True, logprobs=logprobs)
+        job = _job(req, request, [prompt], req.max_completion_tokens or req.max_tokens, chat=True, logprobs=logprobs)
         ident, stamp = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": stamp, "model": config.model_id}
         if not req.stream:
@@ -678,7 +772,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.post("/v1/completions", dependencies=[Depends(reader)])
+    @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
         prompts: list[str] = req.prompt  # type: ignore[assignment]  (the validator made it a list)
         if req.logprobs is not None and req.stream:
@@ -686,7 +780,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         if req.echo and req.logprobs is not None:
             raise APIError(400, "echo with logprobs would need the prompt's log-probabilities, which are not computed",
                            param="echo")
-        job = _job(req, prompts, req.max_tokens, chat=False, logprobs=req.logprobs)
+        job = _job(req, request, prompts, req.max_tokens, chat=False, logprobs=req.logprobs)
         ident, stamp = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "object": "text_completion", "created": stamp, "model": config.model_id}
         # Choice i*n + j is the j-th answer to prompt i, as OpenAI numbers them.
@@ -738,31 +832,39 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
         except ValueError as exc:
             raise APIError(400, f"{name}: {exc}", param=name) from None
 
-    @app.get("/v1/knowledge/{namespace:path}/lookup", dependencies=[Depends(reader)])
-    def lookup(namespace: str, entity: str, relation: str) -> Any:
-        return _observe(typed_tools.read(store, entity=_query_text("entity", entity), relation=_query_text("relation", relation),
-                                         namespace=_namespace(namespace)))
-
-    @app.get("/v1/knowledge/{namespace:path}/facts", dependencies=[Depends(reader)])
-    def list_facts(namespace: str, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=INT64)) -> dict[str, Any]:
+    def _namespace_for(request: Request, namespace: str, action: Literal["reading", "writing"]) -> str:
         ns = _namespace(namespace)
+        _allow(request, ns, action)
+        return ns
+
+    @app.get("/v1/knowledge/{namespace:path}/lookup")
+    def lookup(request: Request, namespace: str, entity: str, relation: str) -> Any:
+        ns = _namespace_for(request, namespace, "reading")
+        return _observe(typed_tools.read(store, entity=_query_text("entity", entity), relation=_query_text("relation", relation),
+                                         namespace=ns))
+
+    @app.get("/v1/knowledge/{namespace:path}/facts")
+    def list_facts(request: Request, namespace: str, limit: int = Query(100, ge=1, le=1000),
+                   offset: int = Query(0, ge=0, le=INT64)) -> dict[str, Any]:
+        ns = _namespace_for(request, namespace, "reading")
         rows = []
-        for fact in itertools.islice(store.iter_facts(namespace=ns), offset, offset + limit):
+        # islice takes positions up to 2**63 - 1 (INT64): an offset near it still lists to the end, not a 500.
+        for fact in itertools.islice(store.iter_facts(namespace=ns), offset, min(offset + limit, INT64)):
             rows.append({"id": fact.id, "entity": fact.entity, "relation": fact.relation, "value": fact.value,
                          "source": fact.source, "updated_at": fact.updated_at.isoformat()})
         return {"object": "list", "namespace": ns, "total": store.count(namespace=ns), "data": rows}
 
-    @app.post("/v1/knowledge/{namespace:path}/facts", dependencies=[Depends(writer)])
-    def write_fact(namespace: str, fact: FactIn) -> Any:
-        obs = typed_tools.write(store, **fact.model_dump(exclude_none=True), namespace=_namespace(namespace))
-        return _observe(obs, status=201)
+    @app.post("/v1/knowledge/{namespace:path}/facts")
+    def write_fact(request: Request, namespace: str, fact: FactIn) -> Any:
+        ns = _namespace_for(request, namespace, "writing")
+        return _observe(typed_tools.write(store, **fact.model_dump(exclude_none=True), namespace=ns), status=201)
 
-    @app.delete("/v1/knowledge/{namespace:path}/facts", dependencies=[Depends(writer)])
-    def delete_facts(namespace: str, fact_id: int | None = Query(None, ge=1, le=INT64), entity: str | None = None,
-                     relation: str | None = None) -> Any:
+    @app.delete("/v1/knowledge/{namespace:path}/facts")
+    def delete_facts(request: Request, namespace: str, fact_id: int | None = Query(None, ge=1, le=INT64),
+                     entity: str | None = None, relation: str | None = None) -> Any:
+        ns = _namespace_for(request, namespace, "writing")
         selector = {"fact_id": fact_id, "entity": _query_text("entity", entity), "relation": _query_text("relation", relation)}
-        return _observe(typed_tools.delete(store, **{k: v for k, v in selector.items() if v is not None},
-                                           namespace=_namespace(namespace)))
+        return _observe(typed_tools.delete(store, **{k: v for k, v in selector.items() if v is not None}, namespace=ns))
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
@@ -836,4 +938,4 @@ def load_run(run: str | Path, config: ServerConfig | None = None, device: str | 
     return LMLMAgent.from_pretrained(run / "lmlm", store=store, device=device)
 
 
-__all__ = ["ServerConfig", "create_app", "load_run", "APIError", "BodyLimit", "BatchScheduler", "TOKEN_ENV"]
+__all__ = ["ServerConfig", "create_app", "load_run", "APIError", "BodyLimit", "BatchScheduler", "QueryRedactor", "TOKEN_ENV"]

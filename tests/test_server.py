@@ -173,6 +173,11 @@ def test_bad_requests_get_a_4xx_with_an_error_body(http, method, path, body, hea
     assert resp.json()["error"]["message"]
 
 
+def test_an_offset_near_the_64_bit_limit_lists_nothing(http) -> None:
+    resp = http.get("/v1/knowledge/default/facts", params={"offset": 2**63 - 100})  # offset + limit is past 2**63 - 1
+    assert resp.status_code == 200 and resp.json()["data"] == []
+
+
 def test_private_reads_need_the_token(served) -> None:
     from lmlm_agent.server import ServerConfig as Config
 

@@ -1,13 +1,20 @@
-"""The `lmlm` command line: the front door. Sub-commands import their heavy dependencies lazily."""
+"""The `lmlm` command line: the front door. Sub-commands import their heavy dependencies lazily.
+
+A bad URL, file or setting ends any command with one line, ``error: ...``, and exit
+status 2 (:mod:`lmlm_agent.cli.errors`); ``LMLM_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import typer
 
 from lmlm_agent.cli import annotate, bench, demo, evaluate, kb, serve, teacher, train
+from lmlm_agent.cli.errors import FrontDoor
 
 app = typer.Typer(
+    cls=FrontDoor,
     help="lmlm: train, serve, audit and benchmark language models that look their facts up in a database.",
+    epilog="A bad URL, file or setting is one 'error:' line (exit status 2); LMLM_DEBUG=1 shows the traceback.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )

@@ -52,7 +52,9 @@ def _clear_errors() -> Iterator[None]:
     try:
         yield
     except (InvalidInput, OSError, json.JSONDecodeError, UnicodeDecodeError, SQLAlchemyError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        from lmlm_agent.cli.errors import explain
+
+        message = explain(exc) or type(exc).__name__  # names the database or index it was opening
         _console().print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
         raise typer.Exit(1) from None
 
@@ -433,8 +435,9 @@ def rebuild_index(
 
 @app.command("ingest")
 def ingest(
+    ctx: typer.Context,
     path: Path = typer.Argument(..., help="Text to learn from: a .txt file (paragraphs split at blank lines) or JSONL of {id, text}."),
-    run: Optional[Path] = typer.Option(None, "--run", help="A run directory: its annotator/ and kb.sqlite (overrides --annotator/--db)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A run directory: its annotator/ and kb.sqlite (not with --annotator or --db)."),
     annotator: Optional[Path] = typer.Option(None, "--annotator", help="Directory of a trained annotator (`lmlm annotate train`)."),
     db: str = DB,
     index: Optional[str] = INDEX,
@@ -452,6 +455,11 @@ def ingest(
     hf_logging.disable_progress_bar()  # no weight-loading bar in the command's output
 
     if run is not None:
+        typed = [flag for flag, name in (("--annotator", "annotator"), ("--db", "db"))
+                 if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]  # typer's own enum, not click's
+        if typed:
+            raise typer.BadParameter(f"--run sets the annotator and the store ({run}/annotator, {run}/kb.sqlite); "
+                                     f"drop --run or {' and '.join(typed)}")
         annotator, db = run / "annotator", str(run / "kb.sqlite")
     if annotator is None:
         raise typer.BadParameter("give --run DIR or --annotator DIR")

@@ -11,19 +11,44 @@ RUN = typer.Option(..., "--run", help="A run directory (what `lmlm demo` writes)
 DEVICE = typer.Option(None, "--device", help="torch device for the model (default: CPU).")
 
 
+def _check_device(device: str | None) -> None:
+    """A device string torch reads and a backend this machine has, before the model loads onto it."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: not a torch device ({' '.join(str(exc).split())})") from None
+    backend = getattr(torch, kind, None)
+    if kind != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"--device {device!r}: torch sees no {kind} device on this machine")
+
+
+def _check_host(host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as exc:
+        raise OSError(f"--host {host}: {exc.strerror}") from None
+
+
 def serve(
     run: Path = RUN,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you mean to expose it."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free one)."),
     config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML of ServerConfig fields (limits, access); default RUN/server.yaml if present."
+        None, "--config", help="YAML of ServerConfig fields (limits, access, namespace_tokens); default RUN/server.yaml if present."
     ),
     token: Optional[str] = typer.Option(
         None, "--token", envvar="LMLM_API_TOKEN", show_envvar=True,
         help="Bearer token that knowledge writes and deletes require; without one they are refused.",
     ),
     public_read: Optional[bool] = typer.Option(
-        None, "--public-read/--private-read", help="Whether reads and generation need the token (default: public)."
+        None, "--public-read/--private-read",
+        help="Whether reads and generation outside private namespaces need a token of this server (default: public).",
     ),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest max_tokens a request may ask for."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Most answers decoded together (default 8)."),
@@ -37,19 +62,24 @@ def serve(
 ) -> None:
     """Serve a run over an OpenAI-compatible API.
 
-    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token). Concurrent requests are decoded in one continuous batch (per knowledge-base namespace); OpenAI parameters the server does not implement are refused with a 400 naming them.
+    /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token; a namespace listed under `namespace_tokens` in the config file is private: reading, writing and generating over it need its own token). The access log leaves out query strings (looked-up names) unless `log_queries: true`. Concurrent requests are decoded in one continuous batch (per knowledge-base namespace); OpenAI parameters the server does not implement are refused with a 400 naming them.
     """
     import uvicorn
 
     from lmlm_agent.server import ServerConfig, create_app, load_run
 
-    try:
-        settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
-                                     max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
-        agent = load_run(run, settings, device=device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    # Everything is checked before the server binds: a bad value is one `error:` line (the front door's), not a
+    # server that starts and then fails its requests.
+    if config is not None and not config.is_file():
+        raise FileNotFoundError(f"--config {config}: no such file")
+    _check_host(host, port)
+    _check_device(device)
+    settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
+                                 max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
+    agent = load_run(run, settings, device=device)
     writes = "writes need the bearer token" if settings.token else "writes refused (no --token / LMLM_API_TOKEN)"
+    if settings.namespace_tokens:
+        writes += f"; private namespaces: {', '.join(sorted(settings.namespace_tokens))}"
     typer.echo(f"serving {run / 'lmlm'} as '{settings.model_id}' on http://{host}:{port}/v1 ({writes})")
     uvicorn.run(create_app(agent, settings), host=host, port=port, log_level="info")
 
@@ -72,10 +102,8 @@ def chat(
     from lmlm_agent.server import ServerConfig, load_run
 
     console = Console(highlight=False)
-    try:
-        agent = load_run(run, ServerConfig(semantic=semantic), device=device)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    _check_device(device)
+    agent = load_run(run, ServerConfig(semantic=semantic), device=device)
     llm = ChatLMLM(model=str(run / "lmlm"), agent=agent, db_off=db_off, max_tokens=max_tokens)
     console.print(f"[bold]{run / 'lmlm'}[/bold] with {'no database' if db_off else run / 'kb.sqlite'}. "
                   "Ask about the world (e.g. 'Where was <name> born?'); an empty line quits.")
