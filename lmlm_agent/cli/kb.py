@@ -141,25 +141,35 @@ def _documents(path: Path, data: Any, loaded: Loaded) -> Iterator[tuple[str, str
 
 
 def _annotated_rows(path: Path, data: Any, source: Optional[str]) -> Loaded:
-    """Triples of the complete calls in annotated text; legacy ``[dblookup(...)]`` calls are converted first."""
-    from lmlm_agent.format import extract_triples, legacy_to_special
+    """Triples of the complete calls in annotated text.
+
+    Legacy ``[dblookup(...)]`` calls are converted first; MemLLM text gives its writes
+    (``({MEM_WRITE--> e>>r>>v})``) and its answered object reads as triples.
+    """
+    from lmlm_agent.format import extract_triples, legacy_to_special, memllm_to_special
     from tools.io import Loaded, Rejection
 
     loaded = Loaded()
     for doc_id, text in _documents(path, data, loaded):
         where = f"{path.name}#{doc_id}"
+        triples: list[tuple[str, str, str]] = []
         if "[dblookup(" in text:
             conversion = legacy_to_special(text)
             text = conversion.text
             loaded.rejected.extend(Rejection(where=where, reason=f"unreadable legacy call: {raw[:80]}") for raw in conversion.dropped)
-        for triple in extract_triples(text):
+        if "({MEM_" in text:
+            conversion, triples = memllm_to_special(text)
+            text = conversion.text
+            loaded.rejected.extend(Rejection(where=where, reason=f"MemLLM block with no LMLM triple: {raw[:80]}")
+                                   for raw in conversion.dropped)
+        for triple in [*extract_triples(text), *triples]:
             loaded.take(where, triple, source or where)
     return loaded
 
 
 @app.command("import")
 def import_(
-    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL triples, LMLM database JSON, or annotated text."),
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL triples, LMLM database JSON, or annotated text (LMLM calls, legacy dblookup, or MemLLM reads and writes)."),
     fmt: str = typer.Option("auto", "--format", "-f", help=f"One of {', '.join(FORMATS)}."),
     source: Optional[str] = typer.Option(None, help="Provenance for rows without one (default: file and line/document)."),
     multi_valued: bool = typer.Option(
@@ -419,21 +429,39 @@ def stats(
 @app.command("export")
 def export(
     path: Path = typer.Argument(..., dir_okay=False, help="Output file."),
-    fmt: str = typer.Option("jsonl", "--format", "-f", help="'jsonl' (rows with provenance) or 'lmlm-db' (published format)."),
+    fmt: str = typer.Option(
+        "jsonl", "--format", "-f",
+        help="'jsonl' (rows with provenance), 'lmlm-db' (published format) or 'memllm' (one MemLLM memory write per line).",
+    ),
     db: str = DB,
-    index: Optional[str] = typer.Option(None, "--index", help="Accepted for uniformity; export reads SQL only."),
     namespace: str = NAMESPACE,
 ) -> None:
-    """Write a namespace's facts to a file (SQL is the truth; the index is not read)."""
+    """Write a namespace's facts to a file (SQL is the truth; the index is not read). Each format re-imports with `lmlm kb import`."""
     from tools.io import export_jsonl, export_lmlm_database
 
-    writers = {"jsonl": export_jsonl, "lmlm-db": export_lmlm_database}
+    writers = {"jsonl": export_jsonl, "lmlm-db": export_lmlm_database, "memllm": _export_memllm}
     if fmt not in writers:
         raise typer.BadParameter(f"--format must be one of {', '.join(writers)}")
     with _clear_errors():
         path.parent.mkdir(parents=True, exist_ok=True)
         n = writers[fmt](_open(db, "off", namespace), path)
     _console().print(f"wrote {n:,} facts of namespace [cyan]{namespace}[/cyan] to {path} ({fmt})")
+
+
+def _export_memllm(store: SQLKnowledgeStore, path: Path) -> int:
+    """One ``({MEM_WRITE--> e>>r>>v})`` per fact; a fact the dialect cannot spell is refused before anything is written."""
+    from lmlm_agent.format import render_memllm_write
+    from tools import InvalidInput
+
+    facts = list(store.iter_facts())
+    unspellable = [f for f in facts if render_memllm_write(f.entity, f.relation, f.value) is None]
+    if unspellable:
+        f = unspellable[0]
+        raise InvalidInput(f"{len(unspellable)} facts hold '>>', ';' or '}})', which MemLLM writes cannot carry, e.g. "
+                           f"#{f.id} ({f.entity!r}, {f.relation!r}, {f.value!r}); export them as jsonl")
+    with path.open("w", encoding="utf-8") as fh:
+        fh.writelines(render_memllm_write(f.entity, f.relation, f.value) + "\n" for f in facts)
+    return len(facts)
 
 
 @app.command("rebuild-index")
