@@ -253,7 +253,13 @@ class SemanticIndex:
 
     @property
     def local(self) -> bool:
+        """A directory on this machine (several processes may share it: it is locked)."""
         return self._client.local
+
+    @property
+    def shared(self) -> bool:
+        """A directory or a server, as opposed to this process's private in-memory index."""
+        return self.location != EPHEMERAL
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[ClientAPI]:

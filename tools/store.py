@@ -89,7 +89,7 @@ AUDIT_KEY = "audit_key"  # kb_meta row: the HMAC key of forgotten facts' digests
 DIGEST_PREFIX = "hmac:"
 INDEX_PAGE = 1_024  # pending index operations applied per step (one embedding batch)
 SCAN_MIN_BYTES = 4  # shorter forgotten strings are not searched for on disk (they occur by chance)
-TEST_PAUSE_ENV = "LMLM_KB_TEST_PAUSE_S"  # tests only: sleep after each applied index step, so a kill lands mid-way
+TEST_PAUSE_ENV = "LMLM_KB_TEST_PAUSE_S"  # tests only: sleep before each index step, so a kill lands between SQL and index
 R = TypeVar("R")
 
 FACTS = Fact.__table__
@@ -427,12 +427,7 @@ class SQLKnowledgeStore:
         """
         ns = self._ns(namespace)
         row = clean_triple(entity, relation, value, source)
-        self._upsert(ns, [row], mode)
-        with self.engine.connect() as conn:
-            stored = conn.execute(select(FACTS).where(
-                FACTS.c.namespace == ns, FACTS.c.entity_key == row.entity_key, FACTS.c.relation_key == row.relation_key,
-                FACTS.c.value == row.value,
-            ).order_by(FACTS.c.id)).first()
+        _, [stored] = self._upsert(ns, [row], mode, echo=True)
         return Fact(**stored._mapping)
 
     def write_many(
@@ -456,7 +451,7 @@ class SQLKnowledgeStore:
         """
         ns = self._ns(namespace)
         rows = [self._clean_row(n, t, source) for n, t in enumerate(triples)]
-        return self._upsert(ns, rows, mode)
+        return self._upsert(ns, rows, mode)[0]
 
     @staticmethod
     def _clean_row(n: int, triple: Triple, source: str | None) -> CleanTriple:
@@ -475,18 +470,20 @@ class SQLKnowledgeStore:
                 "create=False; open it once without create=False to migrate it (lossless), then write"
             )
 
-    def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None) -> WriteStats:
+    def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None, *, echo: bool = False) -> tuple[WriteStats, list[Any]]:
         """One SQL transaction for all rows (all or nothing, the index changes journalled in it), then the index follows.
 
         A transaction that lost a race with another writer (a busy database, the same key
-        inserted first) is planned and run again, so an upsert never fails for it.
+        inserted first) is planned and run again, so an upsert never fails for it. ``echo``:
+        also return each row as stored, read in the same transaction (a later writer may
+        replace it the moment it commits).
         """
         self._writable()
         if mode is not None and mode not in WRITE_MODES:
             raise InvalidInput(f"mode must be 'add', 'replace' or None, got {mode!r}")
 
         def write(conn: Any) -> _WritePlan:
-            plan = _WritePlan(ns, utcnow(), journal_adds=self.index is not None)
+            plan = _WritePlan(ns, utcnow(), journal_adds=self._journalled)
             multi = set() if mode is not None else set(
                 conn.execute(select(RELATIONS.c.relation_key).where(RELATIONS.c.namespace == ns)).scalars()
             )
@@ -509,14 +506,34 @@ class SQLKnowledgeStore:
                 plan.flush(conn, self._audit_key(conn))
             if plan.inserted or plan.dropped:
                 _bump_generation(conn)
+            if echo:
+                plan.echo = [conn.execute(select(FACTS).where(
+                    FACTS.c.namespace == ns, FACTS.c.entity_key == r.entity_key, FACTS.c.relation_key == r.relation_key,
+                    FACTS.c.value == r.value).order_by(FACTS.c.id)).first() for r in rows]
             return plan
 
         try:
             plan = retrying(self.engine, write)
         except IntegrityError as exc:
             raise InvalidInput(f"the write kept colliding with concurrent writers; nothing was written ({exc.orig})") from exc
-        self.apply_index_ops()
-        return WriteStats(len(plan.new_keys), plan.updated, plan.unchanged, plan.duplicates, len(plan.dropped))
+        if self._journalled:
+            self.apply_index_ops()
+        elif self.index is not None:  # a private in-memory index follows this handle's own writes only
+            if plan.new_keys:
+                self.index.add(ns, plan.new_keys)
+            if plan.dropped:
+                self.index.delete(ns, [r.id for r in plan.dropped])
+        return WriteStats(len(plan.new_keys), plan.updated, plan.unchanged, plan.duplicates, len(plan.dropped)), plan.echo
+
+    @property
+    def _journalled(self) -> bool:
+        """Whether index changes go through the journal: for an index other processes share (a directory, a server).
+
+        A private in-memory index is this process's alone, so another process must never apply
+        (and clear) journal entries into it; its handle updates it directly. Deletions are
+        journalled whatever the index, for the shared index a later open will find.
+        """
+        return self.index is not None and self.index.shared
 
     def _read_key(self, conn: Any) -> bytes | None:
         """The audit key without creating one (a reader's connection must not write)."""
@@ -542,36 +559,38 @@ class SQLKnowledgeStore:
         Per fact id the last operation wins; an add is applied only while SQL still has the row
         under that key, so replaying an old journal never resurrects a deleted key.
         """
-        if self.index is None:
+        if not self._journalled:
             return 0
+        assert self.index is not None
         applied, last = 0, 0
         while True:
-            with self.index.session(write=True):
+            with self.index.session(write=True):  # a local directory stays locked from reading the journal to clearing it
                 with self.engine.connect() as conn:
                     ops = conn.execute(select(OUTBOX).where(OUTBOX.c.id > last).order_by(OUTBOX.c.id).limit(INDEX_PAGE)).all()
-                    if not ops:
-                        return applied
-                    final: dict[tuple[str, int], Any] = {(op.namespace, op.fact_id): op for op in ops}
-                    adds = [op for op in final.values() if op.key is not None]
-                    live = {r.id: r for r in conn.execute(_BY_IDS, {"ids": [op.fact_id for op in adds]})} if adds else {}
+                    final = {(op.namespace, op.fact_id): op for op in ops}
+                    adds = [op.fact_id for op in final.values() if op.key is not None]
+                    live = {r.id: r for r in conn.execute(_BY_IDS, {"ids": adds})} if adds else {}
+                if not ops:
+                    return applied
+                if os.environ.get(TEST_PAUSE_ENV):
+                    time.sleep(float(os.environ[TEST_PAUSE_ENV]))
                 by_ns: dict[str, tuple[list[tuple[int, str]], list[int]]] = {}
                 for op in final.values():
-                    todo = by_ns.setdefault(op.namespace, ([], []))
+                    to_add, to_delete = by_ns.setdefault(op.namespace, ([], []))
                     row = live.get(op.fact_id)
-                    if op.key is not None and row is not None and row.namespace == op.namespace and row.key == op.key:
-                        todo[0].append((op.fact_id, op.key))
-                    elif op.key is None:
-                        todo[1].append(op.fact_id)
+                    if op.key is None:
+                        to_delete.append(op.fact_id)
+                    elif row is not None and row.namespace == op.namespace and row.key == op.key:
+                        to_add.append((op.fact_id, op.key))
                 for ns, (to_add, to_delete) in by_ns.items():
                     if to_delete:
                         self.index.delete(ns, to_delete)
                     if to_add:
                         self.index.add(ns, to_add)
                 ids = [op.id for op in ops]
-                retrying(self.engine, lambda conn: conn.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(ids))))
+                for chunk in _chunks(ids, SQL_CHUNK):
+                    retrying(self.engine, lambda conn, chunk=chunk: conn.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(chunk))))
             applied, last = applied + len(ops), ops[-1].id
-            if os.environ.get(TEST_PAUSE_ENV):
-                time.sleep(float(os.environ[TEST_PAUSE_ENV]))
 
     def pending_index_ops(self) -> int:
         with self.engine.connect() as conn:
@@ -635,7 +654,10 @@ class SQLKnowledgeStore:
         index_remaining: int | None = None
         if self.index is not None:
             index_removed = self.index.present(ns, ids)
-            self.apply_index_ops()
+            if self._journalled:
+                self.apply_index_ops()
+            else:
+                self.index.delete(ns, ids)
             index_remaining = len(self.index.present(ns, ids))
             if rows:
                 self.index.compact()
@@ -861,6 +883,7 @@ class _WritePlan:
         self.deletes: list[Any] = []
         self.new_keys: list[tuple[int, str]] = []
         self.dropped: list[Any] = []
+        self.echo: list[Any] = []  # the rows as stored, when the caller asked for them
         self.updated = self.unchanged = self.duplicates = 0
 
     @property
@@ -1214,6 +1237,6 @@ def open_store(
         engine, index=semantic, namespace=namespace, policy=lookup, legacy_schema=prepared.legacy_schema,
         relation_vectors=RELATION_VECTORS if semantic_relations else None,
     )
-    if create and semantic is not None:
+    if create:
         store.apply_index_ops()  # what a killed writer journalled but never reached the index
     return store
