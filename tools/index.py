@@ -4,12 +4,28 @@ The index is derived from SQL and holds only ``id -> key`` (values are always re
 from SQL), so it can be dropped and rebuilt from the rows at any time, and a value
 update never needs a re-embedding. One collection per (store, namespace) keeps the
 namespace boundary physical: a query can only ever see its own namespace's keys.
+
+Several processes may share one local index directory: Chroma's local client keeps its
+vector index in memory and writes it back over what another process wrote (the lost
+rows of issue 20), and two first opens race on its tables. So every use of a local
+directory happens under a cross-process file lock (``lmlm-index.lock`` in the
+directory), and a process reopens its client whenever another process wrote since its
+own last use (a stamp file changes at every write). A process that cannot get the lock
+within ``wait_s`` gets :class:`IndexBusy`, never a corrupt index. A Chroma server
+serialises writers itself and needs none of this.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import sqlite3
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -27,7 +43,15 @@ from tools.embedder import embed_queries, intra_op_threads, load_minilm
 
 BATCH = 1024  # keys per add: one embedding call, well under Chroma's max batch size
 EPHEMERAL = ":memory:"
+INDEX_WAIT_S = 60.0  # how long a process waits for another one's hold on a local index directory
+LOCK_FILE = "lmlm-index.lock"
+STAMP_FILE = "lmlm-index.stamp"  # rewritten after every write: tells other processes to reopen
+BUILDING = "-next"  # suffix of a collection being rebuilt beside the live one
 T = TypeVar("T")
+
+
+class IndexBusy(TimeoutError):
+    """Another process held the local index directory longer than ``wait_s``; nothing was changed."""
 
 
 @register_embedding_function
@@ -87,6 +111,122 @@ def make_client(location: str | Path) -> ClientAPI:
     return chromadb.PersistentClient(path=text, settings=settings)
 
 
+def is_local_dir(location: str) -> bool:
+    return location != EPHEMERAL and not location.startswith(("http://", "https://"))
+
+
+class _Client:
+    """The one Chroma client of this process for one index location, used only inside :meth:`session`.
+
+    For a local directory a session holds the directory's file lock (and, for the threads of
+    this process, a mutex), reopens the client when the stamp file shows another process
+    wrote, and rewrites the stamp after a write. ``epoch`` counts reopenings, so collection
+    handles from an older client are never reused.
+    """
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.local = is_local_dir(location)
+        self.client: ClientAPI | None = None
+        self.epoch = 0
+        self._stamp: str | None = None
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._wrote = False
+        self._fd: int | None = None
+
+    @contextmanager
+    def session(self, wait_s: float, *, write: bool) -> Iterator[ClientAPI]:
+        if not self.local:
+            if self.client is None:
+                self.client = make_client(self.location)
+            yield self.client
+            return
+        with self._mutex:
+            outer = self._depth == 0
+            if outer:
+                self._lock(wait_s)
+            self._depth += 1
+            try:
+                if outer:
+                    self._refresh()
+                assert self.client is not None
+                yield self.client
+                self._wrote |= write
+            finally:
+                self._depth -= 1
+                if outer:
+                    try:
+                        if self._wrote:
+                            self._bump()
+                    finally:
+                        self._wrote = False
+                        self._unlock()
+
+    def _lock(self, wait_s: float) -> None:
+        Path(self.location).mkdir(parents=True, exist_ok=True)
+        fd = os.open(os.path.join(self.location, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise IndexBusy(
+                        f"semantic index {self.location} is held by another process for more than {wait_s:g} s "
+                        "(a long import or rebuild?); try again later, raise index_wait_s, or use a Chroma server "
+                        "for many concurrent writers"
+                    ) from None
+                time.sleep(0.05)
+        self._fd = fd
+
+    def _unlock(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    def _read_stamp(self) -> str | None:
+        try:
+            return Path(self.location, STAMP_FILE).read_text()
+        except FileNotFoundError:
+            return None
+
+    def _refresh(self) -> None:
+        stamp = self._read_stamp()
+        if self.client is None or stamp != self._stamp:
+            self.close()
+            self.client = make_client(self.location)
+            self.epoch += 1
+            self._stamp = stamp
+
+    def _bump(self) -> None:
+        stamp = uuid.uuid4().hex
+        tmp = Path(self.location, f"{STAMP_FILE}.{os.getpid()}")
+        tmp.write_text(stamp)
+        os.replace(tmp, Path(self.location, STAMP_FILE))
+        self._stamp = stamp
+
+    def close(self) -> None:
+        """Release the client (a local one writes its vector index back to disk)."""
+        if self.client is not None and self.local:
+            self.client.close()
+        self.client = None
+
+
+_CLIENTS: dict[str, _Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client_for(location: str) -> _Client:
+    key = str(Path(location).resolve()) if is_local_dir(location) else location
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = _Client(key if is_local_dir(location) else location)
+        return _CLIENTS[key]
+
+
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while batch := list(islice(it, size)):
@@ -94,88 +234,196 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 class SemanticIndex:
-    """Per-namespace Chroma collections of one store, named from the store's id and the namespace."""
+    """Per-namespace Chroma collections of one store, named from the store's id and the namespace.
 
-    def __init__(self, client: ClientAPI, store_id: str, location: str) -> None:
-        self.client = client
-        self.store_id = store_id
+    ``wait_s``: how long to wait for another process's hold on a local directory before
+    :class:`IndexBusy`.
+    """
+
+    def __init__(self, location: str, store_id: str, *, wait_s: float = INDEX_WAIT_S) -> None:
         self.location = location
+        self.store_id = store_id
+        self.wait_s = wait_s
+        self._client = _client_for(location)
         self._embedding = MiniLMEmbedding()
         self._collections: dict[str, Collection] = {}
+        self._epoch = -1
+        with self.session():  # opens (and, for a new directory, creates) the index under the lock
+            pass
+
+    @property
+    def local(self) -> bool:
+        """A directory on this machine (several processes may share it: it is locked)."""
+        return self._client.local
+
+    @property
+    def shared(self) -> bool:
+        """A directory or a server, as opposed to this process's private in-memory index."""
+        return self.location != EPHEMERAL
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[ClientAPI]:
+        """Hold the index for several operations (one lock, one freshness check)."""
+        with self._client.session(self.wait_s, write=write) as client:
+            if self._epoch != self._client.epoch:
+                self._collections.clear()
+                self._epoch = self._client.epoch
+            yield client
 
     def collection_name(self, namespace: str) -> str:
         """Chroma names allow only ``[a-zA-Z0-9._-]``; hashing the namespace keeps any valid namespace usable."""
         digest = hashlib.sha1(namespace.encode()).hexdigest()[:16]
         return f"kb-{self.store_id[:12]}-{digest}"
 
-    def _get(self, namespace: str, *, create: bool) -> Collection | None:
+    def _label(self, namespace: str) -> dict[str, Any]:
+        return {"namespace": namespace, "store_id": self.store_id}
+
+    def _metadata(self, namespace: str) -> dict[str, Any]:
+        """At creation only: Chroma refuses to change the distance later."""
+        return {"hnsw:space": "cosine", **self._label(namespace)}
+
+    def _get(self, client: ClientAPI, namespace: str, *, create: bool) -> Collection | None:
         if namespace in self._collections:
             return self._collections[namespace]
         name = self.collection_name(namespace)
-        if create:
-            col = self.client.get_or_create_collection(
-                name,
-                metadata={"hnsw:space": "cosine", "namespace": namespace, "store_id": self.store_id},
-                embedding_function=self._embedding,
-            )
-        else:
-            try:
-                col = self.client.get_collection(name, embedding_function=self._embedding)
-            except NotFoundError:
-                return None
-        self._collections[namespace] = col
+        try:
+            col = client.get_collection(name, embedding_function=self._embedding)
+        except NotFoundError:
+            col = self._finish_swap(client, namespace)
+            if col is None and create:
+                col = client.get_or_create_collection(name, metadata=self._metadata(namespace),
+                                                      embedding_function=self._embedding)
+        if col is not None:
+            self._collections[namespace] = col
         return col
 
+    def _finish_swap(self, client: ClientAPI, namespace: str) -> Collection | None:
+        """A rebuild killed between dropping the old collection and renaming the new one: rename it now."""
+        try:
+            col = client.get_collection(self.collection_name(namespace) + BUILDING, embedding_function=self._embedding)
+        except NotFoundError:
+            return None
+        if not (col.metadata or {}).get("complete"):
+            return None
+        col.modify(name=self.collection_name(namespace), metadata=self._label(namespace))
+        return client.get_collection(self.collection_name(namespace), embedding_function=self._embedding)
+
     def add(self, namespace: str, rows: Iterable[tuple[int, str]]) -> int:
-        """Embed and add ``(fact_id, key)`` rows in batches; returns how many were added."""
-        col = self._get(namespace, create=True)
-        assert col is not None
+        """Embed and add ``(fact_id, key)`` rows in batches (one lock hold per batch); returns how many were added."""
         added = 0
         for batch in _batches(rows, BATCH):
-            col.upsert(ids=[str(i) for i, _ in batch], documents=[k for _, k in batch])
+            with self.session(write=True) as client:
+                col = self._get(client, namespace, create=True)
+                assert col is not None
+                col.upsert(ids=[str(i) for i, _ in batch], documents=[k for _, k in batch])
             added += len(batch)
         return added
 
     def delete(self, namespace: str, fact_ids: list[int]) -> None:
-        col = self._get(namespace, create=False)
-        if col is not None:
-            for batch in _batches(fact_ids, BATCH):
-                col.delete(ids=[str(i) for i in batch])
+        with self.session(write=True) as client:
+            col = self._get(client, namespace, create=False)
+            if col is not None:
+                for batch in _batches(fact_ids, BATCH):
+                    col.delete(ids=[str(i) for i in batch])
 
     def present(self, namespace: str, fact_ids: list[int]) -> list[int]:
         """Which of ``fact_ids`` the index holds (what a receipt reports as removed from, or left in, it)."""
-        col = self._get(namespace, create=False)
-        if col is None:
-            return []
-        found = [i for batch in _batches(fact_ids, BATCH) for i in col.get(ids=[str(i) for i in batch], include=[])["ids"]]
+        with self.session() as client:
+            col = self._get(client, namespace, create=False)
+            if col is None:
+                return []
+            found = [i for batch in _batches(fact_ids, BATCH) for i in col.get(ids=[str(i) for i in batch], include=[])["ids"]]
         return sorted(int(i) for i in found)
+
+    def ids(self, namespace: str, page: int = 10_000) -> set[int]:
+        """Every id in the namespace's collection (what ``check`` compares with SQL)."""
+        found: set[int] = set()
+        with self.session() as client:
+            col = self._get(client, namespace, create=False)
+            while col is not None:
+                got = col.get(include=[], limit=page, offset=len(found))["ids"]
+                found.update(int(i) for i in got)
+                if len(got) < page:
+                    break
+        return found
 
     def query(self, namespace: str, key: str, k: int) -> list[Hit]:
         """The ``k`` nearest keys, best first, with cosine similarity (1 - cosine distance)."""
-        col = self._get(namespace, create=False)
-        if col is None:
-            return []
-        res = col.query(query_texts=[key], n_results=k, include=["documents", "distances"])
+        with self.session() as client:
+            col = self._get(client, namespace, create=False)
+            if col is None:
+                return []
+            res = col.query(query_texts=[key], n_results=k, include=["documents", "distances"])
         ids, docs, dists = res["ids"][0], res["documents"][0], res["distances"][0]
         # Float error can put an identical key a hair above 1.
         return [Hit(int(i), doc, min(1.0, 1.0 - float(d))) for i, doc, d in zip(ids, docs, dists, strict=True)]
 
     def count(self, namespace: str) -> int:
-        col = self._get(namespace, create=False)
-        return 0 if col is None else col.count()
+        with self.session() as client:
+            col = self._get(client, namespace, create=False)
+            return 0 if col is None else col.count()
 
     def namespaces(self) -> list[str]:
         """Namespaces this store has collections for, including ones whose SQL rows are all gone."""
-        return sorted(
-            c.metadata["namespace"]
-            for c in self.client.list_collections()
-            if (c.metadata or {}).get("store_id") == self.store_id
-        )
+        with self.session() as client:
+            return sorted({
+                c.metadata["namespace"]
+                for c in client.list_collections()
+                if (c.metadata or {}).get("store_id") == self.store_id
+            })
+
+    def rebuild(self, namespace: str, rows: Iterable[tuple[int, str]]) -> int:
+        """Embed ``rows`` into a new collection beside the live one, then swap: a kill leaves the old one intact.
+
+        The directory stays held for the whole rebuild (writers wait, or get :class:`IndexBusy`),
+        so no write lands in the old collection after its rows were read.
+        """
+        live, building = self.collection_name(namespace), self.collection_name(namespace) + BUILDING
+        with self.session(write=True) as client:
+            self._collections.pop(namespace, None)
+            try:
+                client.delete_collection(building)  # a rebuild killed earlier
+            except NotFoundError:
+                pass
+            col = client.create_collection(building, metadata=self._metadata(namespace), embedding_function=self._embedding)
+            added = 0
+            for batch in _batches(rows, BATCH):
+                col.upsert(ids=[str(i) for i, _ in batch], documents=[k for _, k in batch])
+                added += len(batch)
+            col.modify(metadata={**self._label(namespace), "complete": True})
+            try:
+                client.delete_collection(live)
+            except NotFoundError:
+                pass
+            col.modify(name=live, metadata=self._label(namespace))
+        return added
+
+    def compact(self) -> None:
+        """After a delete: rewrite a local index's SQLite file, so removed keys leave the disk.
+
+        Chroma deletes rows without overwriting them and keeps the write log of every add; with
+        its client closed, the log entries the index already holds are purged, the full-text
+        index is merged and the file is vacuumed. A server index compacts on its own.
+        """
+        if not self.local:
+            return
+        with self.session(write=True):
+            self._client.close()
+            self._collections.clear()
+            db = sqlite3.connect(os.path.join(self.location, "chroma.sqlite3"))
+            try:
+                db.execute("DELETE FROM embeddings_queue WHERE seq_id <= (SELECT coalesce(min(seq_id), 0) FROM max_seq_id)")
+                db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')")
+                db.commit()
+                db.execute("VACUUM")
+            finally:
+                db.close()
 
     def drop(self, namespace: str) -> None:
-        """Remove the namespace's collection (the first step of a rebuild)."""
-        self._collections.pop(namespace, None)
-        try:
-            self.client.delete_collection(self.collection_name(namespace))
-        except NotFoundError:
-            pass
+        """Remove the namespace's collection."""
+        with self.session(write=True) as client:
+            self._collections.pop(namespace, None)
+            try:
+                client.delete_collection(self.collection_name(namespace))
+            except NotFoundError:
+                pass

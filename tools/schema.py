@@ -180,7 +180,12 @@ AuditAction = Literal["insert", "update", "delete"]
 
 
 class AuditEntry(SQLModel, table=True):
-    """One write or delete, kept after the fact itself is gone (who asserted what, and when it was forgotten)."""
+    """One write or delete, kept after the fact itself is gone (who asserted what, and when it was forgotten).
+
+    A forgotten fact's rows keep no content: entity and relation become keyed digests
+    (``hmac:...``, the key in ``kb_meta``), the delete row's ``old_value`` the digest of the
+    whole triple, and the values of its earlier rows are erased.
+    """
 
     __tablename__ = "kb_audit"
     __table_args__ = (Index("ix_kb_audit_namespace_at", "namespace", "at"),)
@@ -195,6 +200,38 @@ class AuditEntry(SQLModel, table=True):
     old_value: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     new_value: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
     source: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+
+
+class IndexOp(SQLModel, table=True):
+    """A pending change of the semantic index, written in the transaction of the row change it follows.
+
+    ``key`` set: add ``fact_id`` under that key; None: remove ``fact_id``. Applied to the index
+    after the commit and then deleted; whatever a crash leaves is applied by the next writable
+    open (or ``lmlm kb check --repair``), so SQL and the index converge.
+    """
+
+    __tablename__ = "kb_outbox"
+
+    id: int | None = SQLField(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    namespace: str = SQLField(sa_column=Column(Text, nullable=False))
+    fact_id: int = SQLField(sa_column=Column(Integer, nullable=False))
+    key: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Tombstone(SQLModel, table=True):
+    """A forgotten entity, kept only as keyed digests: of its name and of each one-letter deletion of it.
+
+    A query whose name (or one of its one-letter deletions) shares a digest is within one edit
+    of a forgotten name: it is answered ``entity_forgotten``, never with a neighbour's facts,
+    and the forgotten name itself is nowhere on disk.
+    """
+
+    __tablename__ = "kb_tombstone"
+    __table_args__ = (Index("ix_kb_tombstone_entity", "namespace", "entity_digest"),)
+
+    namespace: str = SQLField(sa_column=Column(Text, primary_key=True))
+    variant_digest: str = SQLField(sa_column=Column(Text, primary_key=True))
+    entity_digest: str = SQLField(sa_column=Column(Text, primary_key=True))
 
 
 class StoreMeta(SQLModel, table=True):
@@ -256,6 +293,20 @@ class LookupResult(BaseModel):
         return [r.id for r in self.records]
 
 
+class DiskScan(BaseModel):
+    """What a byte scan of the store's files found of a forget's values, entity names and keys (UTF-8)."""
+
+    files: int = Field(description="files scanned (the SQLite file and its journal, every file of a local index)")
+    bytes: int
+    found: dict[str, list[str]] = Field(description="forgotten string -> files still holding it")
+    held: list[str] = Field(description="strings not searched for: other live rows of the namespace still hold them")
+    too_short: list[str] = Field(description="strings under 4 bytes, not searched for (they occur by chance)")
+
+    @property
+    def clean(self) -> bool:
+        return not self.found
+
+
 class ForgetReceipt(BaseModel):
     """Proof of a delete: the rows removed, what left the index, and re-lookups that no longer see them."""
 
@@ -267,6 +318,8 @@ class ForgetReceipt(BaseModel):
     index_remaining: int | None = Field(description="removed ids still in the index afterwards; None without an index")
     relookups: list[LookupResult] = Field(description="a fresh read of each removed (entity, relation), up to a cap")
     verified: bool = Field(description="nothing remains and no re-lookup returned a removed row (among all its values)")
+    disk: DiskScan | None = Field(None, description="the store's files scanned for the forgotten bytes (SQLite file "
+                                  "and local index only; None for a server database or an in-memory store)")
     at: datetime
 
     @property

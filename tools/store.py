@@ -18,11 +18,19 @@ value again changes nothing. Namespaces are a hard boundary: every statement fil
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import random
+import re
+import secrets
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -45,13 +53,16 @@ from tools.schema import (
     VALUE_SEPARATOR,
     AuditEntry,
     CleanTriple,
+    DiskScan,
     Fact,
     FactRecord,
     ForgetReceipt,
+    IndexOp,
     InvalidInput,
     LookupResult,
     RelationDecl,
     StoreMeta,
+    Tombstone,
     WriteMode,
     clean_field,
     clean_namespace,
@@ -74,11 +85,20 @@ RELOOKUP_CAP = 20  # re-lookups listed in a forget receipt
 DEFAULT_SERVER_INDEX = Path("runs/kb-index")
 GENERATION = "entity_generation"  # kb_meta row that changes with every insert or delete (entity-name caches)
 WRITE_MODES = ("add", "replace")
+AUDIT_KEY = "audit_key"  # kb_meta row: the HMAC key of forgotten facts' digests (audit rows, tombstones)
+DIGEST_PREFIX = "hmac:"
+INDEX_PAGE = 1_024  # pending index operations applied per step (one embedding batch)
+SCAN_MIN_BYTES = 4  # shorter forgotten strings are not searched for on disk (they occur by chance)
+TEST_PAUSE_ENV = "LMLM_KB_TEST_PAUSE_S"  # tests only: sleep before each index step, so a kill lands between SQL and index
+R = TypeVar("R")
 
 FACTS = Fact.__table__
 AUDIT = AuditEntry.__table__
 META = StoreMeta.__table__
 RELATIONS = RelationDecl.__table__
+OUTBOX = IndexOp.__table__
+TOMBSTONES = Tombstone.__table__
+TABLES = [FACTS, AUDIT, META, RELATIONS, OUTBOX, TOMBSTONES]
 _ROW = (FACTS.c.id, FACTS.c.entity, FACTS.c.relation, FACTS.c.value, FACTS.c.source, FACTS.c.key)
 _PAIR_ROWS = select(*_ROW).where(
     FACTS.c.namespace == bindparam("ns"), FACTS.c.entity_key == bindparam("ek"), FACTS.c.relation_key == bindparam("rk")
@@ -203,6 +223,7 @@ class SQLKnowledgeStore:
         self.top_k = top_k
         self.legacy_schema = legacy_schema  # opened read-only (create=False) on the previous schema: no writes
         self._names: dict[str, EntityNames] = {}
+        self._key: bytes | None = None  # kb_meta's audit key, read at the first write or fuzzy lookup
 
     def with_policy(self, policy: PolicyName | LookupPolicy, **settings: Any) -> SQLKnowledgeStore:
         """The same database and index read with another policy (to compare policies on one store)."""
@@ -263,15 +284,29 @@ class SQLKnowledgeStore:
                       min(entity.score, relation.score), **scores)
 
     def _fuzzy_entity(self, conn: Any, ns: str, ek: str) -> EntityMatch:
-        """The nearest stored name, from a cache rebuilt whenever any process inserted or deleted rows."""
+        """The nearest stored name, from a cache rebuilt whenever any process inserted or deleted rows.
+
+        A name within one edit of a forgotten entity (see :class:`~tools.schema.Tombstone`) is
+        ``entity_forgotten`` before any live name is considered.
+        """
+        if self.policy.entity_threshold < 1.0 and self.policy.entity_max_edits >= 1 and not self.legacy_schema:
+            key = self._key or self._read_key(conn)
+            if key is not None:
+                variants = [digest(key, v) for v in one_deletion_variants(ek)]
+                hit = conn.execute(select(TOMBSTONES.c.entity_digest).where(
+                    TOMBSTONES.c.namespace == ns, TOMBSTONES.c.variant_digest.in_(variants)).limit(1)).first()
+                if hit is not None:
+                    return EntityMatch(None, None, "entity_forgotten")
         generation = conn.execute(_GENERATION).scalar()
         names = self._names.get(ns)
         if names is None or not names.is_current(generation):
             live = conn.execute(
                 select(FACTS.c.entity_key).where(FACTS.c.namespace == ns).distinct().order_by(FACTS.c.entity_key)
             ).scalars().all()
+            # Names deleted before forgotten entities became digests (older databases) stay tombstones by name.
             deleted = conn.execute(
-                select(AUDIT.c.entity).where(AUDIT.c.namespace == ns, AUDIT.c.action == "delete").distinct()
+                select(AUDIT.c.entity).where(AUDIT.c.namespace == ns, AUDIT.c.action == "delete",
+                                             AUDIT.c.entity.not_like(DIGEST_PREFIX + "%")).distinct()
             ).scalars().all()
             names = self._names[ns] = EntityNames.build(generation, list(live), list(deleted))
         return names.match(ek, self.policy.entity_threshold, self.policy.entity_max_edits)
@@ -347,7 +382,8 @@ class SQLKnowledgeStore:
         self._writable()
         ns = self._ns(namespace)
         cleaned = {normalise_text(r): r for r in (clean_field("relation", r, MAX_FIELD_CHARS) for r in relations)}
-        with self.engine.begin() as conn:
+
+        def declare(conn: Any) -> list[str]:
             declared = set(conn.execute(select(RELATIONS.c.relation_key).where(RELATIONS.c.namespace == ns)).scalars())
             if multi_valued:
                 new = {k: r for k, r in cleaned.items() if k not in declared}
@@ -359,6 +395,8 @@ class SQLKnowledgeStore:
             for chunk in _chunks(gone, SQL_CHUNK):
                 conn.execute(delete(RELATIONS).where(RELATIONS.c.namespace == ns, RELATIONS.c.relation_key.in_(chunk)))
             return [cleaned[k] for k in gone]
+
+        return retrying(self.engine, declare)
 
     def multi_valued(self, *, namespace: str | None = None) -> list[str]:
         """The relations declared multi-valued in the namespace, as first spelled."""
@@ -389,12 +427,7 @@ class SQLKnowledgeStore:
         """
         ns = self._ns(namespace)
         row = clean_triple(entity, relation, value, source)
-        self._upsert(ns, [row], mode)
-        with self.engine.connect() as conn:
-            stored = conn.execute(select(FACTS).where(
-                FACTS.c.namespace == ns, FACTS.c.entity_key == row.entity_key, FACTS.c.relation_key == row.relation_key,
-                FACTS.c.value == row.value,
-            ).order_by(FACTS.c.id)).first()
+        _, [stored] = self._upsert(ns, [row], mode, echo=True)
         return Fact(**stored._mapping)
 
     def write_many(
@@ -418,7 +451,7 @@ class SQLKnowledgeStore:
         """
         ns = self._ns(namespace)
         rows = [self._clean_row(n, t, source) for n, t in enumerate(triples)]
-        return self._upsert(ns, rows, mode)
+        return self._upsert(ns, rows, mode)[0]
 
     @staticmethod
     def _clean_row(n: int, triple: Triple, source: str | None) -> CleanTriple:
@@ -437,44 +470,160 @@ class SQLKnowledgeStore:
                 "create=False; open it once without create=False to migrate it (lossless), then write"
             )
 
-    def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None) -> WriteStats:
-        """One SQL transaction for all rows (all or nothing), then the index follows (new keys in, dropped ids out)."""
+    def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None, *, echo: bool = False) -> tuple[WriteStats, list[Any]]:
+        """One SQL transaction for all rows (all or nothing, the index changes journalled in it), then the index follows.
+
+        A transaction that lost a race with another writer (a busy database, the same key
+        inserted first) is planned and run again, so an upsert never fails for it. ``echo``:
+        also return each row as stored, read in the same transaction (a later writer may
+        replace it the moment it commits).
+        """
         self._writable()
         if mode is not None and mode not in WRITE_MODES:
             raise InvalidInput(f"mode must be 'add', 'replace' or None, got {mode!r}")
-        plan = _WritePlan(ns, utcnow())
+
+        def write(conn: Any) -> _WritePlan:
+            plan = _WritePlan(ns, utcnow(), journal_adds=self._journalled)
+            multi = set() if mode is not None else set(
+                conn.execute(select(RELATIONS.c.relation_key).where(RELATIONS.c.namespace == ns)).scalars()
+            )
+            added: dict[tuple[str, str, str], CleanTriple] = {}
+            replaced: dict[tuple[str, str], CleanTriple] = {}
+            for r in rows:
+                if mode == "add" or (mode is None and r.relation_key in multi):
+                    added.setdefault((*r.pair, r.value), r)
+                else:
+                    replaced[r.pair] = r  # the last value of the batch wins
+            plan.duplicates = len(rows) - len(added) - len(replaced)
+            todo = [(r, True) for r in added.values()] + [(r, False) for r in replaced.values()]
+            for chunk in _chunks(todo, SQL_CHUNK):
+                found = conn.execute(_BY_PAIRS, {"ns": ns, "pairs": list({r.pair for r, _ in chunk})})
+                existing: dict[tuple[str, str], list[Any]] = {}
+                for e in found:
+                    existing.setdefault((e.entity_key, e.relation_key), []).append(e)
+                for r, add in chunk:
+                    (plan.add if add else plan.replace)(r, existing.setdefault(r.pair, []))
+                plan.flush(conn, self._audit_key(conn))
+            if plan.inserted or plan.dropped:
+                _bump_generation(conn)
+            if echo:
+                plan.echo = [conn.execute(select(FACTS).where(
+                    FACTS.c.namespace == ns, FACTS.c.entity_key == r.entity_key, FACTS.c.relation_key == r.relation_key,
+                    FACTS.c.value == r.value).order_by(FACTS.c.id)).first() for r in rows]
+            return plan
+
         try:
-            with self.engine.begin() as conn:
-                multi = set() if mode is not None else set(
-                    conn.execute(select(RELATIONS.c.relation_key).where(RELATIONS.c.namespace == ns)).scalars()
-                )
-                added: dict[tuple[str, str, str], CleanTriple] = {}
-                replaced: dict[tuple[str, str], CleanTriple] = {}
-                for r in rows:
-                    if mode == "add" or (mode is None and r.relation_key in multi):
-                        added.setdefault((*r.pair, r.value), r)
-                    else:
-                        replaced[r.pair] = r  # the last value of the batch wins
-                plan.duplicates = len(rows) - len(added) - len(replaced)
-                todo = [(r, True) for r in added.values()] + [(r, False) for r in replaced.values()]
-                for chunk in _chunks(todo, SQL_CHUNK):
-                    found = conn.execute(_BY_PAIRS, {"ns": ns, "pairs": list({r.pair for r, _ in chunk})})
-                    existing: dict[tuple[str, str], list[Any]] = {}
-                    for e in found:
-                        existing.setdefault((e.entity_key, e.relation_key), []).append(e)
-                    for r, add in chunk:
-                        (plan.add if add else plan.replace)(r, existing.setdefault(r.pair, []))
-                    plan.flush(conn)
-                if plan.inserted or plan.dropped:
-                    _bump_generation(conn)
+            plan = retrying(self.engine, write)
         except IntegrityError as exc:
-            raise InvalidInput(f"a concurrent writer stored one of these values first; nothing was written ({exc.orig})") from exc
-        if self.index is not None:
+            raise InvalidInput(f"the write kept colliding with concurrent writers; nothing was written ({exc.orig})") from exc
+        if self._journalled:
+            self.apply_index_ops()
+        elif self.index is not None:  # a private in-memory index follows this handle's own writes only
             if plan.new_keys:
                 self.index.add(ns, plan.new_keys)
             if plan.dropped:
                 self.index.delete(ns, [r.id for r in plan.dropped])
-        return WriteStats(len(plan.new_keys), plan.updated, plan.unchanged, plan.duplicates, len(plan.dropped))
+        return WriteStats(len(plan.new_keys), plan.updated, plan.unchanged, plan.duplicates, len(plan.dropped)), plan.echo
+
+    @property
+    def _journalled(self) -> bool:
+        """Whether index changes go through the journal: for an index other processes share (a directory, a server).
+
+        A private in-memory index is this process's alone, so another process must never apply
+        (and clear) journal entries into it; its handle updates it directly. Deletions are
+        journalled whatever the index, for the shared index a later open will find.
+        """
+        return self.index is not None and self.index.shared
+
+    def _read_key(self, conn: Any) -> bytes | None:
+        """The audit key without creating one (a reader's connection must not write)."""
+        stored = conn.execute(select(META.c.value).where(META.c.name == AUDIT_KEY)).scalar()
+        if stored is not None:
+            self._key = bytes.fromhex(stored)
+        return self._key
+
+    def _audit_key(self, conn: Any) -> bytes:
+        if self._key is None:
+            stored = conn.execute(select(META.c.value).where(META.c.name == AUDIT_KEY)).scalar()
+            if stored is None:  # a database made before keyed digests: make its key now
+                stored = secrets.token_hex(32)
+                conn.execute(insert(META).values(name=AUDIT_KEY, value=stored))
+            self._key = bytes.fromhex(stored)
+        return self._key
+
+    # ------------------------------------------------------------------ index journal
+
+    def apply_index_ops(self) -> int:
+        """Apply the journalled index changes (this process's and any a crash left) and clear them; returns how many.
+
+        Per fact id the last operation wins; an add is applied only while SQL still has the row
+        under that key, so replaying an old journal never resurrects a deleted key.
+        """
+        if not self._journalled:
+            return 0
+        assert self.index is not None
+        applied, last = 0, 0
+        while True:
+            with self.index.session(write=True):  # a local directory stays locked from reading the journal to clearing it
+                with self.engine.connect() as conn:
+                    ops = conn.execute(select(OUTBOX).where(OUTBOX.c.id > last).order_by(OUTBOX.c.id).limit(INDEX_PAGE)).all()
+                    final = {(op.namespace, op.fact_id): op for op in ops}
+                    adds = [op.fact_id for op in final.values() if op.key is not None]
+                    live = {r.id: r for r in conn.execute(_BY_IDS, {"ids": adds})} if adds else {}
+                if not ops:
+                    return applied
+                if os.environ.get(TEST_PAUSE_ENV):
+                    time.sleep(float(os.environ[TEST_PAUSE_ENV]))
+                by_ns: dict[str, tuple[list[tuple[int, str]], list[int]]] = {}
+                for op in final.values():
+                    to_add, to_delete = by_ns.setdefault(op.namespace, ([], []))
+                    row = live.get(op.fact_id)
+                    if op.key is None:
+                        to_delete.append(op.fact_id)
+                    elif row is not None and row.namespace == op.namespace and row.key == op.key:
+                        to_add.append((op.fact_id, op.key))
+                for ns, (to_add, to_delete) in by_ns.items():
+                    if to_delete:
+                        self.index.delete(ns, to_delete)
+                    if to_add:
+                        self.index.add(ns, to_add)
+                ids = [op.id for op in ops]
+                for chunk in _chunks(ids, SQL_CHUNK):
+                    retrying(self.engine, lambda conn, chunk=chunk: conn.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(chunk))))
+            applied, last = applied + len(ops), ops[-1].id
+
+    def pending_index_ops(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(OUTBOX)).scalar_one()
+
+    def check_index(self, *, namespace: str | None = None, repair: bool = False) -> list[dict[str, Any]]:
+        """Compare SQL and the index per namespace (counts and ids, both directions); ``repair`` makes them agree.
+
+        Repair applies pending journal entries, embeds rows the index lacks and removes index
+        entries without a row. Each namespace's report: ``facts``, ``indexed``, ``missing``
+        (ids in SQL, not in the index), ``stale`` (in the index, not in SQL), ``pending``
+        journal entries, and after a repair what was ``added`` and ``removed``.
+        """
+        if self.index is None:
+            raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
+        pending = self.pending_index_ops()
+        if repair:
+            self.apply_index_ops()
+        targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
+        report = []
+        for ns in targets:
+            with self.engine.connect() as conn:
+                keys = dict(conn.execute(select(FACTS.c.id, FACTS.c.key).where(FACTS.c.namespace == ns)).tuples().all())
+            indexed = self.index.ids(ns)
+            missing, stale = sorted(set(keys) - indexed), sorted(indexed - set(keys))
+            entry = dict(namespace=ns, facts=len(keys), indexed=len(indexed), missing=len(missing), stale=len(stale),
+                         pending=pending)
+            if repair:
+                if stale:
+                    self.index.delete(ns, stale)
+                entry.update(added=self.index.add(ns, [(i, keys[i]) for i in missing]), removed=len(stale))
+            report.append(entry)
+        return report
 
     # ------------------------------------------------------------------ delete
 
@@ -491,20 +640,27 @@ class SQLKnowledgeStore:
         ns = self._ns(namespace)
         condition, selector = self._selector(fact_id, entity, relation)
         now = utcnow()
-        with self.engine.begin() as conn:
-            rows = conn.execute(select(*_ROW).where(FACTS.c.namespace == ns, condition).order_by(FACTS.c.id)).all()
-            ids = [r.id for r in rows]
-            for chunk in _chunks(ids, SQL_CHUNK):
-                conn.execute(delete(FACTS).where(FACTS.c.namespace == ns, FACTS.c.id.in_(chunk)))
+
+        def forget(conn: Any) -> list[Any]:
+            rows = conn.execute(select(*_ROW, FACTS.c.entity_key, FACTS.c.relation_key)
+                                .where(FACTS.c.namespace == ns, condition).order_by(FACTS.c.id)).all()
             if rows:
-                conn.execute(insert(AUDIT), [_audit(now, "delete", ns, r, old_value=r.value) for r in rows])
-                _bump_generation(conn)
+                _forget_rows(conn, self._audit_key(conn), ns, rows, now)
+            return rows
+
+        rows = retrying(self.engine, forget)
+        ids = [r.id for r in rows]
         index_removed: list[int] = []
         index_remaining: int | None = None
         if self.index is not None:
             index_removed = self.index.present(ns, ids)
-            self.index.delete(ns, ids)
+            if self._journalled:
+                self.apply_index_ops()
+            else:
+                self.index.delete(ns, ids)
             index_remaining = len(self.index.present(ns, ids))
+            if rows:
+                self.index.compact()
         with self.engine.connect() as conn:
             sql_remaining = sum(
                 conn.execute(select(func.count()).select_from(FACTS).where(FACTS.c.id.in_(chunk))).scalar_one()
@@ -522,8 +678,46 @@ class SQLKnowledgeStore:
             index_remaining=index_remaining,
             relookups=relookups,
             verified=sql_remaining == 0 and not index_remaining and not any(gone & set(r.fact_ids) for r in relookups),
+            disk=self._scan_disk(ns, rows) if rows else None,
             at=now,
         )
+
+    def files(self) -> list[Path]:
+        """The files holding this store's content: the SQLite file and its journals, and a local index's files."""
+        found: list[Path] = []
+        if self.engine.url.get_backend_name() == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
+            db = Path(self.engine.url.database)
+            found += [p for p in (db, *(db.with_name(db.name + s) for s in ("-wal", "-journal"))) if p.is_file()]
+        if self.index is not None and self.index.local:
+            found += sorted(p for p in Path(self.index.location).rglob("*") if p.is_file())
+        return found
+
+    def _scan_disk(self, ns: str, rows: Sequence[Any]) -> DiskScan | None:
+        """Search the store's files for the forgotten values, entity names and keys (see :class:`DiskScan`)."""
+        files = self.files()
+        if not files:
+            return None
+        if self.engine.url.get_backend_name() == "sqlite":
+            with self.engine.connect() as conn:  # move the WAL's frames (old page images included) into the zeroed file
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        wanted = {t for r in rows for t in (r.value, r.entity, r.key, r.entity_key)}
+        with self.engine.connect() as conn:
+            held = set(conn.execute(select(FACTS.c.value).where(FACTS.c.namespace == ns, FACTS.c.value.in_(wanted))).scalars())
+            held |= set(conn.execute(select(FACTS.c.entity).where(FACTS.c.namespace == ns, FACTS.c.entity.in_(wanted))).scalars())
+            held |= set(conn.execute(select(FACTS.c.entity_key).where(FACTS.c.namespace == ns,
+                                                                     FACTS.c.entity_key.in_(wanted))).scalars())
+        too_short = sorted(t for t in wanted - held if len(t.encode("utf-8")) < SCAN_MIN_BYTES)
+        needles = sorted(wanted - held - set(too_short), key=len, reverse=True)
+        found: dict[str, list[str]] = {}
+        size = 0
+        if needles:
+            pattern = re.compile(b"|".join(re.escape(n.encode("utf-8")) for n in needles))
+            for path in files:
+                data = path.read_bytes()
+                size += len(data)
+                for hit in {m.group().decode("utf-8") for m in pattern.finditer(data)}:
+                    found.setdefault(hit, []).append(str(path))
+        return DiskScan(files=len(files), bytes=size, found=found, held=sorted(held), too_short=too_short)
 
     @staticmethod
     def _selector(fact_id: int | None, entity: str | None, relation: str | None) -> tuple[Any, dict[str, int | str]]:
@@ -547,14 +741,16 @@ class SQLKnowledgeStore:
     # ------------------------------------------------------------------ index upkeep
 
     def rebuild_index(self, namespace: str | None = None) -> dict[str, int]:
-        """Drop and re-embed the index from the SQL rows: of one namespace, or of every namespace either side knows."""
+        """Re-embed the index from the SQL rows: of one namespace, or of every namespace either side knows.
+
+        Each namespace is built beside its live collection and swapped in, so a kill mid-way
+        leaves the old index as it was.
+        """
         if self.index is None:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
-        done: dict[str, int] = {}
-        for ns in targets:
-            self.index.drop(ns)
-            done[ns] = self.index.add(ns, ((f.id, f.key) for f in self.iter_facts(namespace=ns)))
+        done = {ns: self.index.rebuild(ns, ((f.id, f.key) for f in self.iter_facts(namespace=ns))) for ns in targets}
+        self.apply_index_ops()  # journal entries older than the rebuild are already in it; applying them is harmless
         return done
 
     def describe(self) -> dict[str, Any]:
@@ -630,17 +826,64 @@ def _audit(at: Any, action: str, ns: str, row: Any, *, old_value: str | None = N
                 relation=row.relation, old_value=old_value, new_value=new_value, source=row.source)
 
 
+def _forget_rows(conn: Any, key: bytes, ns: str, rows: Sequence[Any], now: Any) -> None:
+    """Delete ``rows`` and keep no content of them: the audit holds keyed digests, entities left without rows
+    become tombstones, the index removal is journalled."""
+    ids = [r.id for r in rows]
+    for chunk in _chunks(ids, SQL_CHUNK):
+        conn.execute(delete(FACTS).where(FACTS.c.namespace == ns, FACTS.c.id.in_(chunk)))
+        conn.execute(delete(OUTBOX).where(OUTBOX.c.namespace == ns, OUTBOX.c.fact_id.in_(chunk)))  # pending adds hold keys
+    scrub = update(AUDIT).where(AUDIT.c.namespace == ns, AUDIT.c.fact_id == bindparam("b_id")).values(
+        entity=bindparam("b_entity"), relation=bindparam("b_relation"), old_value=None, new_value=None)
+    digests = [dict(b_id=r.id, b_entity=digest(key, r.entity_key), b_relation=digest(key, r.relation_key)) for r in rows]
+    conn.execute(scrub, digests)
+    conn.execute(insert(AUDIT), [
+        dict(at=now, action="delete", namespace=ns, fact_id=r.id, entity=d["b_entity"], relation=d["b_relation"],
+             old_value=digest(key, r.entity_key, r.relation_key, r.value), new_value=None, source=r.source)
+        for r, d in zip(rows, digests, strict=True)
+    ])
+    conn.execute(insert(OUTBOX), [dict(namespace=ns, fact_id=i, key=None) for i in ids])
+    entities = list({r.entity_key for r in rows})
+    still = set(conn.execute(select(FACTS.c.entity_key).where(FACTS.c.namespace == ns, FACTS.c.entity_key.in_(entities))).scalars())
+    for ek in set(entities) - still:
+        stones = _tombstones(key, ns, ek)
+        have = set(conn.execute(select(TOMBSTONES.c.variant_digest).where(
+            TOMBSTONES.c.namespace == ns, TOMBSTONES.c.entity_digest == stones[0]["entity_digest"])).scalars())
+        fresh = [t for t in stones if t["variant_digest"] not in have]
+        if fresh:
+            conn.execute(insert(TOMBSTONES), fresh)
+    _bump_generation(conn)
+
+
+def digest(key: bytes, *parts: str) -> str:
+    """A keyed digest of ``parts``: proves which fact was meant to whoever holds the key, holds none of its text."""
+    return DIGEST_PREFIX + hmac.new(key, "\x1f".join(parts).encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def one_deletion_variants(name: str) -> set[str]:
+    """``name`` and every string one character shorter: two names within one edit (insert, delete, replace,
+    neighbours swapped) always share one of these."""
+    return {name} | {name[:i] + name[i + 1 :] for i in range(len(name))}
+
+
+def _tombstones(key: bytes, ns: str, entity_key: str) -> list[dict[str, str]]:
+    entity = digest(key, entity_key)
+    return [dict(namespace=ns, entity_digest=entity, variant_digest=digest(key, v)) for v in one_deletion_variants(entity_key)]
+
+
 class _WritePlan:
     """The statements of one write transaction, planned per pair and flushed per chunk."""
 
-    def __init__(self, ns: str, now: Any) -> None:
+    def __init__(self, ns: str, now: Any, *, journal_adds: bool) -> None:
         self.ns, self.now = ns, now
+        self.journal_adds = journal_adds  # only a store with an index journals additions (deletions always)
         self.inserts: list[tuple[CleanTriple, str]] = []  # (row, value_slot)
         self.updates: list[tuple[Any, CleanTriple]] = []  # (stored row, new value) of single-valued pairs
         self.slot_fixes: list[int] = []  # rows kept by a replace that were one value of several
         self.deletes: list[Any] = []
         self.new_keys: list[tuple[int, str]] = []
         self.dropped: list[Any] = []
+        self.echo: list[Any] = []  # the rows as stored, when the caller asked for them
         self.updated = self.unchanged = self.duplicates = 0
 
     @property
@@ -668,9 +911,14 @@ class _WritePlan:
         else:
             self.updates.append((keep, row))
 
-    def flush(self, conn: Any) -> None:
-        """Deletes first (they free the single-value slot a kept row moves into), then updates, then inserts."""
+    def flush(self, conn: Any, key: bytes) -> None:
+        """Deletes first (they free the single-value slot a kept row moves into), then updates, then inserts.
+
+        The index changes go to the journal in the same transaction; an inserted entity is no
+        longer a tombstone.
+        """
         audit: list[dict[str, Any]] = []
+        journal: list[dict[str, Any]] = [dict(namespace=self.ns, fact_id=d.id, key=None) for d in self.deletes]
         if self.deletes:
             for chunk in _chunks([d.id for d in self.deletes], SQL_CHUNK):
                 conn.execute(delete(FACTS).where(FACTS.c.id.in_(chunk)))
@@ -693,31 +941,51 @@ class _WritePlan:
                 for c, slot in self.inserts
             ]
             ids = conn.execute(insert(FACTS).returning(FACTS.c.id, sort_by_parameter_order=True), values).scalars().all()
-            self.new_keys += [(i, c.key) for i, (c, _) in zip(ids, self.inserts, strict=True)]
+            new_keys = [(i, c.key) for i, (c, _) in zip(ids, self.inserts, strict=True)]
+            self.new_keys += new_keys
             audit += [_audit(self.now, "insert", self.ns, c, fact_id=i, new_value=c.value)
                       for i, (c, _) in zip(ids, self.inserts, strict=True)]
+            if self.journal_adds:
+                journal += [dict(namespace=self.ns, fact_id=i, key=k) for i, k in new_keys]
+            revived = list({digest(key, c.entity_key) for c, _ in self.inserts})
+            for chunk in _chunks(revived, SQL_CHUNK):
+                conn.execute(delete(TOMBSTONES).where(TOMBSTONES.c.namespace == self.ns, TOMBSTONES.c.entity_digest.in_(chunk)))
         if audit:
             conn.execute(insert(AUDIT), audit)
+        if journal:
+            conn.execute(insert(OUTBOX), journal)
         self.inserts, self.updates, self.slot_fixes, self.deletes = [], [], [], []
 
 
 # --------------------------------------------------------------------------- opening
 
 
+SQLITE_BUSY_S = 30.0  # how long a SQLite writer waits for another one before a retry
+WRITE_RETRIES = 6  # attempts of a write transaction that lost a race (locked database, concurrent insert)
+
+
 def make_engine(db: str | Path | None, *, create: bool = True) -> Engine:
-    """None: a private in-memory SQLite; a path: a SQLite file (parents created unless ``create=False``); a URL: that database."""
+    """None: a private in-memory SQLite; a path: a SQLite file (parents created unless ``create=False``); a URL: that database.
+
+    A new SQLite file is made with its tables in a temporary file beside it and renamed into
+    place, so no process ever sees (and no kill leaves) a database file without its tables.
+    """
     if db is None:
-        return create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+        engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+        _sqlite_transactions(engine, wal=False)
+        return engine
     text_ = str(db)
     if "://" not in text_:
         path = Path(text_).expanduser().resolve()
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.is_file() or path.stat().st_size == 0:
+                _create_sqlite_file(path)
         elif not path.is_file():
             raise FileNotFoundError(f"no knowledge base at {path} (opened with create=False, which never creates one)")
-        engine = create_engine(f"sqlite:///{path}")
-        if create:  # WAL is a persistent property of the file: a read-only open leaves the file as it is
-            event.listen(engine, "connect", _sqlite_pragmas)
+        engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": SQLITE_BUSY_S})
+        # WAL is a persistent property of the file: a create=False open leaves the file as it is
+        _sqlite_transactions(engine, wal=create)
         return engine
     for plain in ("postgresql://", "postgres://"):
         if text_.startswith(plain):
@@ -725,12 +993,93 @@ def make_engine(db: str | Path | None, *, create: bool = True) -> Engine:
     return create_engine(text_, pool_pre_ping=True)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    """WAL lets readers run beside a writer; NORMAL sync is safe under WAL and much faster for bulk writes."""
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
+def _create_sqlite_file(path: Path) -> None:
+    """Make the database with every table in ``.<name>.<pid>.tmp`` beside ``path``, then move it into place.
+
+    A file already there (another process won the race) is kept; an empty one (left by an
+    older version killed at its first open) is replaced.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    engine = create_engine(f"sqlite:///{tmp}")
+    _sqlite_transactions(engine, wal=True)
+    try:
+        with write_transaction(engine) as conn:
+            _create_schema(conn)
+    finally:
+        engine.dispose()  # the last connection closing checkpoints and removes the temporary WAL
+    try:
+        if path.exists():
+            if path.stat().st_size == 0:
+                os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if another process linked its file first: theirs stays
+    except FileExistsError:
+        pass
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+def _sqlite_transactions(engine: Engine, *, wal: bool) -> None:
+    """SQLite connections: transactions begun by SQLAlchemy (``BEGIN IMMEDIATE`` for writes), deleted bytes zeroed.
+
+    WAL lets readers run beside a writer; NORMAL sync is safe under WAL and much faster for bulk
+    writes. ``BEGIN IMMEDIATE`` takes the write lock at the start, so a writer waits (busy
+    timeout) instead of failing half-way with ``database is locked``. ``secure_delete``
+    overwrites deleted rows, so forgotten content does not linger in free pages.
+    """
+
+    def connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own implicit BEGIN would defeat BEGIN IMMEDIATE
+        cur = dbapi_conn.cursor()
+        if wal:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.close()
+
+    def begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN")
+
+    event.listen(engine, "connect", connect)
+    event.listen(engine, "begin", begin)
+
+
+_IMMEDIATE = "lmlm_write"
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Any]:
+    """One write transaction (on SQLite it holds the write lock from its first statement)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_IMMEDIATE: True})
+        with conn.begin():
+            yield conn
+
+
+def _lost_race(exc: DBAPIError) -> bool:
+    """A failure that retrying the whole transaction can cure: a busy database, a deadlock, a concurrent insert."""
+    if isinstance(exc, IntegrityError):
+        return True
+    text_ = str(exc.orig).lower()
+    return any(s in text_ for s in ("locked", "busy", "deadlock", "could not serialize", "already exists"))
+
+
+def retrying(engine: Engine, work: Callable[[Any], R]) -> R:
+    """``work(conn)`` in a write transaction, run again (with backoff) when it lost a race with another writer.
+
+    The work is planned inside the transaction, so a retry sees the other writer's rows: an
+    upsert that raced an insert of the same key becomes an update.
+    """
+    for attempt in range(WRITE_RETRIES):
+        try:
+            with write_transaction(engine) as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if attempt == WRITE_RETRIES - 1 or not _lost_race(exc):
+                raise
+            time.sleep(0.02 * 2**attempt * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")
 
 
 class _Prepared(NamedTuple):
@@ -752,19 +1101,21 @@ def _prepare(engine: Engine, *, create: bool) -> _Prepared:
             with engine.connect() as conn:
                 found = conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar()
         return _Prepared(found, legacy)
-    Fact.metadata.create_all(engine, tables=[FACTS, AUDIT, META, RELATIONS])
+    retrying(engine, _create_schema)
     if _missing_columns(engine) == {"value_slot"}:
         _migrate_to_value_slots(engine)
     _check_columns(engine)
-    for name in ("store_id", GENERATION):
-        try:
-            with engine.begin() as conn:
-                if conn.execute(select(META.c.value).where(META.c.name == name)).scalar() is None:
-                    conn.execute(insert(META).values(name=name, value=uuid.uuid4().hex))
-        except IntegrityError:
-            pass  # another process made it first; read theirs below
     with engine.connect() as conn:
         return _Prepared(conn.execute(select(META.c.value).where(META.c.name == "store_id")).scalar_one(), False)
+
+
+def _create_schema(conn: Any) -> None:
+    """Every table and the store's own meta rows, in the caller's (one) transaction."""
+    Fact.metadata.create_all(conn, tables=TABLES)
+    for name, make in (("store_id", lambda: uuid.uuid4().hex), (GENERATION, lambda: uuid.uuid4().hex),
+                       (AUDIT_KEY, lambda: secrets.token_hex(32))):
+        if conn.execute(select(META.c.value).where(META.c.name == name)).scalar() is None:
+            conn.execute(insert(META).values(name=name, value=make()))
 
 
 def _missing_columns(engine: Engine) -> set[str]:
@@ -840,6 +1191,7 @@ def open_store(
     policy: PolicyName | LookupPolicy = "entity",
     relation_match: Literal["semantic", "exact"] | None = None,
     create: bool = True,
+    index_wait_s: float | None = None,
     **settings: Any,
 ) -> SQLKnowledgeStore:
     """Open a knowledge store (creating it, unless ``create=False``).
@@ -861,6 +1213,11 @@ def open_store(
     policy is then exact-only; the entity policy still matches relations by meaning, its
     vectors live in memory); a previous-schema database is read as it is, and writes to it
     are refused until it is opened once with ``create=True`` (which migrates it).
+
+    ``index_wait_s``: how long to wait for another process using the same local index
+    directory before :class:`~tools.index.IndexBusy` (default ``tools.index.INDEX_WAIT_S``).
+    A writable open (``create=True``) with an index first applies the index changes a
+    crashed writer left journalled.
     """
     lookup = _policy(policy, settings)
     if relation_match not in (None, "semantic", "exact"):
@@ -870,13 +1227,16 @@ def open_store(
     prepared = _prepare(engine, create=create)
     semantic = None
     if index is not False:
-        from tools.index import EPHEMERAL, SemanticIndex, make_client
+        from tools.index import INDEX_WAIT_S, SemanticIndex, is_local_dir
 
         location = default_index_location(db, engine) if index is None else str(index)
-        local_dir = location != EPHEMERAL and not location.startswith(("http://", "https://"))
-        if create or (prepared.store_id is not None and (not local_dir or Path(location).is_dir())):
-            semantic = SemanticIndex(make_client(location), prepared.store_id, location)
-    return SQLKnowledgeStore(
+        if create or (prepared.store_id is not None and (not is_local_dir(location) or Path(location).is_dir())):
+            wait_s = INDEX_WAIT_S if index_wait_s is None else index_wait_s
+            semantic = SemanticIndex(location, prepared.store_id, wait_s=wait_s)
+    store = SQLKnowledgeStore(
         engine, index=semantic, namespace=namespace, policy=lookup, legacy_schema=prepared.legacy_schema,
         relation_vectors=RELATION_VECTORS if semantic_relations else None,
     )
+    if create:
+        store.apply_index_ops()  # what a killed writer journalled but never reached the index
+    return store

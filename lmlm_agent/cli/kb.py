@@ -1,8 +1,9 @@
-"""`lmlm kb`: the knowledge base from the shell (import, add, get, delete, multi-valued, stats, export, rebuild-index).
+"""`lmlm kb`: the knowledge base from the shell (import, add, get, delete, multi-valued, stats, check, export, rebuild-index).
 
 Every command takes ``--db`` (a SQLite path or a database URL), ``--index`` (a
 directory, ``:memory:``, an ``http://`` Chroma server, or ``off``) and
-``--namespace``. Errors print one clear line and exit with status 1.
+``--namespace``. Errors print one clear line and exit with status 1. ``LMLM_KB_INDEX_WAIT_S``
+sets how long a command waits for another process using the same local index directory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from tools.io import Loaded
 
 app = typer.Typer(
-    help="The knowledge base: import, add, get, delete, multi-valued, stats, export, rebuild-index.", no_args_is_help=True
+    help="The knowledge base: import, add, get, delete, multi-valued, stats, check, export, rebuild-index.", no_args_is_help=True
 )
 
 DEFAULT_DB = "runs/kb/kb.sqlite"
@@ -34,6 +35,7 @@ INDEX = typer.Option(
 NAMESPACE = typer.Option("default", "--namespace", "-n", help="Namespace (a hard boundary between knowledge bases).")
 AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 FORMATS = ("auto", "jsonl", "lmlm-db", "annotated")
+INDEX_WAIT_ENV = "LMLM_KB_INDEX_WAIT_S"
 
 
 def _console() -> Console:
@@ -66,6 +68,11 @@ def _open(db: str, index: Optional[str], namespace: str, **kwargs: Any) -> SQLKn
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bar in command output
     off = index is not None and index.lower() in ("off", "none", "false", "no")
+    if os.environ.get(INDEX_WAIT_ENV):
+        try:
+            kwargs.setdefault("index_wait_s", float(os.environ[INDEX_WAIT_ENV]))
+        except ValueError:
+            raise typer.BadParameter(f"{INDEX_WAIT_ENV} must be a number of seconds, got {os.environ[INDEX_WAIT_ENV]!r}") from None
     return open_store(db, index=False if off else index, namespace=namespace, **kwargs)
 
 
@@ -386,6 +393,14 @@ def delete(
     verdict = "[green]verified[/green]" if receipt.verified else "[red]NOT verified[/red]"
     console.print(f"{verdict}: {receipt.sql_remaining} left in SQL, "
                   f"{'no index' if receipt.index_remaining is None else f'{receipt.index_remaining} left in the index'}")
+    disk = receipt.disk
+    if disk is not None:
+        style = "green" if disk.clean else "red"
+        console.print(f"[{style}]disk[/{style}]: {disk.files} file(s), {disk.bytes:,} bytes scanned; "
+                      + ("no forgotten value, name or key found" if disk.clean else
+                         "; ".join(f"{text!r} still in {', '.join(files)}" for text, files in disk.found.items())))
+        if disk.held:
+            console.print(f"  not searched (other rows still hold them): {', '.join(map(repr, disk.held))}")
     if not receipt.verified:
         raise typer.Exit(1)
 
@@ -424,6 +439,41 @@ def stats(
         indexed = "-" if r["indexed"] is None else f"[yellow]{r['indexed']:,}[/yellow]" if stale else f"{r['indexed']:,}"
         table.add_row(r["namespace"], f"{r['facts']:,}", indexed)
     console.print(table if rows else "the store is empty")
+
+
+@app.command("check")
+def check(
+    db: str = DB,
+    index: Optional[str] = INDEX,
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Only this namespace (default: all)."),
+    repair: bool = typer.Option(False, "--repair", help="Make the index agree with SQL (embed missing ids, remove stale ones)."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Compare SQL and the semantic index: ids in SQL missing from the index, index ids without a row, and
+    pending journal entries a crash left. Exit 1 when they disagree (and --repair was not given)."""
+    from rich.table import Table
+
+    with _clear_errors():
+        store = _open(db, index, namespace or "default")
+        report = store.check_index(namespace=namespace, repair=repair)
+    drift = any(r["missing"] or r["stale"] or r["pending"] for r in report)
+    if as_json:
+        _print_json({"namespaces": report, "consistent": not drift, "repaired": repair})
+    else:
+        table = Table(header_style="bold")
+        columns = ["namespace", "facts", "indexed", "missing", "stale", "pending"] + (["added", "removed"] if repair else [])
+        for col in columns:
+            table.add_column(col, justify="left" if col == "namespace" else "right")
+        for r in report:
+            table.add_row(*(str(r[c]) if c == "namespace" else f"{r[c]:,}" for c in columns))
+        console = _console()
+        console.print(table if report else "the store is empty")
+        if drift:
+            console.print("[green]repaired[/green]" if repair else "[yellow]SQL and the index disagree[/yellow]: run `lmlm kb check --repair`")
+        else:
+            console.print("[green]consistent[/green]")
+    if drift and not repair:
+        raise typer.Exit(1)
 
 
 @app.command("export")
@@ -470,7 +520,7 @@ def rebuild_index(
     index: Optional[str] = INDEX,
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Only this namespace (default: all)."),
 ) -> None:
-    """Drop the semantic index and re-embed it from the SQL rows."""
+    """Re-embed the semantic index from the SQL rows: built beside the live index and swapped in (a kill keeps the old)."""
     with _clear_errors():
         store = _open(db, index, namespace or "default")
         with _console().status("embedding keys"):

@@ -1,0 +1,280 @@
+"""Nothing lost, nothing left behind: kills, concurrent processes and forgetting, with real processes and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmlm_agent.cli import app
+from tools import open_store
+from tools.index import LOCK_FILE, IndexBusy, SemanticIndex
+from tools.store import TEST_PAUSE_ENV
+
+from test_store import pg_url  # noqa: F401 - the PostgreSQL fixture (skips with the reason when none answers)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+LMLM = [sys.executable, "-m", "lmlm_agent.cli"]
+runner = CliRunner()
+
+
+def _triples(path: Path, n: int, tag: str, people: int = 0) -> list[tuple[str, str, str]]:
+    """``n`` triples of made-up people (``people`` of them shared between files), written as JSONL."""
+    rows = [(f"{tag} person {i:04d}" if i >= people else f"shared person {i:04d}", rel, f"{tag}-{i}-{rel}")
+            for i in range(n // 3 + 1) for rel in ("birthplace", "employer", "motto")][:n]
+    path.write_text("".join(json.dumps({"entity": e, "relation": r, "value": v}) + "\n" for e, r, v in rows))
+    return rows
+
+
+def _outbox(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT count(*) FROM kb_outbox").fetchone()[0]
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _kill_when_journalled(cmd: list[str], db: Path) -> None:
+    """Run ``cmd`` with the index step paused; kill -9 it once its SQL transaction (with the journal) committed."""
+    proc = subprocess.Popen(cmd, env={**ENV, TEST_PAUSE_ENV: "60"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: db.is_file() and _outbox(db) > 0)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_kill_9_mid_import_is_repaired_by_the_next_open(tmp_path: Path) -> None:
+    db = tmp_path / "kb.sqlite"
+    rows = _triples(tmp_path / "facts.jsonl", 300, "imp")
+    _kill_when_journalled([*LMLM, "kb", "import", str(tmp_path / "facts.jsonl"), "--db", str(db)], db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM kb_fact").fetchone()[0] == len(rows)  # SQL committed
+    assert _outbox(db) == len(rows)  # ... and every index change is journalled, none applied
+
+    store = open_store(db)  # the next writable open replays the journal
+    [report] = store.check_index()
+    assert (report["facts"], report["indexed"], report["missing"], report["stale"], report["pending"]) == (300, 300, 0, 0, 0)
+
+
+def test_kill_9_mid_delete_is_repaired_by_the_next_open(tmp_path: Path) -> None:
+    db, chroma = tmp_path / "kb.sqlite", tmp_path / "kb.chroma"
+    store = open_store(db)
+    store.write_many([(f"Person {i}", rel, f"{rel} {i}") for i in range(30) for rel in ("birthplace", "employer")])
+    gone = sorted(f.id for f in store.iter_facts() if f.entity == "Person 7")
+    store.close()
+    code = f"from tools import open_store; open_store({str(db)!r}).delete(entity='Person 7')"
+    _kill_when_journalled([sys.executable, "-c", code], db)
+    assert SemanticIndex(str(chroma), _store_id(db)).present("default", gone) == gone  # the index never heard of it
+    again = open_store(db)
+    assert again.index.present("default", gone) == [] and again.count() == 58
+    [report] = again.check_index()
+    assert (report["missing"], report["stale"], report["pending"]) == (0, 0, 0)
+
+
+def _store_id(db: Path) -> str:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT value FROM kb_meta WHERE name = 'store_id'").fetchone()[0]
+
+
+def test_check_reports_drift_both_ways_and_repair_fixes_it(tmp_path: Path) -> None:
+    db = tmp_path / "kb.sqlite"
+    store = open_store(db)
+    store.write_many([("Ada Lovelace", "birth year", "1815"), ("Alan Turing", "birthplace", "London")])
+    open_store(db, index=False).write("Grace Hopper", "employer", "US Navy")  # no index: not journalled, not indexed
+    stale = store.write("Marie Curie", "birthplace", "Warsaw")
+    with store.engine.begin() as conn:  # a row lost behind the index's back (as before journalling)
+        conn.exec_driver_sql(f"DELETE FROM kb_fact WHERE id = {stale.id}")
+    check = runner.invoke(app, ["kb", "check", "--db", str(db), "--json"])
+    assert check.exit_code == 1, check.output
+    [ns] = json.loads(check.output)["namespaces"]
+    assert (ns["facts"], ns["indexed"], ns["missing"], ns["stale"]) == (3, 3, 1, 1)
+    repaired = runner.invoke(app, ["kb", "check", "--db", str(db), "--repair"])
+    assert repaired.exit_code == 0 and "repaired" in repaired.output
+    assert runner.invoke(app, ["kb", "check", "--db", str(db)]).exit_code == 0
+    assert store.with_policy("published").read("Grace Hopper", "works for").value == "US Navy"
+
+
+def test_rebuild_killed_midway_keeps_the_old_index(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "kb.sqlite")
+    store.write_many([(f"Person {i}", "birthplace", f"Town {i}") for i in range(40)])
+
+    def dies_half_way():
+        for n, fact in enumerate(store.iter_facts()):
+            if n == 20:
+                raise KeyboardInterrupt  # the process is interrupted while embedding
+            yield fact.id, fact.key
+
+    with pytest.raises(KeyboardInterrupt):
+        store.index.rebuild("default", dies_half_way())
+    assert store.index.count("default") == 40  # the live collection was never dropped
+    assert store.rebuild_index() == {"default": 40} and store.check_index()[0]["missing"] == 0
+
+
+def test_a_first_open_never_leaves_a_file_without_tables(tmp_path: Path) -> None:
+    db = tmp_path / "kb.sqlite"
+    db.touch()  # what an older version left when killed at its first open
+    open_store(db, index=False).write("Ada Lovelace", "birth year", "1815")
+    assert open_store(db, index=False, create=False).count() == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_four_concurrent_imports_into_one_sqlite_file_all_succeed(tmp_path: Path) -> None:
+    db = tmp_path / "kb.sqlite"  # does not exist yet: four first opens race too
+    files = [tmp_path / f"part{k}.jsonl" for k in range(4)]
+    expected = {}
+    for k, path in enumerate(files):
+        for e, r, v in _triples(path, 150, f"w{k}", people=10):  # 10 people in every file: the same keys race
+            expected[(e, r)] = expected.get((e, r), set()) | {v}
+    procs = [subprocess.Popen([*LMLM, "kb", "import", str(p), "--db", str(db), "--index", "off", "--single-valued"],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for p in files]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    store = open_store(db, index=False, create=False)
+    stored = {(f.entity, f.relation): f.value for f in store.iter_facts()}
+    assert stored.keys() == expected.keys()  # every row there, one per single-valued pair
+    assert all(v in expected[k] for k, v in stored.items())
+
+
+# A cheap stand-in for MiniLM (loading it takes 20 s per process on a busy 2-core machine): a bag of
+# character trigrams hashed into 64 dimensions, so a key's own embedding is its nearest neighbour.
+CHEAP_EMBEDDING = """
+import hashlib, numpy as np
+from tools import index as _index
+def _vec(text):
+    v = np.zeros(64)
+    for i in range(len(text) - 2):
+        v[int(hashlib.md5(text[i:i + 3].encode()).hexdigest()[:8], 16) % 64] += 1.0
+    return v / (np.linalg.norm(v) or 1.0)
+_index.MiniLMEmbedding.__call__ = lambda self, input: [_vec(t) for t in input]
+_index.MiniLMEmbedding.embed_query = lambda self, input: [_vec(t) for t in input]
+"""
+
+WRITER = CHEAP_EMBEDDING + """
+import sys
+from tools import open_store
+db, index, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = open_store(db, index=index, index_wait_s=120)
+for b in range(4):
+    store.write_many([(f"writer {k} person {b * 20 + i}", "birthplace", f"town {k}-{b}-{i}") for i in range(20)])
+    store.write("shared person", "motto", f"from writer {k}")  # every writer upserts the same key
+"""
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_concurrent_writers_on_one_local_index_lose_no_row(tmp_path: Path, database: str, request) -> None:
+    """Four processes write through one local Chroma directory (first opens racing); a fresh process then
+    finds every row by a semantic search on its own exact key."""
+    if database == "sqlite":
+        db = str(tmp_path / "kb.sqlite")
+    else:
+        import uuid
+
+        from sqlalchemy import create_engine, text
+        base = request.getfixturevalue("pg_url")
+        name = f"durable_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        db = base.rsplit("/", 1)[0] + "/" + name
+        request.addfinalizer(lambda: _drop_pg(admin, name))
+    chroma = str(tmp_path / "kb.chroma")
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, db, chroma, str(k)], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(4)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    verify = CHEAP_EMBEDDING + """
+import sys
+from tools import open_store
+store = open_store(sys.argv[1], index=sys.argv[2])
+facts = list(store.iter_facts())
+lost = [f.key for f in facts if [h.fact_id for h in store.index.query("default", f.key, 1)] != [f.id]]
+print(len(facts), len(lost), store.check_index()[0]["pending"])
+"""
+    fresh = subprocess.run([sys.executable, "-c", verify, db, chroma], env=ENV, capture_output=True, text=True, timeout=60)
+    assert fresh.stdout.split() == [str(4 * 80 + 1), "0", "0"], fresh.stderr  # every row, none lost, nothing pending
+
+
+def _drop_pg(admin, name: str) -> None:
+    from sqlalchemy import text
+
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_a_held_local_index_is_a_clear_error_after_the_wait(tmp_path: Path) -> None:
+    db, chroma = tmp_path / "kb.sqlite", tmp_path / "kb.chroma"
+    open_store(db).write("Ada Lovelace", "birth year", "1815")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(60)", str(chroma / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with pytest.raises(IndexBusy, match="held by another process"):
+            open_store(db, index_wait_s=0.5)
+        assert time.monotonic() - start < 5
+        cli = runner.invoke(app, ["kb", "add", "X", "y", "z", "--db", str(db)], env={"LMLM_KB_INDEX_WAIT_S": "0.3"})
+        assert cli.exit_code == 1 and "held by another process" in cli.output and "Traceback" not in cli.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert open_store(db, index_wait_s=5).read("Ada Lovelace", "birth year").value == "1815"
+
+
+# --------------------------------------------------------------------------- forgetting on disk
+
+
+def test_forgetting_a_person_leaves_none_of_their_bytes_on_disk(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    store = open_store(run / "kb.sqlite")
+    store.write_many([(f"Person {i:03d}", "birthplace", f"Town {i:03d}") for i in range(60)])
+    store.write_many([("Qwerina Blastoquel", "motto", "Nevermore-Unique-Saying-77", "doc:9"),
+                      ("Qwerina Blastoquel", "birthplace", "Frobozzville", "doc:10")])
+    store.write("Qwerina Blastoquel", "motto", "Nevermore-Unique-Saying-78")  # the audit held the old value
+    receipt = store.delete(entity="Qwerina Blastoquel")
+    assert receipt.verified and receipt.disk is not None and receipt.disk.clean, receipt.disk
+    assert receipt.disk.files >= 2 and receipt.disk.bytes > 0
+    for needle in (b"Nevermore-Unique-Saying", b"Frobozzville", b"Blastoquel", b"blastoquel"):
+        holding = [str(p) for p in run.rglob("*") if p.is_file() and needle in p.read_bytes()]
+        assert holding == [], (needle, holding)
+    # Still accountable, still unknown: the audit keeps digests, the tombstone keeps a typo from a neighbour.
+    deletes = [e for e in store.audit(limit=2) if e.action == "delete"]
+    assert len(deletes) == 2 and all(e.entity.startswith("hmac:") and e.old_value.startswith("hmac:") for e in deletes)
+    assert {e.source for e in deletes} == {"doc:10", None}  # provenance is kept
+    assert store.read("Qwerina Blastoquell", "motto").rule == "entity_forgotten"
+    assert store.read("Person 001", "birthplace").value == "Town 001"
+
+
+def test_the_delete_receipt_reports_bytes_it_still_finds(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "kb.sqlite", index=False)
+    store.write("Kalo Veri", "birthplace", "Ostmerhaven")
+    (tmp_path / "notes.txt").write_text("Ostmerhaven")  # not one of the store's files: not scanned
+    receipt = store.delete(entity="Kalo Veri")
+    assert receipt.disk is not None and receipt.disk.clean
+    with store.engine.begin() as conn:  # an audit row an older version wrote, with the value in clear
+        conn.exec_driver_sql("INSERT INTO kb_audit (at, action, namespace, fact_id, entity, relation, old_value) "
+                             "VALUES ('2026-01-01', 'update', 'default', 999, 'x', 'y', 'Ostmerhaven')")
+    store.write("Kalo Veri", "birthplace", "Ostmerhaven")
+    found = store.delete(entity="Kalo Veri").disk
+    assert found is not None and found.found == {"Ostmerhaven": [str(tmp_path / "kb.sqlite")]}
