@@ -19,7 +19,6 @@ from tools import open_store
 from tools.index import LOCK_FILE, IndexBusy, SemanticIndex
 from tools.store import TEST_PAUSE_ENV
 
-from test_store import pg_url  # noqa: F401 - the PostgreSQL fixture (skips with the reason when none answers)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
