@@ -130,6 +130,14 @@ def load_eval_sets(directory: str | Path, forget_splits: Sequence[str]) -> dict[
 
 # --------------------------------------------------------------------------- writing files from a world
 
+def world_for_authors(authors: int, seed: int = 0) -> World:
+    """A generated world with about ``authors`` forget/retain authors, each with all its QA (5 to 7)."""
+    from benchmarks.world import generate_world
+
+    # Half the entities are people and a fifth of the people are famous (benchmarks.world's shares).
+    return generate_world(max(5, round(authors / 0.4)), seed=seed, qa_per_split=None)
+
+
 def _write(path: Path, rows: list[dict], json_lines: bool) -> None:
     if json_lines:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -195,5 +203,5 @@ def write_world_files(world: World, directory: str | Path, json_lines: bool = Fa
 
 __all__ = [
     "BadRows", "EVAL_STEMS", "MissingSplit", "QARow", "RECORDS_FILE", "RETAIN_OF", "TOFU_QA_PER_AUTHOR", "TRAIN_SPLITS",
-    "load_eval", "load_eval_sets", "load_train", "read_rows", "split_path", "write_world_files",
+    "load_eval", "load_eval_sets", "load_train", "read_rows", "split_path", "world_for_authors", "write_world_files",
 ]

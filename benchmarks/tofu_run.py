@@ -41,6 +41,7 @@ from benchmarks.forgetting import GRADIENT_METHODS, UnlearnConfig, copy_store, u
 from benchmarks.stats import bootstrap
 from benchmarks.subject import Answer, Subject
 from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality
+from benchmarks.tofu_config import TofuRunConfig
 from benchmarks.tofu_files import RECORDS_FILE, RETAIN_OF, QARow, load_eval_sets, load_train
 from benchmarks.world import QAItem
 from lmlm_agent.format import LookupCall, insert_calls
@@ -52,49 +53,6 @@ PUBLISHED = [
      "model_utility": 0.63},
 ]
 KEPT_STATUSES = frozenset({"ok", "realigned", "empty"})  # annotations worth caching (the rest is retried)
-
-
-@dataclass
-class TofuRunConfig:
-    data: str = field(default="", metadata={"help": "Directory of TOFU files (full, forgetNN, retainNN, *_perturbed), JSON list or JSON lines."})
-    out: str = field(default="runs/tofu", metadata={"help": "Run directory: annotations, kb.sqlite, models/, tofu.json/.md/.png. Rerunning resumes."})
-    forget_splits: str = field(default="forget01,forget05,forget10", metadata={"help": "Forget splits to run, comma-separated."})
-    methods: str = field(default=",".join(GRADIENT_METHODS), metadata={"help": "Gradient unlearning methods for the baseline, comma-separated."})
-    annotator: str = field(default="teacher", metadata={"help": "teacher (OpenAI-compatible, teacher_url), offline (the local offline teacher on DATA/teacher_records.jsonl), or a distilled annotator directory."})
-    teacher_url: str = field(default="", metadata={"help": "Teacher base URL (empty: env LMLM_TEACHER_BASE_URL or the default)."})
-    teacher_timeout: float = field(default=60.0, metadata={"help": "Seconds per teacher request; a timed-out answer is counted as failed."})
-    namespace: str = field(default="", metadata={"help": "Knowledge-base namespace (empty: tofu-<name of out>)."})
-    qa_per_author: int = field(default=20, metadata={"help": "QA per author in full, for rows without an author field (TOFU: 20)."})
-    checkpoint: str = field(default="", metadata={"help": "Start from: a run directory with lmlm/ and baseline/, or one HF causal LM with the four call tokens; empty: from scratch."})
-    preset: str = field(default="small", metadata={"help": "Model size from scratch (micro, small, demo, lmlm-176m, ...)."})
-    vocab_size: int = field(default=1024, metadata={"help": "Tokenizer vocabulary from scratch."})
-    context_length: int = field(default=256, metadata={"help": "Tokens per QA row (longer rows are cut)."})
-    epochs: float = field(default=5.0, metadata={"help": "Fine-tuning epochs (TOFU: 5)."})
-    max_steps: int = field(default=-1, metadata={"help": "Fine-tuning steps per model; -1: epochs decide."})
-    learning_rate: float | None = field(default=None, metadata={"help": "Fine-tuning learning rate; None: TOFU's 1e-5 from a checkpoint, 1e-3 from scratch."})
-    batch_size: int = field(default=32, metadata={"help": "QA rows per optimiser step (TOFU: 32)."})
-    per_device_batch_size: int = field(default=8, metadata={"help": "QA rows per forward pass; the rest is gradient accumulation."})
-    unlearn_epochs: float = field(default=5.0, metadata={"help": "Unlearning epochs over the forget split (TOFU: 5)."})
-    unlearn_lr: float = field(default=1e-5, metadata={"help": "Unlearning learning rate (TOFU: 1e-5)."})
-    unlearn_batch: int = field(default=32, metadata={"help": "Forget (and retain) QA per unlearning step (TOFU: 32)."})
-    npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature (TOFU/NPO: 0.1)."})
-    eval_questions: int | None = field(default=None, metadata={"help": "Questions per evaluation split (None: all)."})
-    rouge_tokens: int = field(default=200, metadata={"help": "Greedy tokens per answer for ROUGE-L (TOFU: 200; 0 skips ROUGE)."})
-    eval_batch: int = field(default=16, metadata={"help": "Answers per scoring forward pass."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda (training through the trainer's accelerate, scoring and unlearning on that device)."})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads."})
-    seed: int = field(default=0, metadata={"help": "Seed of initialisation, data order and unlearning batches."})
-    progress: bool = field(default=True, metadata={"help": "Progress bars."})
-
-    def names(self, csv: str) -> list[str]:
-        return [n.strip() for n in csv.split(",") if n.strip()]
-
-    @property
-    def splits(self) -> list[str]:
-        bad = [s for s in self.names(self.forget_splits) if s not in RETAIN_OF]
-        if bad:
-            raise ValueError(f"unknown forget split(s) {', '.join(bad)}; choose among {', '.join(RETAIN_OF)}")
-        return self.names(self.forget_splits)
 
 
 # --------------------------------------------------------------------------- step 1: annotation
@@ -110,12 +68,12 @@ class Annotated:
 
 
 def annotate_texts(texts: Sequence[str], annotator: str, teacher_url: str = "", timeout_s: float = 60.0,
-                   cache_dir: Path | None = None, progress: bool = True) -> list[Annotated]:
+                   retries: int = 4, cache_dir: Path | None = None, progress: bool = True) -> list[Annotated]:
     """The run's one dependency on an annotator: ``teacher`` (OpenAI-compatible) or a distilled annotator's directory."""
     if annotator == "teacher":
         from training.teacher import TeacherClient, TeacherConfig, calls_with_offsets
 
-        config = TeacherConfig(cache_dir=cache_dir, timeout_s=timeout_s, progress=progress)
+        config = TeacherConfig(cache_dir=cache_dir, timeout_s=timeout_s, max_retries=retries, progress=progress)
         if teacher_url:
             config.base_url = teacher_url
         return [Annotated(r.status, calls_with_offsets(r.annotated)[1] if r.annotated is not None else [],
@@ -166,7 +124,7 @@ def annotate_cached(texts: Sequence[str], config: TofuRunConfig, out: Path, summ
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
             got = annotate_texts(batch, "teacher" if config.annotator == "offline" else config.annotator, url,
-                                 config.teacher_timeout, out / "teacher-cache", config.progress)
+                                 config.teacher_timeout, config.teacher_retries, out / "teacher-cache", config.progress)
             with path.open("a", encoding="utf-8") as f:
                 for text, a in zip(batch, got):
                     results[text] = a
@@ -277,6 +235,10 @@ def delete_forget_rows(store, sources: set[str]) -> dict[str, Any]:
 
 class TofuRun:
     def __init__(self, config: TofuRunConfig):
+        unknown = [m for m in config.names(config.methods) if m not in GRADIENT_METHODS]
+        if unknown:
+            raise ValueError(f"unknown unlearning method(s) {', '.join(unknown)}; choose among {', '.join(GRADIENT_METHODS)}")
+        config.splits  # noqa: B018 -- refuses an unknown forget split before any work
         self.config = config
         self.out = Path(config.out)
         self.namespace = config.namespace or f"tofu-{self.out.resolve().name}"
