@@ -495,28 +495,35 @@ def markdown(data: dict) -> str:
 
 
 def figure(data: dict):
-    """Forget quality (log) against model utility: our points per split and method, the published ones starred."""
+    """Per forget split, forget quality (log) against model utility: ours coloured by method, published in black."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    markers = {"before": "o", "delete": "D", "grad_ascent": "v", "grad_diff": "^", "npo": "s"}
-    for r in data["rows"]:
-        fq = max(r["forget_quality"], 1e-12) if not math.isnan(r["forget_quality"]) else math.nan
-        ax.scatter(r["model_utility"], fq, marker=markers.get(r["method"], "x"),
-                   label=f"ours: {r['model']} {r['method']} {r['split']}", alpha=0.8)
-    for p in data["published"]:
-        if math.isnan(p["forget_quality"]):
-            ax.axvline(p["model_utility"], color="grey", linestyle="--", label=p["label"])
-        else:
-            ax.scatter(p["model_utility"], p["forget_quality"], marker="*", s=180, color="black", label=p["label"])
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS p, log)")
-    ax.set_title("TOFU: ours (coloured) vs published (black, Llama-2-7b)")
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    splits = list(dict.fromkeys(r["split"] for r in data["rows"]))
+    methods = list(dict.fromkeys((r["model"], r["method"]) for r in data["rows"]))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.8), squeeze=False, sharey=True)
+    for ax, split in zip(axes[0], splits):
+        for r in (r for r in data["rows"] if r["split"] == split):
+            fq = max(r["forget_quality"], 1e-12)  # a p-value of 0 still shows, at the bottom
+            ax.errorbar(r["model_utility"], fq, yerr=[[fq - max(r["fq_low"], 1e-12)], [max(r["fq_high"] - fq, 0)]]
+                        if not math.isnan(r["fq_low"]) else None, fmt="o", color=colours[(r["model"], r["method"])],
+                        label=f"ours: {r['model']} {r['method']}", capsize=2, alpha=0.85)
+        for p in data["published"]:
+            if math.isnan(p["forget_quality"]):
+                ax.axvline(p["model_utility"], color="black", linestyle="--", linewidth=1, label=p["label"])
+            elif p["split"] == split:
+                ax.scatter(p["model_utility"], p["forget_quality"], marker="*", s=160, color="black", label=p["label"])
+        ax.set_yscale("log")
+        ax.set_xlim(-0.02, 1)
+        ax.set_title(split)
+        ax.set_xlabel("model utility")
+    axes[0][0].set_ylabel("forget quality (KS p, log)")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="upper center", ncol=3, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("TOFU: ours (coloured, 95 % intervals) and published Llama-2-7b figures (black)")
     return fig
 
 

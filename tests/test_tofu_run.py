@@ -178,13 +178,13 @@ def test_scoring_executes_lookups_before_and_after_deletion(tmp_path):
     assert after["baseline"] == pytest.approx(before["baseline"], abs=1e-6)
 
 
-def test_lmlm_tofu_command_end_to_end(world, tmp_path):
+def test_lmlm_tofu_command_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
     from lmlm_agent.cli import app
 
     data, out = tmp_path / "tofu", tmp_path / "run"
-    write_world_files(world, data)
+    write_world_files(world_for_authors(8, seed=1), data)
     settings = ["preset=micro", "vocab_size=400", "context_length=96", "max_steps=1", "batch_size=8",
                 "forget_splits=forget10", "methods=grad_diff", "rouge_tokens=0", "eval_questions=4",
                 "unlearn_batch=4", "progress=false"]
