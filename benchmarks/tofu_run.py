@@ -30,9 +30,10 @@ import copy
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def annotate_cached(texts: Sequence[str], config: TofuRunConfig, out: Path, summ
     todo = [t for t in dict.fromkeys(texts) if t not in done]
     summary.texts, summary.cached = len(set(texts)), len(set(texts)) - len(todo)
     results: dict[str, Annotated] = dict(done)
-    with _teacher_url(config) as url:
+    with teacher_url(config) as url:
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
             got = annotate_texts(batch, "teacher" if config.annotator == "offline" else config.annotator, url,
@@ -130,6 +131,7 @@ def annotate_cached(texts: Sequence[str], config: TofuRunConfig, out: Path, summ
                     results[text] = a
                     summary.prompt_tokens += a.prompt_tokens
                     summary.completion_tokens += a.completion_tokens
+                    # A distilled annotator is deterministic: whatever it said, it would say again.
                     if a.status in KEPT_STATUSES or config.annotator not in ("teacher", "offline"):
                         calls = [[o, c.entity, c.relation, c.value] for o, c in a.calls]
                         f.write(json.dumps({"text": text, "status": a.status, "calls": calls}) + "\n")
@@ -139,26 +141,19 @@ def annotate_cached(texts: Sequence[str], config: TofuRunConfig, out: Path, summ
     return results
 
 
-class _teacher_url:
+@contextmanager
+def teacher_url(config: TofuRunConfig) -> Iterator[str]:
     """The teacher's URL; for ``offline``, the local offline teacher serving DATA/teacher_records.jsonl meanwhile."""
+    if config.annotator != "offline":
+        yield config.teacher_url
+        return
+    from training.teacher_server import create_app, load_records, running_server
 
-    def __init__(self, config: TofuRunConfig):
-        self.config, self._server = config, None
-
-    def __enter__(self) -> str:
-        if self.config.annotator != "offline":
-            return self.config.teacher_url
-        from training.teacher_server import create_app, load_records, running_server
-
-        records = Path(self.config.data) / RECORDS_FILE
-        if not records.exists():
-            raise FileNotFoundError(f"annotator=offline needs {records} (write_world_files writes it)")
-        self._server = running_server(create_app(load_records([records])))
-        return self._server.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._server is not None:
-            self._server.__exit__(*exc)
+    records = Path(config.data) / RECORDS_FILE
+    if not records.exists():
+        raise FileNotFoundError(f"annotator=offline needs {records} (write_world_files writes it)")
+    with running_server(create_app(load_records([records]))) as url:
+        yield url
 
 
 def write_kb(store, rows: Sequence[QARow], annotations: dict[str, Annotated], namespace: str,
@@ -184,8 +179,8 @@ def write_kb(store, rows: Sequence[QARow], annotations: dict[str, Annotated], na
             triples.append((call.entity, call.relation, call.value or "", row.source))
     summary.authors = len(calls_by_author)
     summary.authors_without_calls = sorted(a for a, n in calls_by_author.items() if n == 0)
-    if store.count(namespace=namespace) == 0:  # a rerun keeps the rows it wrote
-        store.write_many(triples, namespace=namespace)
+    # An upsert: a rerun leaves the rows it wrote as they are and adds what newly annotated answers state.
+    store.write_many(triples, namespace=namespace)
     summary.triples_written = store.count(namespace=namespace)
 
 

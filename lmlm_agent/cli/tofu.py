@@ -23,7 +23,7 @@ def tofu(
     data: Path = typer.Option(..., "--data", help="Directory of TOFU files: full, forget01/05/10, retain90/95/99 and the "
                               "*_perturbed evaluation sets (JSON list or JSON lines)."),
     out: Path = typer.Option(Path("runs/tofu"), "--out", help="Run directory; a rerun resumes (annotations, kb.sqlite and "
-                             "finished models are reused)."),
+                             "finished models are reused; delete OUT/models to retrain)."),
     annotator: str = typer.Option("teacher", "--annotator", help="teacher (OpenAI-compatible; --set teacher_url=...), "
                                   "offline (the local offline teacher on DATA/teacher_records.jsonl, for generated files), "
                                   "or the directory of a distilled annotator."),
@@ -50,8 +50,8 @@ def tofu(
 
         write_world_files(world_for_authors(generate), data)
         typer.echo(f"wrote TOFU-format files of a generated world with about {generate} authors to {data}", err=True)
-    config = load_config(TofuRunConfig, None, [*(overrides or []), f"data={data}", f"out={out}", f"annotator={annotator}",
-                                               f"checkpoint={checkpoint or ''}", f"device={device}"])
+    config = dataclasses.replace(load_config(TofuRunConfig, None, overrides or []), data=str(data), out=str(out),
+                                 annotator=annotator, checkpoint=str(checkpoint or ""), device=device)
     typer.echo(TofuRun(config).run().read_text())
 
 
