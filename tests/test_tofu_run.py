@@ -200,3 +200,20 @@ def test_lmlm_tofu_command_end_to_end(tmp_path):
     # A bad split is one clear error line.
     bad = CliRunner().invoke(app, [*args, "--set", "forget_splits=forget07"])
     assert bad.exit_code == 2 and "unknown forget split" in bad.output
+
+
+def test_distilled_annotator_through_the_same_function(world, tmp_path):
+    from benchmarks.tofu_run import annotate_texts
+    from training.annotator import AnnotatorConfig, train_annotator
+
+    docs = [(d.plain, d.annotated) for d in world.documents[:4]]
+    config = AnnotatorConfig(encoder_layers=1, max_length=64, batch_size=4, max_steps=2, progress=False, calibration_documents=0)
+    annotator, _ = train_annotator(docs, config)
+    annotator.config.value_bias = 4.0  # an untrained tagger is shy: force calls
+    path = annotator.save(tmp_path / "annotator")
+    answers = [r.answer for r in load_train(write_world_files(world, tmp_path / "tofu"), "full")[:5]]
+    got = annotate_texts(answers + [""], str(path))
+    assert [a.status for a in got] == ["ok"] * 5 + ["empty"] and any(a.calls for a in got)
+    for text, a in zip(answers, got):
+        for offset, call in a.calls:  # offsets point into the answer, where the value is written
+            assert 0 <= offset < len(text) and call.entity and call.relation
