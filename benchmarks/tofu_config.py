@@ -17,6 +17,7 @@ class TofuRunConfig:
     teacher_url: str = field(default="", metadata={"help": "Teacher base URL (empty: env LMLM_TEACHER_BASE_URL or the default)."})
     teacher_timeout: float = field(default=60.0, metadata={"help": "Seconds per teacher request; an answer still timed out after the retries is counted as failed (and asked again on a rerun)."})
     teacher_retries: int = field(default=4, metadata={"help": "Retries of a timed-out or failed teacher request."})
+    relation_match: str = field(default="semantic", metadata={"help": "How a lookup matches relation names: semantic (MiniLM; a teacher may name one relation two ways across answers) or exact."})
     namespace: str = field(default="", metadata={"help": "Knowledge-base namespace (empty: tofu-<name of out>)."})
     qa_per_author: int = field(default=20, metadata={"help": "QA per author in full, for rows without an author field (TOFU: 20)."})
     checkpoint: str = field(default="", metadata={"help": "Start from: a run directory with lmlm/ and baseline/, or one HF causal LM with the four call tokens; empty: from scratch."})

@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from benchmarks import report
-from benchmarks.forgetting import GRADIENT_METHODS, UnlearnConfig, copy_store, unlearn
+from benchmarks.forgetting import GRADIENT_METHODS, UnlearnConfig, unlearn
 from benchmarks.stats import bootstrap
 from benchmarks.subject import Answer, Subject
 from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality
@@ -217,6 +217,15 @@ def forget_quality_interval(unlearned: Sequence[float], reference: Sequence[floa
     return {"forget_quality": est.value, "fq_low": est.low, "fq_high": est.high}
 
 
+def working_copy(store, relation_match: str):
+    """An in-memory copy of the run's rows, to delete from (the run's database is never touched)."""
+    from tools import open_store
+
+    work = open_store(None, index=False, relation_match=relation_match)
+    work.write_many((f.entity, f.relation, f.value, f.source) for f in store.iter_facts())
+    return work
+
+
 def delete_forget_rows(store, sources: set[str]) -> dict[str, Any]:
     """Delete every row sourced from a forget QA item; the receipts' summary and the removed rows."""
     ids = [f.id for f in store.iter_facts() if f.source in sources]
@@ -258,7 +267,8 @@ class TofuRun:
         texts = [r.answer for r in self.full] + [a for items in self.qa.values() for q in items for a in q.answers]
         start = time.perf_counter()
         self.annotations = annotate_cached(texts, self.config, self.out, self.annotation)
-        self.store = open_store(self.out / "kb.sqlite", index=False, namespace=self.namespace)
+        self.store = open_store(self.out / "kb.sqlite", index=False, namespace=self.namespace,
+                                relation_match=self.config.relation_match)
         write_kb(self.store, self.full, self.annotations, self.namespace, self.annotation)
         self.annotation.eval_items_without_calls = {
             s: sum(not self.annotations[q.answer].calls for q in items) for s, items in self.qa.items()}
@@ -367,7 +377,7 @@ class TofuRun:
         reference: dict[str, dict[str, list[float]]] = {"lmlm": {}, "baseline": {}}
         for split in c.splits:
             retain = RETAIN_OF[split]
-            retain_store = copy_store(self.store)
+            retain_store = working_copy(self.store, c.relation_match)
             delete_forget_rows(retain_store, self.sources(split))
             for kind, store in (("lmlm", retain_store), ("baseline", None)):
                 ref = self.subject(f"{kind}-{retain}", models[f"{kind}-{retain}"], store)
@@ -383,7 +393,7 @@ class TofuRun:
         receipts: dict[str, dict] = {}
         unlearn_config = UnlearnConfig(lr=c.unlearn_lr, batch_size=c.unlearn_batch, beta=c.npo_beta, seed=c.seed)
         for split in c.splits:
-            store = copy_store(self.store)
+            store = working_copy(self.store, c.relation_match)
             start = time.perf_counter()
             receipts[split] = delete_forget_rows(store, self.sources(split))
             seconds = time.perf_counter() - start
@@ -523,4 +533,5 @@ def figure(data: dict):
 
 
 __all__ = ["PUBLISHED", "Annotated", "AnnotationSummary", "LookupSubject", "TofuRun", "TofuRunConfig",
-           "annotate_cached", "annotate_texts", "delete_forget_rows", "forget_quality_interval", "placements", "write_kb"]
+           "annotate_cached", "annotate_texts", "delete_forget_rows", "forget_quality_interval", "placements", "working_copy",
+           "write_kb"]

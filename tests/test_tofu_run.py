@@ -26,6 +26,7 @@ from benchmarks.tofu_run import (
     annotate_cached,
     delete_forget_rows,
     placements,
+    working_copy,
     write_kb,
 )
 from lmlm_agent.format import LookupCall
@@ -140,7 +141,6 @@ def test_annotate_to_kb_with_sources_refusals_and_timeouts(world, tmp_path):
 
 
 def test_scoring_executes_lookups_before_and_after_deletion(tmp_path):
-    from benchmarks.forgetting import copy_store
     from tools import open_store
 
     world, tokenizer, model = micro_setup()
@@ -165,7 +165,7 @@ def test_scoring_executes_lookups_before_and_after_deletion(tmp_path):
     text = lmlm.answer_text(Answer(forget[0].answer))
     assert "<|db_return|>" in text and "unknown" not in text
     before = {"forget": nlls(lmlm, forget), "retain": nlls(lmlm, retain), "baseline": nlls(baseline, forget)}
-    forgotten = copy_store(store)
+    forgotten = working_copy(store, "exact")
     receipt = delete_forget_rows(forgotten, {r.source for r in load_train(data, "forget10")})
     assert receipt["verified"] and receipt["rows_removed"] == sum(len(annotations[r.answer].calls)
                                                                   for r in load_train(data, "forget10"))
@@ -186,7 +186,7 @@ def test_lmlm_tofu_command_end_to_end(tmp_path):
     data, out = tmp_path / "tofu", tmp_path / "run"
     write_world_files(world_for_authors(8, seed=1), data)
     settings = ["preset=micro", "vocab_size=400", "context_length=96", "max_steps=1", "batch_size=8",
-                "forget_splits=forget10", "methods=grad_diff", "rouge_tokens=0", "eval_questions=4",
+                "forget_splits=forget10", "methods=grad_diff", "relation_match=exact", "rouge_tokens=0", "eval_questions=4",
                 "unlearn_batch=4", "progress=false"]
     args = ["tofu", "--data", str(data), "--out", str(out), "--annotator", "offline", "--device", "cpu"]
     result = CliRunner().invoke(app, [*args, *(a for s in settings for a in ("--set", s))])
