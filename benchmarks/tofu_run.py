@@ -267,6 +267,9 @@ class TofuRun:
         texts = [r.answer for r in self.full] + [a for items in self.qa.values() for q in items for a in q.answers]
         start = time.perf_counter()
         self.annotations = annotate_cached(texts, self.config, self.out, self.annotation)
+        if not any(self.annotations[r.answer].calls for r in self.full):  # hours of training would measure nothing
+            raise ValueError(f"no training answer got a lookup call (annotator {self.config.annotator!r}, statuses "
+                             f"{self.annotation.statuses}); is the teacher reachable? A rerun retries the failures")
         self.store = open_store(self.out / "kb.sqlite", index=False, namespace=self.namespace,
                                 relation_match=self.config.relation_match)
         write_kb(self.store, self.full, self.annotations, self.namespace, self.annotation)
@@ -430,9 +433,9 @@ class TofuRun:
         import torch
 
         torch.set_num_threads(self.config.threads)
-        self.out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self.load()
+        self.out.mkdir(parents=True, exist_ok=True)
         self.annotate()
         self.timings["annotation"] = self.annotation.seconds
         models = self.train()

@@ -23,6 +23,7 @@ from benchmarks.tofu_run import (
     Annotated,
     AnnotationSummary,
     LookupSubject,
+    TofuRun,
     annotate_cached,
     delete_forget_rows,
     placements,
@@ -138,6 +139,12 @@ def test_annotate_to_kb_with_sources_refusals_and_timeouts(world, tmp_path):
     refused = AnnotationSummary()
     write_kb(open_store(None, index=False), rows[:1], bad, "t", refused)
     assert refused.triples_refused == 1 and "full#0" in refused.refused[0]
+    # A teacher that answers nothing stops the run before any training.
+    down = TofuRunConfig(data=str(data), out=str(tmp_path / "down"), annotator="teacher", teacher_url="http://127.0.0.1:9/v1",
+                         teacher_retries=0, forget_splits="forget01", eval_questions=1, progress=False)
+    with pytest.raises(ValueError, match=r"no training answer got a lookup call .*'failed'"):
+        TofuRun(down).run()
+    assert not (tmp_path / "down" / "models").exists()
 
 
 def test_scoring_executes_lookups_before_and_after_deletion(tmp_path):
