@@ -318,14 +318,14 @@ class TofuRun:
             self.training[name] = {"reused": True, **self._train_meta(target)}
             return target
         examples = [QAExample(r.question, self.annotated_answer(r) if lmlm else r.answer) for r in rows]
-        per_epoch = math.ceil(len(examples) / c.batch_size)
-        steps = c.max_steps if c.max_steps > 0 else max(1, math.ceil(per_epoch * c.epochs))
+        # TOFU's finetune.py: epochs x rows // batch steps, one epoch of linear warm-up, then linear decay.
+        steps = c.max_steps if c.max_steps > 0 else max(1, int(c.epochs * len(examples)) // c.batch_size)
         lr = c.learning_rate if c.learning_rate is not None else (1e-5 if c.checkpoint else 1e-3)
         per_device = min(c.per_device_batch_size, c.batch_size)
         config = FinetuneConfig(
             checkpoint=str(start), output_dir=str(target), context_length=c.context_length,
             per_device_batch_size=per_device, effective_batch_size=per_device * max(1, c.batch_size // per_device),
-            max_steps=steps, learning_rate=lr, warmup_steps=min(per_epoch, steps // 5),  # TOFU: one epoch of warm-up
+            max_steps=steps, learning_rate=lr, warmup_steps=max(1, int(steps // max(c.epochs, 1))),
             weight_decay=0.01, lr_scheduler="linear", logging_steps=max(1, steps // 5), seed=c.seed,
             device=c.device, progress=c.progress)
         finetune(config, examples)
@@ -406,7 +406,7 @@ class TofuRun:
             forget_items = [QAItem("", "", "", r.question, r.answer, r.answer, [], []) for r in self.forget[split]]
             retain_items = [QAItem("", "", "", r.question, r.answer, r.answer, [], [])
                             for r in self.retain[RETAIN_OF[split]]]
-            steps = max(1, math.ceil(len(forget_items) / c.unlearn_batch * c.unlearn_epochs))
+            steps = max(1, int(c.unlearn_epochs * len(forget_items)) // c.unlearn_batch)  # as TOFU's forget.py
             for method in methods:
                 model = copy.deepcopy(baseline.model)
                 start = time.perf_counter()

@@ -193,7 +193,7 @@ def test_lmlm_tofu_command_end_to_end(tmp_path):
     data, out = tmp_path / "tofu", tmp_path / "run"
     write_world_files(world_for_authors(8, seed=1), data)
     settings = ["preset=micro", "vocab_size=400", "context_length=96", "max_steps=1", "batch_size=8",
-                "forget_splits=forget10", "methods=grad_diff", "relation_match=exact", "rouge_tokens=0", "eval_questions=4",
+                "forget_splits=forget10", "methods=grad_diff", "relation_match=exact", "rouge_tokens=0", "eval_questions=3", "unlearn_epochs=1",
                 "unlearn_batch=4", "progress=false"]
     args = ["tofu", "--data", str(data), "--out", str(out), "--annotator", "offline", "--device", "cpu"]
     result = CliRunner().invoke(app, [*args, *(a for s in settings for a in ("--set", s))])
