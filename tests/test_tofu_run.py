@@ -26,6 +26,7 @@ from benchmarks.tofu_run import (
     TofuRun,
     annotate_cached,
     delete_forget_rows,
+    forget_quality_interval,
     placements,
     working_copy,
     write_kb,
@@ -145,6 +146,20 @@ def test_annotate_to_kb_with_sources_refusals_and_timeouts(world, tmp_path):
     with pytest.raises(ValueError, match=r"no training answer got a lookup call .*'failed'"):
         TofuRun(down).run()
     assert not (tmp_path / "down" / "models").exists()
+
+
+def test_forget_quality_interval_is_the_paired_bootstrap_of_the_ks_p_value():
+    import numpy as np
+
+    from benchmarks.stats import bootstrap
+    from benchmarks.tofu import forget_quality
+
+    rng = np.random.default_rng(1)
+    u, r = rng.random(25), rng.random(25) + 0.2
+    got = forget_quality_interval(u, r)
+    slow = bootstrap(np.arange(25), lambda i: forget_quality(u[i.astype(int)], r[i.astype(int)]))
+    assert (got["forget_quality"], got["fq_low"], got["fq_high"]) == pytest.approx((slow.value, slow.low, slow.high))
+    assert got["fq_low"] < got["forget_quality"] < got["fq_high"]
 
 
 def test_scoring_executes_lookups_before_and_after_deletion(tmp_path):
