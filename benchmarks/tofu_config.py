@@ -33,7 +33,7 @@ class TofuRunConfig:
     unlearn_lr: float = field(default=1e-5, metadata={"help": "Unlearning learning rate (TOFU: 1e-5)."})
     unlearn_batch: int = field(default=32, metadata={"help": "Forget (and retain) QA per unlearning step (TOFU: 32)."})
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature (TOFU/NPO: 0.1)."})
-    eval_questions: int | None = field(default=None, metadata={"help": "Questions per evaluation split (None: all)."})
+    eval_questions: int | None = field(default=None, metadata={"help": "Questions per utility split (retain, real authors, world facts; None: all). The forget splits are always scored whole."})
     rouge_tokens: int = field(default=200, metadata={"help": "Greedy tokens per answer for ROUGE-L (TOFU: 200; 0 skips ROUGE)."})
     eval_batch: int = field(default=16, metadata={"help": "Answers per scoring forward pass."})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda (training through the trainer's accelerate, scoring and unlearning on that device)."})

@@ -261,8 +261,8 @@ class TofuRun:
         self.forget = {s: load_train(c.data, s, c.qa_per_author) for s in c.splits}
         self.retain = {RETAIN_OF[s]: load_train(c.data, RETAIN_OF[s], c.qa_per_author) for s in c.splits}
         self.qa = load_eval_sets(c.data, c.splits)
-        if c.eval_questions is not None:
-            self.qa = {s: items[: c.eval_questions] for s, items in self.qa.items()}
+        if c.eval_questions is not None:  # forget quality needs every forget item; utility can be sampled
+            self.qa = {s: items if s in c.splits else items[: c.eval_questions] for s, items in self.qa.items()}
 
     # ------------------------------------------------------------------ step 1
     def annotate(self) -> None:
