@@ -27,6 +27,7 @@ scored as a baseline would be; the report counts them (and authors with no call 
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import time
@@ -338,11 +339,16 @@ class TofuRun:
     def train(self) -> dict[str, Path]:
         start = time.perf_counter()
         lmlm_start, base_start = self._starting_points()
-        models = {"lmlm": self._finetune("lmlm", lmlm_start, self.full, True),
-                  "baseline": self._finetune("baseline", base_start, self.full, False)}
+        jobs = [("lmlm", lmlm_start, self.full, True), ("baseline", base_start, self.full, False)]
         for retain, rows in self.retain.items():
-            models[f"lmlm-{retain}"] = self._finetune(f"lmlm-{retain}", lmlm_start, rows, True)
-            models[f"baseline-{retain}"] = self._finetune(f"baseline-{retain}", base_start, rows, False)
+            jobs += [(f"lmlm-{retain}", lmlm_start, rows, True), (f"baseline-{retain}", base_start, rows, False)]
+        # accelerate runs gc.collect() after each training, ~1 s with torch, transformers and TRL loaded;
+        # what is alive now lives on, so it is left out of those collections.
+        gc.freeze()
+        try:
+            models = {job[0]: self._finetune(*job) for job in jobs}
+        finally:
+            gc.unfreeze()
         self.timings["fine-tuning"] = time.perf_counter() - start
         return models
 
