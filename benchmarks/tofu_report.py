@@ -24,6 +24,7 @@ def markdown(data: dict) -> str:
                 "reused" if t.get("reused") else "") for name, t in data["training"].items()]
     receipts = [(s, r["entities"], r["rows_removed"], r["verified"]) for s, r in data["receipts"].items()]
     published = [(p["label"], p["split"] or "-", p["forget_quality"], p["model_utility"]) for p in data["published"]]
+    references = [(r["model"], r["split"], r["forget_truth_ratio"]) for r in data["references"]]
     no_calls = ", ".join(f"{s} {n}" for s, n in a["eval_items_without_calls"].items())
     return "\n".join([
         f"# TOFU on {data['config']['data']}: LMLM row deletion vs gradient unlearning",
@@ -36,6 +37,11 @@ def markdown(data: dict) -> str:
         "",
         report.table(["model", "method", "split", "forget quality", "95 % interval", "model utility", "utility change",
                       "forget truth ratio", "forget prob", "forget ROUGE-L", "seconds"], rows),
+        "",
+        "The references: each retain model's forget truth ratio (never trained on the split; the LMLM's store "
+        "without its rows), the level a perfectly forgetting model matches.",
+        "",
+        report.table(["retain model", "forget split", "forget truth ratio"], references),
         "",
         "## Published figures (not ours; Llama-2-7b on the real TOFU)",
         "",

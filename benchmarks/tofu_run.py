@@ -41,7 +41,7 @@ import numpy as np
 from benchmarks.forgetting import GRADIENT_METHODS, UnlearnConfig, unlearn
 from benchmarks.stats import CONFIDENCE, RESAMPLES
 from benchmarks.subject import Answer, Subject
-from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality
+from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality, truth_ratio_score
 from benchmarks.tofu_config import TofuRunConfig
 from benchmarks.tofu_files import RECORDS_FILE, RETAIN_OF, QARow, load_eval_sets, load_train
 from benchmarks.tofu_report import PUBLISHED, write_report
@@ -248,6 +248,7 @@ class TofuRun:
         self.timings: dict[str, float] = {}
         self.annotation = AnnotationSummary()
         self.training: dict[str, dict] = {}
+        self.references: list[dict] = []  # the retain models' forget truth ratios: what "never saw it" looks like
 
     # ------------------------------------------------------------------ data
     def load(self) -> None:
@@ -389,6 +390,8 @@ class TofuRun:
             for kind, store in (("lmlm", retain_store), ("baseline", None)):
                 ref = self.subject(f"{kind}-{retain}", models[f"{kind}-{retain}"], store)
                 reference[kind][split] = evaluate_split(ref, split, self.qa[split], ratios_only).ratios
+                self.references.append({"model": f"{kind}-{retain}", "split": split,
+                                        "forget_truth_ratio": truth_ratio_score(reference[kind][split], forget=True)})
                 bar.update()
         rows: list[dict] = []
         before: dict[str, TofuResult] = {}
@@ -449,7 +452,7 @@ class TofuRun:
         self.timings["total"] = time.perf_counter() - started
         (self.out / "receipts.json").write_text(json.dumps(receipts, indent=1))
         data = {"config": asdict(self.config), "namespace": self.namespace, "annotation": asdict(self.annotation),
-                "training": self.training, "timings_s": self.timings, "rows": rows,
+                "training": self.training, "timings_s": self.timings, "rows": rows, "references": self.references,
                 "receipts": {s: {k: v for k, v in r.items() if k != "removed"} for s, r in receipts.items()},
                 "published": PUBLISHED}
         write_report(self.out, data)

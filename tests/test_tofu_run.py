@@ -218,6 +218,7 @@ def test_lmlm_tofu_command_end_to_end(tmp_path):
     assert methods == {("lmlm", "before"), ("baseline", "before"), ("lmlm", "delete"), ("baseline", "grad_diff")}
     assert report["receipts"]["forget10"]["verified"] and report["receipts"]["forget10"]["rows_removed"] > 0
     assert set(report["training"]) == {"lmlm", "baseline", "lmlm-retain90", "baseline-retain90"}
+    assert [r["model"] for r in report["references"]] == ["lmlm-retain90", "baseline-retain90"]
     assert (out / "tofu.png").exists() and "Published figures (not ours" in (out / "tofu.md").read_text()
     # A bad split is one clear error line.
     bad = CliRunner().invoke(app, [*args, "--set", "forget_splits=forget07"])
