@@ -15,7 +15,6 @@ Per split, from each question's answer losses (mean NLL per token, EOS included)
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,30 +85,20 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
 
 # --------------------------------------------------------------------------- real TOFU files
 
-TOFU_FILES = {
-    "forget01": "forget01_perturbed", "forget05": "forget05_perturbed", "forget10": "forget10_perturbed",
-    "retain": "retain_perturbed", "real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed",
-}
-
-
 def load_tofu(directory: str | Path) -> dict[str, list[QAItem]]:
-    """The TOFU evaluation sets from ``<split>_perturbed.json`` files (JSON lines or a JSON list).
+    """The TOFU evaluation sets present in ``directory`` (``<split>_perturbed.json``, JSON lines or a JSON list).
 
     Real TOFU has no entity annotations: its items carry no value offsets, so an LMLM
-    is scored on the plain answers.
+    is scored on the plain answers (``benchmarks.tofu_run`` annotates them to score with lookups).
     """
+    from benchmarks.tofu_files import EVAL_STEMS, MissingSplit, load_eval
+
     out: dict[str, list[QAItem]] = {}
-    for split, stem in TOFU_FILES.items():
-        path = Path(directory) / f"{stem}.json"
-        if not path.exists():
+    for split in EVAL_STEMS:
+        try:
+            out[split] = load_eval(directory, split)
+        except MissingSplit:
             continue
-        text = path.read_text()
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
-        out[split] = [
-            QAItem("", "", "", r["question"], r["answer"], r.get("paraphrased_answer", r["answer"]),
-                   list(r["perturbed_answer"]), [])
-            for r in rows
-        ]
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from lmlm_agent.cli import annotate, bench, demo, evaluate, kb, serve, teacher, train
+from lmlm_agent.cli import annotate, bench, demo, evaluate, kb, serve, teacher, tofu, train
 from lmlm_agent.cli.errors import FrontDoor
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(bench.app, name="bench")
 app.command("demo")(demo.demo)
 app.command("chat")(serve.chat)
 app.command("serve")(serve.serve)
+app.command("tofu")(tofu.tofu)
 
 
 def main() -> None:
