@@ -28,14 +28,14 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from lmlm_agent.format import LookupCall
 from training.annotation_eval import normalise
 from training.annotator_data import Grounded, ground, name_spans, title_span
-from training.annotators import Annotation, finish, screen
+from training.annotators import Annotation, config_from, finish, screen
 
 
 def default_encoder() -> str:
@@ -79,11 +79,6 @@ class AnnotatorConfig:
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-
-    @classmethod
-    def from_json(cls, d: dict) -> "AnnotatorConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # --------------------------------------------------------------------------- windows
@@ -717,7 +712,7 @@ class Annotator:
 
         d = Path(directory)
         meta = json.loads((d / "annotator.json").read_text(encoding="utf-8"))
-        config = AnnotatorConfig.from_json(meta["config"])
+        config = config_from(AnnotatorConfig, meta["config"])
         if threads:
             config.threads = threads
         torch.set_num_threads(config.threads)

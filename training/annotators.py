@@ -16,7 +16,7 @@ calls, is the input exactly (``finish`` checks it for every document, whatever t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -80,6 +80,12 @@ def finish(result: Annotation) -> Annotation:
         if strip_calls(result.annotated) != result.text:
             result.annotated, result.calls, result.status = result.text, [], "roundtrip_failed"
     return result
+
+
+def config_from(cls, saved: dict[str, Any]):
+    """A config dataclass from its saved fields; a field an older or newer version wrote and this one lacks is ignored."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in saved.items() if k in names})
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -154,8 +160,7 @@ class TeacherAnnotator:
         settings = dict(read_meta(directory).get("teacher", {}))
         if settings.get("cache_dir") is not None:
             settings["cache_dir"] = Path(settings["cache_dir"])
-        known = TeacherConfig.__dataclass_fields__
-        return cls(TeacherConfig(**{k: v for k, v in settings.items() if k in known}))
+        return cls(config_from(TeacherConfig, settings))
 
 
-__all__ = ["KINDS", "Annotation", "Annotator", "TeacherAnnotator", "finish", "load_annotator", "read_meta", "screen"]
+__all__ = ["KINDS", "Annotation", "Annotator", "TeacherAnnotator", "config_from", "finish", "load_annotator", "read_meta", "screen"]

@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from lmlm_agent.format import SPECIAL_TOKENS, LookupCall, clean_field
-from training.annotators import Annotation, finish, screen
+from training.annotators import Annotation, config_from, finish, screen
 
 _SENTENCE_END = (".", "!", "?")
 
@@ -60,11 +60,6 @@ class GenerativeConfig:
     device: str = field(default="", metadata={"help": "cpu or cuda; empty: cuda when available."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-
-    @classmethod
-    def from_json(cls, d: dict) -> "GenerativeConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # --------------------------------------------------------------------------- the base model
@@ -451,7 +446,7 @@ class GenerativeAnnotator:
 
         d = Path(directory)
         meta = read_meta(d)
-        config = GenerativeConfig.from_json(meta.get("config", {}))
+        config = config_from(GenerativeConfig, meta.get("config", {}))
         if threads:
             config.threads = threads
         torch.set_num_threads(config.threads)
