@@ -128,3 +128,14 @@ def test_a_base_without_call_tokens_gets_them(tmp_path) -> None:
     no_eos = PreTrainedTokenizerFast(tokenizer_object=bpe)
     with pytest.raises(ValueError, match="end-of-text"):
         ensure_call_tokens(model, no_eos)
+
+
+def test_lora_trains_adapters_then_merges(micro, tmp_path) -> None:
+    from training.generative_annotator import train_generative
+
+    path, _, _ = micro
+    config = GenerativeConfig(base=str(path), lora_rank=2, max_steps=1, batch_size=2, progress=False, window_tokens=64)
+    annotator, report = train_generative([(TEXT, ANNOTATED), (OTHER, OTHER_ANNOTATED)], config, tmp_path)
+    assert report.steps == 1 and 0 < report.trainable_parameters < report.parameters
+    assert type(annotator.model).__name__ == "LlamaForCausalLM"  # merged: saved and loaded as a plain model
+    assert strip_calls(annotator.annotate([OTHER])[0].annotated) == OTHER

@@ -234,7 +234,7 @@ def sft_rows(tokenizer, model, documents: Iterable[tuple[str, str]], config: Gen
     return rows
 
 
-def build_trainer(model, tokenizer, rows: list[dict], config: GenerativeConfig, output_dir: str | Path):
+def build_trainer(model, tokenizer, rows: list[dict], config: GenerativeConfig, output_dir: str | Path, train_embeddings: bool = False):
     """TRL's SFTTrainer on pre-tokenized rows; its labels are -100 outside the completion (the paragraph given)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -261,9 +261,10 @@ def build_trainer(model, tokenizer, rows: list[dict], config: GenerativeConfig, 
     if config.lora_rank:
         from peft import LoraConfig
 
-        # New call tokens start untrained: their embedding rows must learn too, beside the adapters.
-        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM", trainable_token_indices=[tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS])
+        # Call tokens just added start untrained: then the embeddings learn too, beside the adapters. (peft's
+        # trainable_token_indices would train only their rows, but TRL's fused loss head cannot read a wrapped head.)
+        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM",
+                                 modules_to_save=["embed_tokens", "lm_head"] if train_embeddings else None)
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=peft_config)
 
 
@@ -283,7 +284,7 @@ def train_generative(documents: Iterable[tuple[str, str]], config: GenerativeCon
     rows = sft_rows(tokenizer, model, documents, config, report)
     if not rows:
         raise ValueError(f"no usable training windows ({report.skipped or 'no records'})")
-    trainer = build_trainer(model, tokenizer, rows, config, work_dir)
+    trainer = build_trainer(model, tokenizer, rows, config, work_dir, train_embeddings=report.added_tokens > 0)
     result = trainer.train()
     model = trainer.model
     report.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
