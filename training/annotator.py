@@ -28,13 +28,14 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lmlm_agent.format import SPECIAL_TOKENS, LookupCall, insert_calls, strip_calls
+from lmlm_agent.format import LookupCall
 from training.annotation_eval import normalise
 from training.annotator_data import Grounded, ground, name_spans, title_span
+from training.annotators import Annotation, config_from, finish, screen
 
 
 def default_encoder() -> str:
@@ -78,11 +79,6 @@ class AnnotatorConfig:
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-
-    @classmethod
-    def from_json(cls, d: dict) -> "AnnotatorConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # --------------------------------------------------------------------------- windows
@@ -614,17 +610,6 @@ def _truncate(encoder, layers: int) -> None:
 # --------------------------------------------------------------------------- annotating
 
 
-@dataclass
-class Annotation:
-    """One document's output; ``status`` is ok, or empty / contains_call_tokens / roundtrip_failed (text left unchanged)."""
-
-    text: str
-    annotated: str
-    calls: list[tuple[int, LookupCall]] = field(default_factory=list)  # (offset in text, call)
-    windows: int = 0
-    status: str = "ok"
-
-
 def _continues_word(w: Window) -> list[bool]:
     """Per token: it is the rest of the previous token's word ("##ing", the "000" and "," of "50,000")."""
     return [False] + [k is not None and k == prev for prev, k in zip(w.word_of, w.word_of[1:])]
@@ -697,7 +682,9 @@ def _field(s: str) -> str:
 
 
 class Annotator:
-    """A trained annotator: ``annotate(texts)``, ``save(dir)``, ``Annotator.load(dir)``."""
+    """The extractive annotator (``kind`` extractive): ``annotate(texts)``, ``save(dir)``, ``Annotator.load(dir)``."""
+
+    kind = "extractive"
 
     def __init__(self, model, tokenizer, relations: list[str], config: AnnotatorConfig, report: dict | None = None):
         self.model, self.tokenizer, self.relations, self.config = model, tokenizer, relations, config
@@ -713,7 +700,7 @@ class Annotator:
         self.tokenizer.save_pretrained(d / "encoder")
         heads = {k: v.detach().contiguous() for k, v in self.model.state_dict().items() if not k.startswith("encoder.")}
         save_file(heads, str(d / "heads.safetensors"))
-        meta = {"config": asdict(self.config), "relations": self.relations, "train": self.report}
+        meta = {"kind": self.kind, "config": asdict(self.config), "relations": self.relations, "train": self.report}
         (d / "annotator.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         return d
 
@@ -725,7 +712,7 @@ class Annotator:
 
         d = Path(directory)
         meta = json.loads((d / "annotator.json").read_text(encoding="utf-8"))
-        config = AnnotatorConfig.from_json(meta["config"])
+        config = config_from(AnnotatorConfig, meta["config"])
         if threads:
             config.threads = threads
         torch.set_num_threads(config.threads)
@@ -742,31 +729,33 @@ class Annotator:
         """Annotate texts; stripping the calls of each result gives back its text exactly."""
         import torch
 
-        results = [Annotation(t, t) for t in texts]
+        results, todo = screen(texts)
         jobs = []  # (document index, window)
-        for i, t in enumerate(texts):
-            if not t.strip():
-                results[i].status = "empty"
-            elif any(tok in t for tok in SPECIAL_TOKENS):
-                # Calls inserted here could not be told apart from the text's own tokens.
-                results[i].status = "contains_call_tokens"
-            else:
-                windows = make_windows(self.tokenizer, t, self.config.max_length)
-                results[i].windows = len(windows)
-                jobs += [(i, w) for w in windows]
+        for i in todo:
+            windows = make_windows(self.tokenizer, texts[i], self.config.max_length)
+            results[i].windows = len(windows)
+            jobs += [(i, w) for w in windows]
         jobs.sort(key=lambda j: len(j[1].ids))
         with torch.inference_mode():
             for k in range(0, len(jobs), batch_size):
                 chunk = jobs[k : k + batch_size]
                 for (i, w), calls in zip(chunk, self._predict([w for _, w in chunk], [texts[i] for i, _ in chunk])):
                     results[i].calls += calls
-        for r in results:
-            if r.calls:
-                r.calls.sort(key=lambda p: p[0])
-                r.annotated = insert_calls(r.text, r.calls)
-                if strip_calls(r.annotated) != r.text:  # cannot happen by construction; never ship it if it does
-                    r.annotated, r.calls, r.status = r.text, [], "roundtrip_failed"
-        return results
+        return [finish(r) for r in results]  # the round-trip check cannot fail by construction; never ship it if it does
+
+    def describe(self) -> dict:
+        train = self.report or {}
+        return {
+            "kind": self.kind,
+            "model": f"MiniLM, first {self.config.encoder_layers} layers, span/tag/pair heads",
+            "model_parameters": train.get("parameters"),
+            "train_seconds": round(train.get("seconds", 0.0), 1),
+            "train_documents": train.get("documents"),
+            "cpu_threads": self.config.threads,
+            "encoder_layers": self.config.encoder_layers,
+            "value_bias": self.config.value_bias,
+            "case_features": self.config.case_features,
+        }
 
     def _predict(self, windows: list[Window], texts: list[str]) -> list[list[tuple[int, LookupCall]]]:
         import torch

@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 from lmlm_agent.format import list_calls
 from training.annotation_eval import AgreementReport
-from training.annotator import Annotator, model_size_bytes
+from training.annotator import model_size_bytes
+from training.annotators import Annotator
 from training.corpus import load_lmlm_annotations
 
 
@@ -122,7 +123,7 @@ def annotate_corpus(
 
 
 def evaluate_annotator(annotator: Annotator, reference: str | Path, annotator_dir: str | Path | None = None) -> AgreementReport:
-    """Score the annotator's calls on the reference's plain texts against the reference's calls."""
+    """Score the annotator's calls (any kind) on the reference's plain texts against the reference's calls."""
     docs = load_lmlm_annotations(reference)
     started = time.perf_counter()
     results = annotator.annotate([d.plain for d in docs])
@@ -130,23 +131,46 @@ def evaluate_annotator(annotator: Annotator, reference: str | Path, annotator_di
     report = AgreementReport()
     for doc, result in zip(docs, results):
         report.add([c for _, c in result.calls], list_calls(doc.annotated))
-    train = annotator.report or {}
     report.info = {
         "reference": str(reference),
         "annotator": str(annotator_dir or ""),
         "paragraphs_per_second": round(len(docs) / seconds, 2) if seconds else None,
         "annotate_seconds": round(seconds, 3),
-        "cpu_threads": annotator.config.threads,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "model_parameters": train.get("parameters"),
         "model_size_mb": round(model_size_bytes(annotator_dir) / 1e6, 1) if annotator_dir else None,
-        "train_seconds": round(train.get("seconds", 0.0), 1),
-        "train_documents": train.get("documents"),
-        "encoder_layers": annotator.config.encoder_layers,
-        "value_bias": annotator.config.value_bias,
-        "case_features": annotator.config.case_features,
+        **annotator.describe(),
     }
     return report
 
 
-__all__ = ["CorpusConfig", "annotate_corpus", "evaluate_annotator"]
+def compare_annotators(annotators: list[tuple[str, Annotator]], references: list[Path]) -> list[dict[str, Any]]:
+    """Each annotator (any kind) on each reference, in one run: F1 per key, call counts, speed."""
+    rows = []
+    for reference in references:
+        for name, annotator in annotators:
+            report = evaluate_annotator(annotator, reference, name)
+            counts = report.counts
+            rows.append({
+                "reference": Path(reference).name,
+                "annotator": name,
+                "kind": annotator.kind,
+                "documents": report.documents,
+                **{f"{key}_f1": round(c.f1, 3) for key, c in counts.items()},
+                "value_precision": round(counts["value"].precision, 3),
+                "value_recall": round(counts["value"].recall, 3),
+                "calls": counts["value"].predicted,
+                "reference_calls": counts["value"].reference,
+                "paragraphs_per_second": report.info["paragraphs_per_second"],
+            })
+    return rows
+
+
+def comparison_markdown(rows: list[dict[str, Any]]) -> str:
+    columns = ["reference", "annotator", "kind", "value_f1", "entity_value_f1", "triple_f1", "value_precision",
+               "value_recall", "calls", "reference_calls", "paragraphs_per_second"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["CorpusConfig", "annotate_corpus", "evaluate_annotator", "compare_annotators", "comparison_markdown"]

@@ -191,7 +191,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in kinds):
         return value
     for t in kinds:
-        if t in (int, float, str):
+        if t in (int, float, str, Path):
             try:
                 return t(value)
             except (TypeError, ValueError):

@@ -1,4 +1,4 @@
-"""`lmlm annotate`: train the distilled annotator, annotate a corpus, score against a teacher."""
+"""`lmlm annotate`: make an annotator of any kind, annotate a corpus, score annotators against a teacher."""
 
 from __future__ import annotations
 
@@ -12,26 +12,54 @@ import typer
 app = typer.Typer(help="Annotate text with lookup calls and score an annotator against a teacher.", no_args_is_help=True)
 
 
+KIND_HELP = "extractive (MiniLM tagger, the CPU default), generative (a causal LM fine-tuned with TRL) or teacher (the endpoint itself)."
+
+
 @app.command("train")
 def train(
-    records: list[Path] = typer.Option(..., "--records", help="Teacher annotations (published JSON or our JSONL); repeatable."),
-    out: Path = typer.Option(..., "--out", help="Directory of the trained annotator."),
+    out: Path = typer.Option(..., "--out", help="Directory of the annotator."),
+    records: list[Path] = typer.Option([], "--records", help="Teacher annotations (published JSON or our JSONL); repeatable."),
+    kind: str = typer.Option("extractive", "--kind", help=KIND_HELP),
+    base: Optional[Path] = typer.Option(None, "--base", help="generative: an HF causal LM directory to fine-tune."),
+    preset: str = typer.Option("small", help="generative without --base: train a fresh model of this preset (and a tokenizer on the records) in OUT/base."),
+    context: int = typer.Option(512, help="generative without --base: the fresh model's context in tokens."),
     epochs: float = typer.Option(8.0, help="Passes over the training windows."),
-    layers: int = typer.Option(4, help="Encoder layers kept, of MiniLM's 6 (fewer: smaller and faster)."),
+    layers: int = typer.Option(4, help="extractive: encoder layers kept, of MiniLM's 6 (fewer: smaller and faster)."),
     max_documents: int = typer.Option(0, help="Train on at most this many documents (0: all)."),
-    overrides: list[str] = typer.Option([], "--set", help="Any AnnotatorConfig field as key=value; repeatable."),
+    overrides: list[str] = typer.Option([], "--set", help="Any field of the kind's config (AnnotatorConfig, GenerativeConfig, TeacherConfig) as key=value; repeatable."),
 ) -> None:
-    """Distil an annotator from teacher annotations (runs at low CPU priority)."""
-    from training.annotator import AnnotatorConfig, model_size_bytes, train_annotator
+    """Make an annotator of any kind: distil one from teacher annotations, or save the teacher's settings (low CPU priority)."""
     from training.config import load_config
     from training.corpus import read_documents
 
     os.nice(10)  # share the machine: training yields to interactive work
-    config = load_config(AnnotatorConfig, None, [f"epochs={epochs}", f"encoder_layers={layers}", f"max_documents={max_documents}", *overrides])
+    if kind == "teacher":
+        from training.annotators import TeacherAnnotator
+        from training.teacher import TeacherConfig
+
+        TeacherAnnotator(load_config(TeacherConfig, None, overrides)).save(out)
+        typer.echo(json.dumps({"kind": kind, "out": str(out)}, indent=1))
+        return
+    if not records:
+        raise typer.BadParameter("give the teacher's annotations to learn from", param_hint="--records")
     docs = [d for path in records for d in read_documents(path)]
-    annotator, report = train_annotator(((d.plain, d.annotated) for d in docs), config)
+    if kind == "extractive":
+        from training.annotator import AnnotatorConfig, model_size_bytes, train_annotator
+
+        config = load_config(AnnotatorConfig, None, [f"epochs={epochs}", f"encoder_layers={layers}", f"max_documents={max_documents}", *overrides])
+        annotator, _ = train_annotator(((d.plain, d.annotated) for d in docs), config)
+    elif kind == "generative":
+        from training.annotator import model_size_bytes
+        from training.generative_annotator import GenerativeConfig, new_base, train_generative
+
+        if base is None:
+            base = new_base([d.plain for d in docs] + [d.annotated for d in docs], out / "base", preset=preset, context=context)
+        config = load_config(GenerativeConfig, None, [f"base={base}", f"epochs={epochs}", f"max_documents={max_documents}", *overrides])
+        annotator, _ = train_generative(((d.plain, d.annotated) for d in docs), config, out / "trainer")
+    else:
+        raise typer.BadParameter(f"unknown kind {kind!r}", param_hint="--kind")
     annotator.save(out)
-    typer.echo(json.dumps({**annotator.report, "out": str(out), "size_mb": round(model_size_bytes(out) / 1e6, 1)}, indent=1))
+    typer.echo(json.dumps({**annotator.report, "kind": kind, "out": str(out), "size_mb": round(model_size_bytes(out) / 1e6, 1)}, indent=1))
 
 
 @app.command("calibrate")
@@ -43,11 +71,14 @@ def calibrate_command(
 ) -> None:
     """Re-choose the value bias (how many calls) on held-out teacher documents, never the evaluation set."""
     from training.annotator import Annotator, calibrate
+    from training.annotators import read_meta
     from training.corpus import read_documents
 
     docs = [d for path in records for d in read_documents(path)][:documents]
     if not docs:
         raise typer.BadParameter("no documents in --records", param_hint="--records")
+    if read_meta(annotator_dir).get("kind", "extractive") != "extractive":
+        raise typer.BadParameter("only an extractive annotator has a value bias to calibrate", param_hint="--annotator")
     annotator = Annotator.load(annotator_dir, threads=threads)
     annotator.report["calibration"] = calibrate(annotator, [(d.plain, d.annotated) for d in docs])
     annotator.save(annotator_dir)
@@ -58,15 +89,15 @@ def calibrate_command(
 def corpus(
     in_path: Path = typer.Argument(..., help="JSONL of {id, text}."),
     out_path: Path = typer.Argument(..., help="JSONL of {id, text (annotated), plain}; appended to, ids already there skipped."),
-    annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory."),
+    annotator_dir: Path = typer.Option(..., "--annotator", help="An annotator directory, any kind."),
     db: Optional[str] = typer.Option(None, "--db", help="Knowledge base (SQLite path or URL) to receive the triples."),
     namespace: Optional[str] = typer.Option(None, help="Knowledge-base namespace."),
     batch_size: int = typer.Option(64, help="Documents per batch."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Annotate a corpus; with --db, each triple goes to the knowledge base as source doc:<id>@<offset>."""
-    from training.annotator import Annotator
     from training.annotator_run import CorpusConfig, annotate_corpus
+    from training.annotators import load_annotator
 
     store = None
     if db:
@@ -74,7 +105,7 @@ def corpus(
 
         store = open_store(db, index=False)
     summary = annotate_corpus(
-        Annotator.load(annotator_dir, threads=threads), in_path, out_path, store, CorpusConfig(batch_size=batch_size, namespace=namespace)
+        load_annotator(annotator_dir, threads=threads), in_path, out_path, store, CorpusConfig(batch_size=batch_size, namespace=namespace)
     )
     typer.echo(json.dumps(summary, indent=1))
 
@@ -82,19 +113,61 @@ def corpus(
 @app.command("eval")
 def evaluate(
     reference: Path = typer.Option(..., "--reference", help="Teacher annotations to score against (e.g. squad-eval100.gpt4o.json)."),
-    annotator_dir: Path = typer.Option(..., "--annotator", help="A trained annotator directory."),
+    annotator_dir: Path = typer.Option(..., "--annotator", help="An annotator directory, any kind."),
     out: Path = typer.Option(Path("runs/annotation-eval"), "--out", help="Directory for annotation_eval.json and .md."),
-    value_bias: Optional[float] = typer.Option(None, help="Override the annotator's value-span bias (+: more calls)."),
+    value_bias: Optional[float] = typer.Option(None, help="extractive: override the value-span bias (+: more calls)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Precision/recall/F1 of the annotator's calls against the reference, per document, micro-averaged."""
-    from training.annotator import Annotator
     from training.annotator_run import evaluate_annotator
+    from training.annotators import load_annotator
 
-    annotator = Annotator.load(annotator_dir, threads=threads)
+    annotator = load_annotator(annotator_dir, threads=threads)
     if value_bias is not None:
+        if annotator.kind != "extractive":
+            raise typer.BadParameter("only an extractive annotator has a value bias", param_hint="--value-bias")
         annotator.config.value_bias = value_bias
     report = evaluate_annotator(annotator, reference, annotator_dir)
     js, md = report.write(out)
     typer.echo(report.to_markdown())
     typer.echo(f"written: {js} {md}", err=True)
+
+
+@app.command("compare")
+def compare(
+    annotator_dirs: list[Path] = typer.Option(..., "--annotator", help="Annotator directories of any kind; repeatable."),
+    references: list[Path] = typer.Option(..., "--reference", help="Teacher annotations to score against; repeatable."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write comparison.json and comparison.md here."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+) -> None:
+    """Annotators side by side in one run: value, entity+value and triple F1, calls, paragraphs per second."""
+    from training.annotator_run import compare_annotators, comparison_markdown
+    from training.annotators import load_annotator
+
+    rows = compare_annotators([(str(d), load_annotator(d, threads=threads)) for d in annotator_dirs], references)
+    table = comparison_markdown(rows)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (out / "comparison.md").write_text(table)
+    typer.echo(table)
+
+
+@app.command("speed")
+def speed(
+    annotator_dir: Path = typer.Option(..., "--annotator", help="A generative annotator directory."),
+    reference: Path = typer.Option(..., "--reference", help="Documents to annotate (published JSON or our JSONL); their plain text is used."),
+    documents: int = typer.Option(20, help="Annotate the first N documents."),
+    drafts: list[int] = typer.Option([1, 16], "--draft", help="Input tokens verified per forward pass; repeatable (1: token by token)."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+) -> None:
+    """Copy-verified decoding against token-by-token decoding: paragraphs per second, and that both write the same."""
+    from training.annotators import load_annotator
+    from training.corpus import read_documents
+    from training.generative_annotator import decoding_speed
+
+    annotator = load_annotator(annotator_dir, threads=threads)
+    if annotator.kind != "generative":
+        raise typer.BadParameter("decoding speed is measured for a generative annotator", param_hint="--annotator")
+    texts = [d.plain for d in read_documents(reference)][:documents]
+    typer.echo(json.dumps(decoding_speed(annotator, texts, drafts), indent=1))

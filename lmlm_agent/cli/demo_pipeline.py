@@ -146,9 +146,9 @@ class DemoRun:
         """Load a finished costly stage's outputs instead of recomputing them; False: run the stage again."""
         d = self.directory
         if name == "annotator" and (d / "annotator" / "annotation_eval.json").exists():
-            from training.annotator import Annotator
+            from training.annotators import load_annotator
 
-            self._annotator = Annotator.load(d / "annotator", threads=self.threads)
+            self._annotator = load_annotator(d / "annotator", threads=self.threads)
             self.results["annotator"] = json.loads((d / "annotator" / "annotation_eval.json").read_text())
             return True
         if name == "corpus" and (d / "corpus" / "annotated.jsonl").exists() and (d / "kb.sqlite").exists():

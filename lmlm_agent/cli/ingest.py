@@ -1,4 +1,4 @@
-"""Memory writes: new text -> the distilled annotator -> triples in the knowledge base, with provenance.
+"""Memory writes: new text -> an annotator (any kind) -> triples in the knowledge base, with provenance.
 
 A running agent reads the store on every lookup, so facts ingested here are
 answered at once, with no retraining (MemLLM's memory writes, done by the annotator).
@@ -28,8 +28,9 @@ class IngestReport:
 def ingest_texts(annotator: Any, store: Any, docs: Sequence[tuple[str, str]], namespace: str | None = None) -> IngestReport:
     """Annotate each ``(doc_id, text)`` and write every call's triple; provenance ``<doc_id>@<character offset>``.
 
-    ``annotator`` is anything with ``annotate(texts) -> [result with .calls = [(offset, LookupCall)]]``
-    (:class:`training.annotator.Annotator`). A triple the store refuses (too long, a call token
+    ``annotator`` is any kind (:class:`training.annotators.Annotator`: teacher, extractive, generative; load
+    one with ``load_annotator(dir)``), or anything with ``annotate(texts) -> [result with .calls = [(offset,
+    LookupCall)]]``. A triple the store refuses (too long, a call token
     inside) is reported, not fatal: the rest of the document is still stored.
     """
     from tools import InvalidInput
