@@ -65,7 +65,8 @@ class Annotated:
 
 def annotate_texts(texts: Sequence[str], annotator: str, teacher_url: str = "", timeout_s: float = 60.0,
                    retries: int = 4, cache_dir: Path | None = None, progress: bool = True) -> list[Annotated]:
-    """The run's one dependency on an annotator: ``teacher`` (OpenAI-compatible) or a distilled annotator's directory."""
+    """The run's one dependency on an annotator: ``teacher`` (OpenAI-compatible, by URL) or an annotator directory
+    of any kind (``lmlm annotate train --kind teacher|extractive|generative``)."""
     if annotator == "teacher":
         from training.teacher import TeacherClient, TeacherConfig, calls_with_offsets
 
@@ -75,9 +76,9 @@ def annotate_texts(texts: Sequence[str], annotator: str, teacher_url: str = "", 
         return [Annotated(r.status, calls_with_offsets(r.annotated)[1] if r.annotated is not None else [],
                           r.prompt_tokens, r.completion_tokens)
                 for r in TeacherClient(config).annotate_many(texts)]
-    from training.annotator import Annotator
+    from training.annotators import load_annotator
 
-    return [Annotated(a.status, a.calls) for a in Annotator.load(annotator).annotate(list(texts))]
+    return [Annotated(a.status, a.calls) for a in load_annotator(annotator).annotate(list(texts))]
 
 
 @dataclass

@@ -26,7 +26,7 @@ def tofu(
                              "finished models are reused; delete OUT/models to retrain)."),
     annotator: str = typer.Option("teacher", "--annotator", help="teacher (OpenAI-compatible; --set teacher_url=...), "
                                   "offline (the local offline teacher on DATA/teacher_records.jsonl, for generated files), "
-                                  "or the directory of a distilled annotator."),
+                                  "or an annotator directory of any kind (lmlm annotate train --kind teacher/extractive/generative)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Start from a run directory with lmlm/ and baseline/, "
                                               "or one HF causal LM with the four call tokens; default: from scratch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: training goes through the trainer (accelerate), "
