@@ -116,12 +116,14 @@ def is_local_dir(location: str) -> bool:
 
 
 class _Client:
-    """The one Chroma client of this process for one index location, used only inside :meth:`session`.
+    """The Chroma client of this process for one index location, used only inside :meth:`session`.
 
-    For a local directory a session holds the directory's file lock (and, for the threads of
-    this process, a mutex), reopens the client when the stamp file shows another process
-    wrote, and rewrites the stamp after a write. ``epoch`` counts reopenings, so collection
-    handles from an older client are never reused.
+    For a local directory every session holds the directory's file lock (and, for the threads
+    of this process, a mutex). A write session opens a fresh client and closes it before the
+    lock is released, so what it wrote is on disk and no client of this process holds
+    unwritten state; a read session reuses its client while the stamp file shows no write since
+    it was opened (a client that only read has nothing to write back when it is replaced).
+    ``epoch`` counts reopenings, so collection handles of an older client are never reused.
     """
 
     def __init__(self, location: str) -> None:
@@ -132,7 +134,7 @@ class _Client:
         self._stamp: str | None = None
         self._mutex = threading.RLock()
         self._depth = 0
-        self._wrote = False
+        self._writing = False
         self._fd: int | None = None
 
     @contextmanager
@@ -148,19 +150,19 @@ class _Client:
                 self._lock(wait_s)
             self._depth += 1
             try:
-                if outer:
-                    self._refresh()
+                if outer or (write and not self._writing):
+                    self._refresh(write)
                 assert self.client is not None
                 yield self.client
-                self._wrote |= write
             finally:
                 self._depth -= 1
                 if outer:
                     try:
-                        if self._wrote:
+                        if self._writing:
+                            self.close()  # Chroma writes its vector index back to disk on close
                             self._bump()
                     finally:
-                        self._wrote = False
+                        self._writing = False
                         self._unlock()
 
     def _lock(self, wait_s: float) -> None:
@@ -193,13 +195,15 @@ class _Client:
         except FileNotFoundError:
             return None
 
-    def _refresh(self) -> None:
+    def _refresh(self, write: bool) -> None:
+        """A fresh client for a write; for a read, a fresh one only when another process wrote since."""
         stamp = self._read_stamp()
-        if self.client is None or stamp != self._stamp:
+        if write or self.client is None or stamp != self._stamp:
             self.close()
             self.client = make_client(self.location)
             self.epoch += 1
             self._stamp = stamp
+        self._writing = self._writing or write
 
     def _bump(self) -> None:
         stamp = uuid.uuid4().hex
