@@ -57,7 +57,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
 from lmlm_agent.agent import CHAT_STOP, LMLMAgent, RowFollower, chat_prompt, citations
-from lmlm_agent.decoding import GenerationOutput, Store
+from lmlm_agent.decoding import UNKNOWN, GenerationOutput, Store
 
 READ_TOOL = "kb_read"
 _FORCE_LOOKUP = {"any", "required", READ_TOOL}
@@ -91,7 +91,7 @@ class _ToolMiss:
 
     def __init__(self, error: str):
         self.error = error
-        self.value, self.fact_id, self.score, self.source, self.match = "unknown", None, None, None, "error"
+        self.value, self.fact_id, self.score, self.source, self.match = UNKNOWN, None, None, None, "error"
 
 
 class _ToolLookup:

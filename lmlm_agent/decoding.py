@@ -52,8 +52,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from lmlm_agent.format import ParseError, clean_field, parse, strip_calls
 from lmlm_agent.tokenizer import call_token_ids
+from tools.schema import UNKNOWN
 
-UNKNOWN = "unknown"
 # The published decoding bias, in the order <|db_entity|>, <|db_relationship|>, <|db_return|>, <|db_end|>.
 PUBLISHED_CALL_BIAS = (4.0, 2.0, 2.0, 2.0)
 

@@ -568,6 +568,14 @@ def memllm_to_special(text: str) -> tuple[Conversion, list[tuple[str, str, str]]
     return conv, writes
 
 
+def render_memllm_write(entity: str, relation: str, value: str) -> str | None:
+    """A MemLLM memory write of one triple, or None when a field holds what the dialect uses as syntax."""
+    fields = (entity, relation, value)
+    if any(mark in f for f in fields for mark in (">>", ";", _MEM_CLOSE, "\n")) or not all(f.strip() for f in fields):
+        return None
+    return f"{_MEM_WRITE_OPEN} {entity}>>{relation}>>{value}{_MEM_CLOSE}"
+
+
 def special_to_memllm(text: str) -> str:
     """Export: each complete call becomes a MemLLM object read with its value as result."""
     out: list[str] = []

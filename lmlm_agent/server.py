@@ -116,12 +116,24 @@ class ServerConfig:
         default=False,
         metadata={"help": "Semantic (embedding) lookups after exact ones; the demo's kb.sqlite needs `lmlm kb rebuild-index` first."},
     )
+    store: str | None = field(
+        default=None,
+        metadata={"help": "Knowledge base: a SQLite path or a database URL (postgresql://...), opened as it is (never "
+                          "created). Default: the run's kb.sqlite. Replicas that give the same URL share one store."},
+    )
+    index: str | None = field(
+        default=None,
+        metadata={"help": "Semantic index (with semantic: true): a Chroma directory or an http(s):// Chroma server "
+                          "(`chroma run`), which replicas share. Default: the directory beside a SQLite store."},
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check_private_namespaces(self.namespace_tokens)
         if self.token == "":
             raise ValueError("token must not be empty")
+        if self.index is not None and not self.semantic:
+            raise ValueError("index is read only by semantic lookups: set semantic: true (--semantic) or leave index out")
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:
@@ -926,15 +938,23 @@ def _sse(payload: dict[str, Any]) -> str:
 
 
 def load_run(run: str | Path, config: ServerConfig | None = None, device: str | None = None) -> LMLMAgent:
-    """The agent of a run directory: the ``<run>/lmlm`` checkpoint over ``<run>/kb.sqlite``."""
+    """The agent of a run directory: the ``<run>/lmlm`` checkpoint over the configured store (``<run>/kb.sqlite``).
+
+    A run without a kb.sqlite is served without a store (every lookup ``unknown``); a store
+    named in the config must exist (a replica must not answer from an empty database of its own).
+    """
     from tools import open_store
 
     run = Path(run)
+    config = config or ServerConfig()
     if not (run / "lmlm" / "config.json").exists():
         raise FileNotFoundError(f"{run} has no lmlm/ checkpoint; run `lmlm demo` (or `lmlm train pretrain`) first")
-    kb = run / "kb.sqlite"
-    semantic = (config or ServerConfig()).semantic
-    store = open_store(kb, create=False, **({} if semantic else {"index": False})) if kb.exists() else None
+    kb = config.store or run / "kb.sqlite"
+    index: dict[str, Any] = {"index": config.index} if config.index else {}
+    if config.store is None and not Path(kb).exists():
+        store = None
+    else:
+        store = open_store(kb, create=False, **(index if config.semantic else {"index": False}))
     return LMLMAgent.from_pretrained(run / "lmlm", store=store, device=device)
 
 

@@ -15,8 +15,9 @@ from tools import open_store
 runner = CliRunner()
 
 
-def kb(*args: str, db: Path, index: str = "off") -> tuple[int, str]:
-    result = runner.invoke(app, ["kb", *args, "--db", str(db), "--index", index])
+def kb(*args: str, db: Path, index: str | None = "off") -> tuple[int, str]:
+    """A `lmlm kb` command on ``db``; ``index=None`` for commands that never touch the index (export)."""
+    result = runner.invoke(app, ["kb", *args, "--db", str(db), *(["--index", index] if index else [])])
     return result.exit_code, result.output
 
 
@@ -78,7 +79,7 @@ def test_import_jsonl_with_bad_lines_then_export(db: Path, tmp_path: Path) -> No
     stats = kb_json("stats", db=db)
     assert stats["namespaces"] == [{"namespace": "people", "facts": 2, "indexed": None}]
     out = tmp_path / "out.json"
-    code, _ = kb("export", str(out), "--format", "lmlm-db", "--namespace", "people", db=db)
+    code, _ = kb("export", str(out), "--format", "lmlm-db", "--namespace", "people", db=db, index=None)
     assert code == 0 and len(json.loads(out.read_text())["triplets"]) == 2
 
 
@@ -162,3 +163,31 @@ def test_get_reports_rule_and_scores_and_never_creates_a_database(tmp_path: Path
     assert code == 0 and "entity_fuzzy" in out and "1815" in out
     code, out = kb("get", "Kalo Veri", "birth year", db=db)
     assert code == 0 and "entity_unknown" in out and "unknown" in out
+
+
+def test_memllm_export_reimports_and_memllm_text_imports_its_writes_and_reads(db: Path, tmp_path: Path) -> None:
+    kb("add", "Ada Lovelace", "birth year", "1815", db=db)
+    assert kb("multi-valued", "child", db=db, index=None)[0] == 0
+    for child in ("Byron King", "Anne King"):
+        kb("add", "Ada Lovelace", "child", child, db=db)
+    out = tmp_path / "memory.txt"
+    code, message = kb("export", str(out), "--format", "memllm", db=db, index=None)
+    assert code == 0 and "wrote 3 facts" in message, message
+    assert out.read_text().splitlines()[0] == "({MEM_WRITE--> Ada Lovelace>>birth year>>1815})"
+    again = tmp_path / "again.sqlite"
+    report = kb_json("import", str(out), db=again)
+    assert (report["inserted"], report["rejected"], report["multi_valued"]) == (3, 0, ["child"])
+    assert sorted(f.value for f in open_store(again, index=False).iter_facts()) == ["1815", "Anne King", "Byron King"]
+
+    text = tmp_path / "memllm.txt"
+    text.write_text("Grace Hopper was born in ({MEM_READ(Grace Hopper>>birthplace>>)-->New York City}) New York. "
+                    "({MEM_WRITE--> Grace Hopper>>employer>>US Navy;broken}) ({MEM_READ(>>employer>>US Navy)-->Grace Hopper})")
+    report = kb_json("import", str(text), db=tmp_path / "m.sqlite")
+    assert report["inserted"] == 2 and report["rejected"] == 2  # the broken write part and the subject read
+
+
+def test_memllm_export_refuses_a_fact_the_dialect_cannot_spell(db: Path, tmp_path: Path) -> None:
+    kb("add", "Recipe", "steps", "mix; bake", db=db)
+    out = tmp_path / "memory.txt"
+    code, message = kb("export", str(out), "--format", "memllm", db=db, index=None)
+    assert code == 1 and "cannot carry" in message and "export them as jsonl" in message and not out.exists()

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from tools import InvalidInput, open_store
-from tools.io import export_jsonl, export_lmlm_database, import_rows, read_lmlm_database, read_triples_jsonl
+from tools.io import (
+    export_jsonl,
+    export_lmlm_database,
+    import_file,
+    import_rows,
+    read_lmlm_database,
+    read_triples_jsonl,
+    sniff_json,
+)
 
 # A slice of the published squad-eval100 database, quirks kept: an escaped quote, and one
 # (entity, relation) with two values, which the import keeps both of (the relation becomes multi-valued).
@@ -105,3 +113,78 @@ def test_single_valued_import_keeps_the_last_value_when_asked(tmp_path: Path) ->
     report = import_rows(store, loaded.rows, loaded.rejected, detect_multi_valued=False)
     assert (report.inserted, report.duplicates, report.multi_valued) == (3, 1, [])
     assert store.read("Beyoncé", "Starring Role").value == "Obsessed (2009)" and store.multi_valued() == []
+
+
+def _published_file(path: Path, people: int) -> Path:
+    """A published-format database: one birth year per person, and two children for the first three."""
+    triplets = [[f"Person {i}", "birth year", str(1800 + i)] for i in range(people)]
+    triplets += [[f"Person {i}", "child", f"Kid {i}.{j}"] for i in range(3) for j in (1, 2)]
+    triplets.append(["Person 0", "", "no relation"])
+    path.write_text(json.dumps({"entities": [], "relationships": [], "return_values": [], "triplets": triplets}))
+    return path
+
+
+def test_import_file_streams_in_batches_and_keeps_values_split_across_batches(tmp_path: Path) -> None:
+    src = _published_file(tmp_path / "database.json", 40)
+    written: list[int] = []
+    with open_store(tmp_path / "kb.sqlite", index=False) as store:
+        report = import_file(store, src, "lmlm-db", batch_size=7, progress=written.append)
+        assert (report.read, report.inserted, report.rejected) == (47, 46, 1)
+        assert report.multi_valued == ["child"] and sum(written) == 47 and max(written) == 7
+        # Person 0's two children arrive in one batch, the 40 birth years in six before them.
+        assert [v.value for v in store.read("Person 2", "child").records] == ["Kid 2.1", "Kid 2.2"]
+        assert store.count() == 46
+
+
+def test_an_interrupted_import_resumes_where_it_stopped(tmp_path: Path) -> None:
+    src = _published_file(tmp_path / "database.json", 40)
+
+    def crash_after_two_batches(n: int, seen: list[int] = []) -> None:  # noqa: B006 - the batches of this one import
+        seen.append(n)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with open_store(tmp_path / "kb.sqlite", index=False) as store:
+        with pytest.raises(KeyboardInterrupt):
+            import_file(store, src, "lmlm-db", batch_size=10, progress=crash_after_two_batches)
+        assert store.count() == 20
+        report = import_file(store, src, "lmlm-db", batch_size=10)
+        assert report.resumed_from == 20 and report.read == 27 and report.inserted == 26
+        assert store.count() == 46
+        again = import_file(store, src, "lmlm-db", batch_size=10)  # finished: the mark is gone, a new import reads all
+        assert (again.resumed_from, again.read, again.unchanged) == (0, 47, 46)
+
+
+def test_a_file_that_is_not_a_database_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"triplets": [["Ada", "born", "1815"]]}), encoding="utf-8")
+    assert sniff_json(bad) == "lmlm-db"  # looks like one at its first key...
+    with open_store(tmp_path / "kb.sqlite", index=False) as store:
+        with pytest.raises(InvalidInput, match="not an LMLM database"):  # ...but lacks the other three lists
+            import_file(store, bad, "lmlm-db")
+        assert store.count() == 0
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert sniff_json(tmp_path / "list.json") is None
+    (tmp_path / "cut.json").write_text('{"entities": [')
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        read_lmlm_database(tmp_path / "cut.json")
+
+
+def test_import_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    """Peak Python allocation of a batched import: the same for a file fifteen times larger."""
+    import tracemalloc
+
+    peaks = []
+    for people in (1_000, 15_000):
+        src = _published_file(tmp_path / f"db{people}.json", people)
+        with open_store(tmp_path / f"kb{people}.sqlite", index=False) as store:
+            tracemalloc.start()
+            import_file(store, src, "lmlm-db", batch_size=500)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+    whole = tracemalloc.start() or len(read_lmlm_database(tmp_path / "db15000.json").rows)
+    whole_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert whole == 15_006
+    assert peaks[1] < 1.5 * peaks[0], (peaks, whole_peak)
+    assert peaks[1] < whole_peak, (peaks, whole_peak)

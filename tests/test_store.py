@@ -10,33 +10,10 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, delete, text
+from sqlalchemy import delete
 
 from tools import UNKNOWN, InvalidInput, SQLKnowledgeStore, normalise_key, open_store
 from tools.schema import MAX_FIELD_CHARS, MAX_VALUE_CHARS, AuditEntry, Fact
-
-PG_URL = os.environ.get("LMLM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _pg_unavailable() -> str | None:
-    """Why PostgreSQL cannot be used, or None when it answers."""
-    try:
-        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-    return None
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> str:
-    reason = _pg_unavailable()
-    if reason:
-        pytest.skip(f"PostgreSQL at {PG_URL} does not answer ({reason})")
-    return PG_URL
-
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path) -> str:
@@ -357,44 +334,6 @@ def test_persistent_index_survives_reopening(tmp_path) -> None:
         assert s.describe()["index"] == str(tmp_path / "kb.chroma")
     with open_store(path) as s:
         assert s.read("Alan Turing", "place of birth").value == "London"
-
-
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory) -> Iterator[str]:
-    """A Chroma server of this test module alone, on a free port; skipped where the `chroma` command cannot serve."""
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
-    exe = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
-    if exe is None:
-        pytest.skip("the `chroma` command is not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"`chroma run` did not answer on {url}")
-                time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_chroma_server_by_url(chroma_server: str, tmp_path, ns: str) -> None:

@@ -20,7 +20,6 @@ from tools.index import LOCK_FILE, IndexBusy, SemanticIndex
 from tools.store import TEST_PAUSE_ENV
 
 import cheap_embedding as cheap_embedding_module
-from test_store import pg_url  # noqa: F401 - the PostgreSQL fixture (skips with the reason when none answers)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

@@ -32,10 +32,10 @@ from typing import Callable, Sequence
 from lmlm_agent.format import DB_ENTITY, DB_RETURN, extract_triples, parse, strip_calls
 from lmlm_agent.tokenizer import call_token_ids
 from training.corpus import AnnotatedDocument
+from tools.schema import UNKNOWN
 from training.data import call_block_mask, encode, value_mask
 
 Lookup = Callable[[str, str], "str | None"]
-UNKNOWN = "unknown"
 MAX_QUERY_TOKENS = 32
 
 

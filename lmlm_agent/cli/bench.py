@@ -46,6 +46,11 @@ def kb_lookup(
         2000, help="Entities of the generated world written as a published database.json and imported with "
         "`lmlm kb import` (0: skip that run)."),
     threads: int = typer.Option(1, help="torch threads for embedding (1 on a shared machine)."),
+    backends: str = typer.Option("sqlite", help="Comma-separated: sqlite, postgresql (a namespace of its own in --pg-url, "
+                                 "removed afterwards)."),
+    pg_url: Optional[str] = typer.Option(None, "--pg-url", envvar="LMLM_BENCH_PG_URL",
+                                         help="PostgreSQL database for the postgresql backend."),
+    index_limit: int = typer.Option(100_000, help="Largest size whose semantic index is built (larger: entity policy only)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Knowledge base: the entity-first and the published read policy side by side (exact, paraphrased relation,
@@ -57,8 +62,15 @@ def kb_lookup(
         counts = [int(s.replace("_", "")) for s in sizes.split(",") if s.strip()]
     except ValueError:
         raise typer.BadParameter(f"--sizes must be integers separated by commas, got {sizes!r}") from None
+    chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = set(chosen) - {"sqlite", "postgresql"}
+    if unknown or not chosen:
+        raise typer.BadParameter(f"--backends takes sqlite and/or postgresql, got {backends!r}")
+    if "postgresql" in chosen and not pg_url:
+        raise typer.BadParameter("--backends postgresql needs --pg-url (e.g. postgresql://postgres@127.0.0.1:5432/test)")
     run(out, [*counts, *([1_000_000] if million else [])], queries=queries, seed=seed, world_entities=world_entities,
-        threads=threads, progress=lambda step: typer.echo(f"kb bench: {step}", err=True))
+        threads=threads, backends=chosen, pg_url=pg_url, index_limit=index_limit,
+        progress=lambda step: typer.echo(f"kb bench: {step}", err=True))
     typer.echo((out / f"{NAME}.md").read_text())
 
 

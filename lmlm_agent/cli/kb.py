@@ -84,29 +84,28 @@ def _print_json(data: Any) -> None:
 
 
 def _detect(path: Path, fmt: str) -> tuple[str, Any]:
-    """The format of ``path`` and, for JSON files, the parsed document (parsed once, used by the reader)."""
+    """The format of ``path`` and, for annotated JSON, the parsed document (a database JSON is streamed, never parsed whole)."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
-    data = json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else None
-    if fmt != "auto":
-        return fmt, data
-    from tools.io import is_lmlm_database
+    from tools.io import sniff_json
 
-    if data is not None:
-        if is_lmlm_database(data):
-            return "lmlm-db", data
-        if isinstance(data, dict) and isinstance(data.get("examples"), list):
-            return "annotated", data
-        raise typer.BadParameter(f"{path.name}: JSON is neither an LMLM database nor annotated examples; pass --format")
-    if path.suffix == ".jsonl":
+    kind = fmt
+    if fmt == "auto" and path.suffix == ".json":
+        kind = sniff_json(path)
+        if kind is None:
+            raise typer.BadParameter(f"{path.name}: JSON is neither an LMLM database nor annotated examples; pass --format")
+    elif fmt == "auto" and path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as fh:
             first = next((line for line in fh if line.strip()), "{}")
         try:
             item = json.loads(first)
         except json.JSONDecodeError:
             return "jsonl", None  # the reader reports the bad line
-        return ("annotated" if isinstance(item, dict) and _text_of(item) is not None else "jsonl"), None
-    return "annotated", None
+        kind = "annotated" if isinstance(item, dict) and _text_of(item) is not None else "jsonl"
+    elif fmt == "auto":
+        kind = "annotated"
+    data = json.loads(path.read_text(encoding="utf-8")) if kind == "annotated" and path.suffix == ".json" else None
+    return kind, data
 
 
 _TEXT_FIELDS = ("text", "annotated", "annotated_text")
@@ -149,31 +148,46 @@ def _documents(path: Path, data: Any, loaded: Loaded) -> Iterator[tuple[str, str
 
 
 def _annotated_rows(path: Path, data: Any, source: Optional[str]) -> Loaded:
-    """Triples of the complete calls in annotated text; legacy ``[dblookup(...)]`` calls are converted first."""
-    from lmlm_agent.format import extract_triples, legacy_to_special
+    """Triples of the complete calls in annotated text.
+
+    Legacy ``[dblookup(...)]`` calls are converted first; MemLLM text gives its writes
+    (``({MEM_WRITE--> e>>r>>v})``) and its answered object reads as triples.
+    """
+    from lmlm_agent.format import extract_triples, legacy_to_special, memllm_to_special
     from tools.io import Loaded, Rejection
 
     loaded = Loaded()
     for doc_id, text in _documents(path, data, loaded):
         where = f"{path.name}#{doc_id}"
+        triples: list[tuple[str, str, str]] = []
         if "[dblookup(" in text:
             conversion = legacy_to_special(text)
             text = conversion.text
             loaded.rejected.extend(Rejection(where=where, reason=f"unreadable legacy call: {raw[:80]}") for raw in conversion.dropped)
-        for triple in extract_triples(text):
+        if "({MEM_" in text:
+            conversion, triples = memllm_to_special(text)
+            text = conversion.text
+            loaded.rejected.extend(Rejection(where=where, reason=f"MemLLM block with no LMLM triple: {raw[:80]}")
+                                   for raw in conversion.dropped)
+        for triple in [*extract_triples(text), *triples]:
             loaded.take(where, triple, source or where)
     return loaded
 
 
 @app.command("import")
 def import_(
-    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL triples, LMLM database JSON, or annotated text."),
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL triples, LMLM database JSON, or annotated text (LMLM calls, legacy dblookup, or MemLLM reads and writes)."),
     fmt: str = typer.Option("auto", "--format", "-f", help=f"One of {', '.join(FORMATS)}."),
     source: Optional[str] = typer.Option(None, help="Provenance for rows without one (default: file and line/document)."),
     multi_valued: bool = typer.Option(
         True, "--multi-valued/--single-valued",
         help="A relation some entity has with several values in the file is declared multi-valued and every value kept "
         "(default); --single-valued keeps the last value of each (entity, relation).",
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--restart",
+        help="After an interrupted import of the same unchanged file into the namespace, skip the rows it stored "
+        "(default); --restart reads them all again (they are upserts either way, nothing is doubled).",
     ),
     db: str = DB,
     index: Optional[str] = INDEX,
@@ -182,20 +196,21 @@ def import_(
 ) -> None:
     """Import facts. Good rows are stored, bad ones listed; a known single-valued (entity, relation) gets the new
     value, a multi-valued one gets it added."""
-    from tools.io import import_rows, load_lmlm_database, read_triples_jsonl
+    from tools.io import import_file, import_rows, scan_file
 
     console = _console()
     with _clear_errors():
         kind, data = _detect(path, fmt)
-        if kind == "lmlm-db":
-            loaded = load_lmlm_database(data if data is not None else json.loads(path.read_text(encoding="utf-8")), path.name, source)
-        elif kind == "jsonl":
-            loaded = read_triples_jsonl(path, source)
-        else:
+        if kind == "annotated":
             loaded = _annotated_rows(path, data, source)
-        store = _open(db, index, namespace)
-        with console.status(f"writing {len(loaded.rows):,} rows" + (" and embedding their keys" if store.index else "")):
-            report = import_rows(store, loaded.rows, loaded.rejected, namespace=namespace, detect_multi_valued=multi_valued)
+            store = _open(db, index, namespace)
+            with console.status(f"writing {len(loaded.rows):,} rows" + (" and embedding their keys" if store.index else "")):
+                report = import_rows(store, loaded.rows, loaded.rejected, namespace=namespace, detect_multi_valued=multi_valued)
+        else:
+            with console.status(f"reading {path.name} (counting rows, finding several-valued relations)"):
+                scan = scan_file(path, kind, source)
+            store = _open(db, index, namespace)
+            report = _import_with_progress(store, path, kind, scan, namespace, source, multi_valued, resume, console)
     if as_json:
         _print_json(report.model_dump())
         return
@@ -205,12 +220,30 @@ def import_(
         f"duplicates {report.duplicates:,}, replaced values removed {report.removed:,}, "
         f"rejected [yellow]{report.rejected:,}[/yellow]"
     )
+    if report.resumed_from:
+        console.print(f"  resumed: the first {report.resumed_from:,} rows were stored by an interrupted import of this file")
     if report.multi_valued:
         console.print(f"  declared multi-valued (every value kept): {', '.join(report.multi_valued)}")
     for r in report.rejections:
         console.print(f"  [yellow]rejected[/yellow] {r.where}: {r.reason}", markup=True)
     if report.rejected > len(report.rejections):
         console.print(f"  ... and {report.rejected - len(report.rejections):,} more")
+
+
+def _import_with_progress(store: SQLKnowledgeStore, path: Path, kind: str, scan: Any, namespace: str,
+                          source: Optional[str], multi_valued: bool, resume: bool, console: Console) -> Any:
+    """:func:`tools.io.import_file` behind a progress bar of rows written (on stderr, so ``--json`` stays clean)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tools.io import import_file
+
+    what = "writing rows" + (" and embedding their keys" if store.index else "")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=scan.items)
+        return import_file(store, path, kind, namespace=namespace, source=source, detect_multi_valued=multi_valued,
+                           resume=resume, scan=scan, progress=lambda n: bar.advance(task, n))
 
 
 # --------------------------------------------------------------------------- add / get / delete
@@ -446,21 +479,39 @@ def check(
 @app.command("export")
 def export(
     path: Path = typer.Argument(..., dir_okay=False, help="Output file."),
-    fmt: str = typer.Option("jsonl", "--format", "-f", help="'jsonl' (rows with provenance) or 'lmlm-db' (published format)."),
+    fmt: str = typer.Option(
+        "jsonl", "--format", "-f",
+        help="'jsonl' (rows with provenance), 'lmlm-db' (published format) or 'memllm' (one MemLLM memory write per line).",
+    ),
     db: str = DB,
-    index: Optional[str] = typer.Option(None, "--index", help="Accepted for uniformity; export reads SQL only."),
     namespace: str = NAMESPACE,
 ) -> None:
-    """Write a namespace's facts to a file (SQL is the truth; the index is not read)."""
+    """Write a namespace's facts to a file (SQL is the truth; the index is not read). Each format re-imports with `lmlm kb import`."""
     from tools.io import export_jsonl, export_lmlm_database
 
-    writers = {"jsonl": export_jsonl, "lmlm-db": export_lmlm_database}
+    writers = {"jsonl": export_jsonl, "lmlm-db": export_lmlm_database, "memllm": _export_memllm}
     if fmt not in writers:
         raise typer.BadParameter(f"--format must be one of {', '.join(writers)}")
     with _clear_errors():
         path.parent.mkdir(parents=True, exist_ok=True)
         n = writers[fmt](_open(db, "off", namespace), path)
     _console().print(f"wrote {n:,} facts of namespace [cyan]{namespace}[/cyan] to {path} ({fmt})")
+
+
+def _export_memllm(store: SQLKnowledgeStore, path: Path) -> int:
+    """One ``({MEM_WRITE--> e>>r>>v})`` per fact; a fact the dialect cannot spell is refused before anything is written."""
+    from lmlm_agent.format import render_memllm_write
+    from tools import InvalidInput
+
+    facts = list(store.iter_facts())
+    unspellable = [f for f in facts if render_memllm_write(f.entity, f.relation, f.value) is None]
+    if unspellable:
+        f = unspellable[0]
+        raise InvalidInput(f"{len(unspellable)} facts hold '>>', ';' or '}})', which MemLLM writes cannot carry, e.g. "
+                           f"#{f.id} ({f.entity!r}, {f.relation!r}, {f.value!r}); export them as jsonl")
+    with path.open("w", encoding="utf-8") as fh:
+        fh.writelines(render_memllm_write(f.entity, f.relation, f.value) + "\n" for f in facts)
+    return len(facts)
 
 
 @app.command("rebuild-index")

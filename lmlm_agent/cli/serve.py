@@ -58,6 +58,14 @@ def serve(
     semantic: Optional[bool] = typer.Option(
         None, "--semantic/--exact", help="Semantic (embedding) lookups after exact ones (default: exact only); needs `lmlm kb rebuild-index`."
     ),
+    store: Optional[str] = typer.Option(
+        None, "--store", envvar="LMLM_KB_DB", show_envvar=True,
+        help="Knowledge base to serve: a SQLite path or a database URL (postgresql://...); default RUN/kb.sqlite. "
+             "Replicas given one PostgreSQL URL share one store.",
+    ),
+    index: Optional[str] = typer.Option(
+        None, "--index", help="With --semantic: a Chroma directory or an http(s):// Chroma server (`chroma run`) that replicas share.",
+    ),
     device: Optional[str] = DEVICE,
 ) -> None:
     """Serve a run over an OpenAI-compatible API.
@@ -75,12 +83,14 @@ def serve(
     _check_host(host, port)
     _check_device(device)
     settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
-                                 max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic)
+                                 max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic,
+                                 store=store, index=index)
     agent = load_run(run, settings, device=device)
     writes = "writes need the bearer token" if settings.token else "writes refused (no --token / LMLM_API_TOKEN)"
     if settings.namespace_tokens:
         writes += f"; private namespaces: {', '.join(sorted(settings.namespace_tokens))}"
-    typer.echo(f"serving {run / 'lmlm'} as '{settings.model_id}' on http://{host}:{port}/v1 ({writes})")
+    kb = "no knowledge base" if agent.store is None else agent.store.describe()["db"]
+    typer.echo(f"serving {run / 'lmlm'} over {kb} as '{settings.model_id}' on http://{host}:{port}/v1 ({writes})")
     uvicorn.run(create_app(agent, settings), host=host, port=port, log_level="info")
 
 

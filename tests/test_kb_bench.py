@@ -1,0 +1,25 @@
+"""`lmlm bench kb` end to end on a tiny store: the import child process, both backends, targets and projection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.kb_lookup import run
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_kb_bench_imports_measures_and_judges_a_small_store(tmp_path, request, backend: str) -> None:
+    pg_url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    report = run(tmp_path, sizes=(240,), queries=12, world_entities=0, backends=(backend,), pg_url=pg_url, index_limit=0)
+    (size,) = report["sizes"]
+    assert size["backend"] == backend and size["import"]["inserted"] == 240 and size["import"]["peak_rss_mb"] > 0
+    assert size["index_build"] is None and set(size["policies"]) == {"entity"}  # above index_limit: no index
+    assert size["policies"]["entity"]["exact"]["rate"] == 1.0
+    assert size["policies"]["entity"]["unknown"]["rate"] == 1.0
+    saved = json.loads((tmp_path / "kb_lookup.json").read_text())
+    assert saved["sizes"][0]["triples"] == 240
+    markdown = (tmp_path / "kb_lookup.md").read_text()
+    assert f"{backend}: import" in markdown and "not indexed" in markdown
+    assert f"| {backend} 240 | exact p50 ms (wall) |" in markdown
