@@ -167,21 +167,22 @@ def test_four_concurrent_imports_into_one_sqlite_file_all_succeed(tmp_path: Path
 
 CHEAP_EMBEDDING = "import cheap_embedding; cheap_embedding.install()\n"
 
-WRITER = CHEAP_EMBEDDING + """
-import sys
-from tools import open_store
-db, index, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
-store = open_store(db, index=index, index_wait_s=120)
-for b in range(2):
-    store.write_many([(f"writer {k} person {b * 30 + i}", "birthplace", f"town {k}-{b}-{i}") for i in range(30)])
-    store.write("shared person", "motto", f"from writer {k}")  # every writer upserts the same key
-"""
+def _writer(db: str, index: str, k: int) -> None:
+    """One writing process: two batches of its own people, and an upsert of the key every writer writes."""
+    cheap_embedding_module.install()
+    store = open_store(db, index=index, index_wait_s=120)
+    for b in range(2):
+        store.write_many([(f"writer {k} person {b * 30 + i}", "birthplace", f"town {k}-{b}-{i}") for i in range(30)])
+        store.write("shared person", "motto", f"from writer {k}")
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_concurrent_writers_on_one_local_index_lose_no_row(tmp_path: Path, database: str, request) -> None:
+def test_concurrent_writers_on_one_local_index_lose_no_row(tmp_path: Path, database: str, request,
+                                                           cheap_embedding: None) -> None:
     """Three processes write through one local Chroma directory (first opens racing, the same key upserted by
-    all); a fresh process then finds every row by a semantic search on its own exact key."""
+    all); afterwards every row is found by a semantic search on its own exact key."""
+    import multiprocessing
+
     if database == "sqlite":
         db = str(tmp_path / "kb.sqlite")
     else:
@@ -196,20 +197,20 @@ def test_concurrent_writers_on_one_local_index_lose_no_row(tmp_path: Path, datab
         db = base.rsplit("/", 1)[0] + "/" + name
         request.addfinalizer(lambda: _drop_pg(admin, name))
     chroma = str(tmp_path / "kb.chroma")
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, db, chroma, str(k)], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(3)]
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 3, outputs
-    verify = CHEAP_EMBEDDING + """
-import sys
-from tools import open_store
-store = open_store(sys.argv[1], index=sys.argv[2])
-facts = list(store.iter_facts())
-lost = [f.key for f in facts if [h.fact_id for h in store.index.query("default", f.key, 1)] != [f.id]]
-print(len(facts), len(lost), store.check_index()[0]["pending"])
-"""
-    fresh = subprocess.run([sys.executable, "-c", verify, db, chroma], env=ENV, capture_output=True, text=True, timeout=60)
-    assert fresh.stdout.split() == [str(3 * 60 + 1), "0", "0"], fresh.stderr  # every row, none lost, nothing pending
+    # Real processes, forked from a server that imported the store once (three fresh interpreters cost 20 s here).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tools.store", "tools.index", "cheap_embedding"])
+    procs = [context.Process(target=_writer, args=(db, chroma, k)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0] * 3
+    store = open_store(db, index=chroma)  # this process has no client of that directory yet: it reads the disk
+    facts = list(store.iter_facts())
+    lost = [f.key for f in facts if [h.fact_id for h in store.index.query("default", f.key, 1)] != [f.id]]
+    assert (len(facts), lost, store.check_index()[0]["pending"]) == (3 * 60 + 1, [], 0)
+    store.close()
 
 
 def _drop_pg(admin, name: str) -> None:
