@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmlm_agent.cli import app
-from tools import open_store
+from tools import InvalidInput, open_store
 from tools.index import LOCK_FILE, IndexBusy, SemanticIndex
 from tools.store import TEST_PAUSE_ENV
 
@@ -143,6 +143,25 @@ def test_a_first_open_never_leaves_a_file_without_tables(tmp_path: Path) -> None
     open_store(db, index=False).write("Ada Lovelace", "birth year", "1815")
     assert open_store(db, index=False, create=False).count() == 1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_read_only_open_reads_and_never_writes(tmp_path: Path, cheap_embedding: None) -> None:
+    import hashlib
+
+    db = tmp_path / "kb.sqlite"
+    writer = open_store(db)
+    writer.write_many([("Ada Lovelace", "birth year", "1815"), ("Alan Turing", "birthplace", "London")])
+    writer.close()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    reader = open_store(db, read_only=True)
+    assert reader.read("ada lovelace", "birth_year").value == "1815"
+    assert reader.with_policy("published").read("Alan Turing", "place of birth").found
+    for write in (lambda: reader.write("X", "y", "z"), lambda: reader.delete(entity="Ada Lovelace"),
+                  lambda: reader.check_index(repair=True)):
+        with pytest.raises(InvalidInput, match="read-only"):
+            write()
+    reader.close()
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 
 
 # --------------------------------------------------------------------------- concurrency

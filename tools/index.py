@@ -402,12 +402,14 @@ class SemanticIndex:
             col.modify(name=live, metadata=self._label(namespace))
         return added
 
-    def compact(self) -> None:
-        """After a delete: rewrite a local index's SQLite file, so removed keys leave the disk.
+    def compact(self, fact_ids: list[int]) -> None:
+        """After deleting ``fact_ids``: rewrite a local index's SQLite file, so their keys leave the disk.
 
-        Chroma deletes rows without overwriting them and keeps the write log of every add; with
-        its client closed, the log entries the index already holds are purged, the full-text
-        index is merged and the file is vacuumed. A server index compacts on its own.
+        Chroma deletes rows without overwriting them and keeps a write log whose entries hold
+        each added key until its vector index is next saved; with the client closed, the
+        deleted ids' log entries lose their text, the entries every part of the index has
+        consumed are purged, the full-text index is merged and the file is vacuumed. A server
+        index compacts on its own.
         """
         if not self.local:
             return
@@ -416,6 +418,8 @@ class SemanticIndex:
             self._collections.clear()
             db = sqlite3.connect(os.path.join(self.location, "chroma.sqlite3"))
             try:
+                for batch in _batches([str(i) for i in fact_ids], BATCH):
+                    db.execute(f"UPDATE embeddings_queue SET metadata = NULL WHERE id IN ({','.join('?' * len(batch))})", batch)
                 db.execute("DELETE FROM embeddings_queue WHERE seq_id <= (SELECT coalesce(min(seq_id), 0) FROM max_seq_id)")
                 db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')")
                 db.commit()
