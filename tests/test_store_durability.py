@@ -164,6 +164,20 @@ def test_a_read_only_open_reads_and_never_writes(tmp_path: Path, cheap_embedding
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 
 
+def test_a_database_from_before_the_journal_is_read_as_is_and_upgraded_on_a_writable_open(tmp_path: Path) -> None:
+    db = tmp_path / "kb.sqlite"
+    open_store(db, index=False).write("Geri Halliwell", "birthplace", "Watford")
+    with sqlite3.connect(db) as conn:  # what the previous version made
+        conn.executescript("DROP TABLE kb_outbox; DROP TABLE kb_tombstone; DELETE FROM kb_meta WHERE name = 'audit_key';")
+    old = open_store(db, index=False, create=False)
+    assert old.read("Geri Halliwel", "birthplace").value == "Watford"  # the fuzzy step needs no tombstone table
+    with pytest.raises(InvalidInput, match="previous schema"):
+        old.delete(entity="Geri Halliwell")
+    upgraded = open_store(db, index=False)
+    assert upgraded.delete(entity="Geri Halliwell").verified
+    assert upgraded.read("Geri Halliwel", "birthplace").rule == "entity_forgotten"
+
+
 # --------------------------------------------------------------------------- concurrency
 
 

@@ -471,8 +471,8 @@ class SQLKnowledgeStore:
             raise InvalidInput("this store was opened read-only (read_only=True): writes and deletes are refused")
         if self.legacy_schema:
             raise InvalidInput(
-                "this database has the previous schema (one value per entity and relation) and was opened with "
-                "create=False; open it once without create=False to migrate it (lossless), then write"
+                "this database has a previous schema (one value per entity and relation, or no index journal) and was "
+                "opened with create=False; open it once without create=False to migrate it (lossless), then write"
             )
 
     def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None, *, echo: bool = False) -> tuple[WriteStats, list[Any]]:
@@ -1108,7 +1108,8 @@ def _prepare(engine: Engine, *, create: bool) -> _Prepared:
         if FACTS.name not in tables:
             raise InvalidInput(f"{engine.url.render_as_string(hide_password=True)} holds no knowledge base (no {FACTS.name} "
                                "table; opened with create=False, which never creates one)")
-        legacy = _missing_columns(engine) == {"value_slot"}
+        # A database from before value slots, or before the index journal and tombstones, is read as it is.
+        legacy = _missing_columns(engine) == {"value_slot"} or not {OUTBOX.name, TOMBSTONES.name} <= tables
         _check_columns(engine, allow={"value_slot"})
         found = None
         if META.name in tables:
