@@ -475,7 +475,9 @@ class SQLKnowledgeStore:
                 "opened with create=False; open it once without create=False to migrate it (lossless), then write"
             )
 
-    def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None, *, echo: bool = False) -> tuple[WriteStats, list[Any]]:
+    def _upsert(
+        self, ns: str, rows: list[CleanTriple], mode: WriteMode | None, *, echo: bool = False
+    ) -> tuple[WriteStats, list[Any]]:
         """One SQL transaction for all rows (all or nothing, the index changes journalled in it), then the index follows.
 
         A transaction that lost a race with another writer (a busy database, the same key
@@ -550,9 +552,10 @@ class SQLKnowledgeStore:
     def _audit_key(self, conn: Any) -> bytes:
         if self._key is None:
             stored = conn.execute(select(META.c.value).where(META.c.name == AUDIT_KEY)).scalar()
-            if stored is None:  # a database made before keyed digests: make its key now
+            if stored is None:  # a database made before keyed digests: make its key now (cached once committed and read)
                 stored = secrets.token_hex(32)
                 conn.execute(insert(META).values(name=AUDIT_KEY, value=stored))
+                return bytes.fromhex(stored)
             self._key = bytes.fromhex(stored)
         return self._key
 
