@@ -135,6 +135,11 @@ def test_rebuild_killed_midway_keeps_the_old_index(tmp_path: Path, cheap_embeddi
         store.index.rebuild("default", dies_half_way())
     assert store.index.count("default") == 40  # the live collection was never dropped
     assert store.rebuild_index() == {"default": 40} and store.check_index()[0]["missing"] == 0
+    chroma = Path(store.index.location)
+    assert len([d for d in chroma.iterdir() if d.is_dir()]) == 1  # the replaced collection's files are gone
+    store.close()
+    again = open_store(tmp_path / "kb.sqlite")
+    assert all([h.fact_id for h in again.index.query("default", f.key, 1)] == [f.id] for f in again.iter_facts())
 
 
 def test_a_first_open_never_leaves_a_file_without_tables(tmp_path: Path) -> None:
@@ -300,6 +305,9 @@ def test_forgetting_a_person_leaves_none_of_their_bytes_on_disk(tmp_path: Path, 
     assert {e.source for e in deletes} == {"doc:10", None}  # provenance is kept
     assert store.read("Qwerina Blastoquell", "motto").rule == "entity_forgotten"
     assert store.read("Person 001", "birthplace").value == "Town 001"
+    store.close()
+    again = open_store(run / "kb.sqlite")  # the compaction kept every vector the index still needs
+    assert all([h.fact_id for h in again.index.query("default", f.key, 1)] == [f.id] for f in again.iter_facts())
 
 
 def test_the_delete_receipt_reports_bytes_it_still_finds(tmp_path: Path) -> None:

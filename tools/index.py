@@ -20,6 +20,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -47,6 +49,7 @@ INDEX_WAIT_S = 60.0  # how long a process waits for another one's hold on a loca
 LOCK_FILE = "lmlm-index.lock"
 STAMP_FILE = "lmlm-index.stamp"  # rewritten after every write: tells other processes to reopen
 BUILDING = "-next"  # suffix of a collection being rebuilt beside the live one
+_SEGMENT_DIR = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 T = TypeVar("T")
 
 
@@ -403,12 +406,13 @@ class SemanticIndex:
         return added
 
     def compact(self, fact_ids: list[int]) -> None:
-        """After deleting ``fact_ids``: rewrite a local index's SQLite file, so their keys leave the disk.
+        """After deleting ``fact_ids`` (or a rebuild): rewrite a local index's files, so removed keys leave the disk.
 
         Chroma deletes rows without overwriting them and keeps a write log whose entries hold
         each added key until its vector index is next saved; with the client closed, the
         deleted ids' log entries lose their text, the entries every part of the index has
-        consumed are purged, the full-text index is merged and the file is vacuumed. A server
+        consumed are purged, the full-text index is merged, the file is vacuumed, and the
+        vector files of dropped collections (which Chroma leaves behind) are removed. A server
         index compacts on its own.
         """
         if not self.local:
@@ -420,12 +424,18 @@ class SemanticIndex:
             try:
                 for batch in _batches([str(i) for i in fact_ids], BATCH):
                     db.execute(f"UPDATE embeddings_queue SET metadata = NULL WHERE id IN ({','.join('?' * len(batch))})", batch)
-                db.execute("DELETE FROM embeddings_queue WHERE seq_id <= (SELECT coalesce(min(seq_id), 0) FROM max_seq_id)")
+                # Only entries every segment has consumed: one that has saved nothing yet (no max_seq_id row) needs them all.
+                db.execute("DELETE FROM embeddings_queue WHERE seq_id <= (SELECT coalesce(min(coalesce(m.seq_id, 0)), 0) "
+                           "FROM segments s LEFT JOIN max_seq_id m ON m.segment_id = s.id)")
                 db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')")
                 db.commit()
                 db.execute("VACUUM")
+                live = {row[0] for row in db.execute("SELECT id FROM segments")}
             finally:
                 db.close()
+            for entry in Path(self.location).iterdir():
+                if entry.is_dir() and _SEGMENT_DIR.fullmatch(entry.name) and entry.name not in live:
+                    shutil.rmtree(entry)
 
     def drop(self, namespace: str) -> None:
         """Remove the namespace's collection."""

@@ -759,6 +759,7 @@ class SQLKnowledgeStore:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
         done = {ns: self.index.rebuild(ns, ((f.id, f.key) for f in self.iter_facts(namespace=ns))) for ns in targets}
+        self.index.compact([])  # the replaced collections' files
         self.apply_index_ops()  # journal entries older than the rebuild are already in it; applying them is harmless
         return done
 
