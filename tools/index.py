@@ -20,6 +20,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -47,6 +49,7 @@ INDEX_WAIT_S = 60.0  # how long a process waits for another one's hold on a loca
 LOCK_FILE = "lmlm-index.lock"
 STAMP_FILE = "lmlm-index.stamp"  # rewritten after every write: tells other processes to reopen
 BUILDING = "-next"  # suffix of a collection being rebuilt beside the live one
+_SEGMENT_DIR = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 T = TypeVar("T")
 
 
@@ -116,12 +119,14 @@ def is_local_dir(location: str) -> bool:
 
 
 class _Client:
-    """The one Chroma client of this process for one index location, used only inside :meth:`session`.
+    """The Chroma client of this process for one index location, used only inside :meth:`session`.
 
-    For a local directory a session holds the directory's file lock (and, for the threads of
-    this process, a mutex), reopens the client when the stamp file shows another process
-    wrote, and rewrites the stamp after a write. ``epoch`` counts reopenings, so collection
-    handles from an older client are never reused.
+    For a local directory every session holds the directory's file lock (and, for the threads
+    of this process, a mutex). A write session opens a fresh client and closes it before the
+    lock is released, so what it wrote is on disk and no client of this process holds
+    unwritten state; a read session reuses its client while the stamp file shows no write since
+    it was opened (a client that only read has nothing to write back when it is replaced).
+    ``epoch`` counts reopenings, so collection handles of an older client are never reused.
     """
 
     def __init__(self, location: str) -> None:
@@ -132,7 +137,7 @@ class _Client:
         self._stamp: str | None = None
         self._mutex = threading.RLock()
         self._depth = 0
-        self._wrote = False
+        self._writing = False
         self._fd: int | None = None
 
     @contextmanager
@@ -148,19 +153,19 @@ class _Client:
                 self._lock(wait_s)
             self._depth += 1
             try:
-                if outer:
-                    self._refresh()
+                if outer or (write and not self._writing):
+                    self._refresh(write)
                 assert self.client is not None
                 yield self.client
-                self._wrote |= write
             finally:
                 self._depth -= 1
                 if outer:
                     try:
-                        if self._wrote:
+                        if self._writing:
+                            self.close()  # Chroma writes its vector index back to disk on close
                             self._bump()
                     finally:
-                        self._wrote = False
+                        self._writing = False
                         self._unlock()
 
     def _lock(self, wait_s: float) -> None:
@@ -193,13 +198,15 @@ class _Client:
         except FileNotFoundError:
             return None
 
-    def _refresh(self) -> None:
+    def _refresh(self, write: bool) -> None:
+        """A fresh client for a write; for a read, a fresh one only when another process wrote since."""
         stamp = self._read_stamp()
-        if self.client is None or stamp != self._stamp:
+        if write or self.client is None or stamp != self._stamp:
             self.close()
             self.client = make_client(self.location)
             self.epoch += 1
             self._stamp = stamp
+        self._writing = self._writing or write
 
     def _bump(self) -> None:
         stamp = uuid.uuid4().hex
@@ -398,12 +405,15 @@ class SemanticIndex:
             col.modify(name=live, metadata=self._label(namespace))
         return added
 
-    def compact(self) -> None:
-        """After a delete: rewrite a local index's SQLite file, so removed keys leave the disk.
+    def compact(self, fact_ids: list[int]) -> None:
+        """After deleting ``fact_ids`` (or a rebuild): rewrite a local index's files, so removed keys leave the disk.
 
-        Chroma deletes rows without overwriting them and keeps the write log of every add; with
-        its client closed, the log entries the index already holds are purged, the full-text
-        index is merged and the file is vacuumed. A server index compacts on its own.
+        Chroma deletes rows without overwriting them and keeps a write log whose entries hold
+        each added key until its vector index is next saved; with the client closed, the
+        deleted ids' log entries lose their text, the entries every part of the index has
+        consumed are purged, the full-text index is merged, the file is vacuumed, and the
+        vector files of dropped collections (which Chroma leaves behind) are removed. A server
+        index compacts on its own.
         """
         if not self.local:
             return
@@ -412,12 +422,20 @@ class SemanticIndex:
             self._collections.clear()
             db = sqlite3.connect(os.path.join(self.location, "chroma.sqlite3"))
             try:
-                db.execute("DELETE FROM embeddings_queue WHERE seq_id <= (SELECT coalesce(min(seq_id), 0) FROM max_seq_id)")
+                for batch in _batches([str(i) for i in fact_ids], BATCH):
+                    db.execute(f"UPDATE embeddings_queue SET metadata = NULL WHERE id IN ({','.join('?' * len(batch))})", batch)
+                # Only entries every segment has consumed: one that has saved nothing yet (no max_seq_id row) needs them all.
+                db.execute("DELETE FROM embeddings_queue WHERE seq_id <= (SELECT coalesce(min(coalesce(m.seq_id, 0)), 0) "
+                           "FROM segments s LEFT JOIN max_seq_id m ON m.segment_id = s.id)")
                 db.execute("INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')")
                 db.commit()
                 db.execute("VACUUM")
+                live = {row[0] for row in db.execute("SELECT id FROM segments")}
             finally:
                 db.close()
+            for entry in Path(self.location).iterdir():
+                if entry.is_dir() and _SEGMENT_DIR.fullmatch(entry.name) and entry.name not in live:
+                    shutil.rmtree(entry)
 
     def drop(self, namespace: str) -> None:
         """Remove the namespace's collection."""

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select, update
 
 from tools.schema import InvalidInput, StoreMeta, clean_triple, normalise_text
-from tools.store import SQLKnowledgeStore
+from tools.store import SQLKnowledgeStore, retrying
 
 Row = tuple[str, str, str, str | None]  # entity, relation, value, source
 FileFormat = Literal["jsonl", "lmlm-db"]
@@ -312,13 +312,14 @@ class _ResumeMark:
         return int(value) if value is not None else 0
 
     def set(self, done: int) -> None:
-        with self.engine.begin() as conn:
+        def mark(conn: Any) -> None:
             if conn.execute(update(META).where(META.c.name == self.name).values(value=str(done))).rowcount == 0:
                 conn.execute(insert(META).values(name=self.name, value=str(done)))
 
+        retrying(self.engine, mark)  # another import may hold the database for a moment
+
     def clear(self) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(META).where(META.c.name == self.name))
+        retrying(self.engine, lambda conn: conn.execute(delete(META).where(META.c.name == self.name)))
 
 
 def import_file(

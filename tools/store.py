@@ -213,6 +213,7 @@ class SQLKnowledgeStore:
         relation_vectors: RelationVectors | None | Literal["auto"] = "auto",
         top_k: int = TOP_K,
         legacy_schema: bool = False,
+        read_only: bool = False,
         **settings: Any,
     ) -> None:
         self.engine = engine
@@ -222,6 +223,7 @@ class SQLKnowledgeStore:
         self.relation_vectors = (RELATION_VECTORS if index is not None else None) if relation_vectors == "auto" else relation_vectors
         self.top_k = top_k
         self.legacy_schema = legacy_schema  # opened read-only (create=False) on the previous schema: no writes
+        self.read_only = read_only  # opened for reading only: every write and delete is refused
         self._names: dict[str, EntityNames] = {}
         self._key: bytes | None = None  # kb_meta's audit key, read at the first write or fuzzy lookup
 
@@ -229,7 +231,8 @@ class SQLKnowledgeStore:
         """The same database and index read with another policy (to compare policies on one store)."""
         return SQLKnowledgeStore(
             self.engine, index=self.index, namespace=self.namespace, policy=policy,
-            relation_vectors=self.relation_vectors, top_k=self.top_k, legacy_schema=self.legacy_schema, **settings,
+            relation_vectors=self.relation_vectors, top_k=self.top_k, legacy_schema=self.legacy_schema,
+            read_only=self.read_only, **settings,
         )
 
     @property
@@ -464,13 +467,17 @@ class SQLKnowledgeStore:
             raise InvalidInput(f"triple #{n}: {exc}") from None
 
     def _writable(self) -> None:
+        if self.read_only:
+            raise InvalidInput("this store was opened read-only (read_only=True): writes and deletes are refused")
         if self.legacy_schema:
             raise InvalidInput(
-                "this database has the previous schema (one value per entity and relation) and was opened with "
-                "create=False; open it once without create=False to migrate it (lossless), then write"
+                "this database has a previous schema (one value per entity and relation, or no index journal) and was "
+                "opened with create=False; open it once without create=False to migrate it (lossless), then write"
             )
 
-    def _upsert(self, ns: str, rows: list[CleanTriple], mode: WriteMode | None, *, echo: bool = False) -> tuple[WriteStats, list[Any]]:
+    def _upsert(
+        self, ns: str, rows: list[CleanTriple], mode: WriteMode | None, *, echo: bool = False
+    ) -> tuple[WriteStats, list[Any]]:
         """One SQL transaction for all rows (all or nothing, the index changes journalled in it), then the index follows.
 
         A transaction that lost a race with another writer (a busy database, the same key
@@ -545,9 +552,10 @@ class SQLKnowledgeStore:
     def _audit_key(self, conn: Any) -> bytes:
         if self._key is None:
             stored = conn.execute(select(META.c.value).where(META.c.name == AUDIT_KEY)).scalar()
-            if stored is None:  # a database made before keyed digests: make its key now
+            if stored is None:  # a database made before keyed digests: make its key now (cached once committed and read)
                 stored = secrets.token_hex(32)
                 conn.execute(insert(META).values(name=AUDIT_KEY, value=stored))
+                return bytes.fromhex(stored)
             self._key = bytes.fromhex(stored)
         return self._key
 
@@ -608,6 +616,7 @@ class SQLKnowledgeStore:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         pending = self.pending_index_ops()
         if repair:
+            self._writable()
             self.apply_index_ops()
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
         report = []
@@ -660,7 +669,7 @@ class SQLKnowledgeStore:
                 self.index.delete(ns, ids)
             index_remaining = len(self.index.present(ns, ids))
             if rows:
-                self.index.compact()
+                self.index.compact(ids)
         with self.engine.connect() as conn:
             sql_remaining = sum(
                 conn.execute(select(func.count()).select_from(FACTS).where(FACTS.c.id.in_(chunk))).scalar_one()
@@ -685,8 +694,8 @@ class SQLKnowledgeStore:
     def files(self) -> list[Path]:
         """The files holding this store's content: the SQLite file and its journals, and a local index's files."""
         found: list[Path] = []
-        if self.engine.url.get_backend_name() == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
-            db = Path(self.engine.url.database)
+        db = sqlite_file(self.engine)
+        if db is not None:
             found += [p for p in (db, *(db.with_name(db.name + s) for s in ("-wal", "-journal"))) if p.is_file()]
         if self.index is not None and self.index.local:
             found += sorted(p for p in Path(self.index.location).rglob("*") if p.is_file())
@@ -750,6 +759,7 @@ class SQLKnowledgeStore:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
         done = {ns: self.index.rebuild(ns, ((f.id, f.key) for f in self.iter_facts(namespace=ns))) for ns in targets}
+        self.index.compact([])  # the replaced collections' files
         self.apply_index_ops()  # journal entries older than the rebuild are already in it; applying them is harmless
         return done
 
@@ -769,6 +779,7 @@ class SQLKnowledgeStore:
             "fallback": self.policy.fallback,
             "top_k": self.top_k,
             "legacy_schema": self.legacy_schema,
+            "read_only": self.read_only,
         }
 
     def close(self) -> None:
@@ -964,11 +975,13 @@ SQLITE_BUSY_S = 30.0  # how long a SQLite writer waits for another one before a 
 WRITE_RETRIES = 6  # attempts of a write transaction that lost a race (locked database, concurrent insert)
 
 
-def make_engine(db: str | Path | None, *, create: bool = True) -> Engine:
+def make_engine(db: str | Path | None, *, create: bool = True, read_only: bool = False) -> Engine:
     """None: a private in-memory SQLite; a path: a SQLite file (parents created unless ``create=False``); a URL: that database.
 
     A new SQLite file is made with its tables in a temporary file beside it and renamed into
     place, so no process ever sees (and no kill leaves) a database file without its tables.
+    ``read_only`` (with ``create=False``): SQLite opens the file ``mode=ro``, or ``immutable``
+    when its directory cannot be written (WAL's side files cannot be made there).
     """
     if db is None:
         engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
@@ -983,6 +996,11 @@ def make_engine(db: str | Path | None, *, create: bool = True) -> Engine:
                 _create_sqlite_file(path)
         elif not path.is_file():
             raise FileNotFoundError(f"no knowledge base at {path} (opened with create=False, which never creates one)")
+        if read_only:
+            mode = "mode=ro" if os.access(path.parent, os.W_OK) else "immutable=1"
+            engine = create_engine(f"sqlite:///file:{path}?{mode}&uri=true", connect_args={"timeout": SQLITE_BUSY_S})
+            _sqlite_transactions(engine, wal=False)
+            return engine
         engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": SQLITE_BUSY_S})
         # WAL is a persistent property of the file: a create=False open leaves the file as it is
         _sqlite_transactions(engine, wal=create)
@@ -1094,7 +1112,8 @@ def _prepare(engine: Engine, *, create: bool) -> _Prepared:
         if FACTS.name not in tables:
             raise InvalidInput(f"{engine.url.render_as_string(hide_password=True)} holds no knowledge base (no {FACTS.name} "
                                "table; opened with create=False, which never creates one)")
-        legacy = _missing_columns(engine) == {"value_slot"}
+        # A database from before value slots, or before the index journal and tombstones, is read as it is.
+        legacy = _missing_columns(engine) == {"value_slot"} or not {OUTBOX.name, TOMBSTONES.name} <= tables
         _check_columns(engine, allow={"value_slot"})
         found = None
         if META.name in tables:
@@ -1177,10 +1196,18 @@ def default_index_location(db: str | Path | None, engine: Engine) -> str:
 
     if db is None:
         return EPHEMERAL
-    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
-        path = Path(engine.url.database)
+    path = sqlite_file(engine)
+    if path is not None:
         return str(path.with_name(path.stem + ".chroma"))
     return str(DEFAULT_SERVER_INDEX.resolve())
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of a SQLite engine (also one opened read-only by URI), else None."""
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database.removeprefix("file:"))
 
 
 def open_store(
@@ -1191,6 +1218,7 @@ def open_store(
     policy: PolicyName | LookupPolicy = "entity",
     relation_match: Literal["semantic", "exact"] | None = None,
     create: bool = True,
+    read_only: bool = False,
     index_wait_s: float | None = None,
     **settings: Any,
 ) -> SQLKnowledgeStore:
@@ -1214,6 +1242,11 @@ def open_store(
     vectors live in memory); a previous-schema database is read as it is, and writes to it
     are refused until it is opened once with ``create=True`` (which migrates it).
 
+    ``read_only=True`` (implies ``create=False``) is for readers that must not write: a
+    SQLite file is opened ``mode=ro`` (``immutable`` in a directory that cannot be written,
+    so a store on read-only media can be read), every write or delete is refused, and a local
+    index is used only where its directory can be written (its lock file lives there).
+
     ``index_wait_s``: how long to wait for another process using the same local index
     directory before :class:`~tools.index.IndexBusy` (default ``tools.index.INDEX_WAIT_S``).
     A writable open (``create=True``) with an index first applies the index changes a
@@ -1223,19 +1256,21 @@ def open_store(
     if relation_match not in (None, "semantic", "exact"):
         raise InvalidInput(f"relation_match must be 'semantic', 'exact' or None, got {relation_match!r}")
     semantic_relations = relation_match == "semantic" or (relation_match is None and index is not False)
-    engine = make_engine(db, create=create)
+    create = create and not read_only
+    engine = make_engine(db, create=create, read_only=read_only)
     prepared = _prepare(engine, create=create)
     semantic = None
     if index is not False:
         from tools.index import INDEX_WAIT_S, SemanticIndex, is_local_dir
 
         location = default_index_location(db, engine) if index is None else str(index)
-        if create or (prepared.store_id is not None and (not is_local_dir(location) or Path(location).is_dir())):
+        usable_dir = Path(location).is_dir() and (not read_only or os.access(location, os.W_OK))
+        if create or (prepared.store_id is not None and (not is_local_dir(location) or usable_dir)):
             wait_s = INDEX_WAIT_S if index_wait_s is None else index_wait_s
             semantic = SemanticIndex(location, prepared.store_id, wait_s=wait_s)
     store = SQLKnowledgeStore(
         engine, index=semantic, namespace=namespace, policy=lookup, legacy_schema=prepared.legacy_schema,
-        relation_vectors=RELATION_VECTORS if semantic_relations else None,
+        relation_vectors=RELATION_VECTORS if semantic_relations else None, read_only=read_only,
     )
     if create:
         store.apply_index_ops()  # what a killed writer journalled but never reached the index

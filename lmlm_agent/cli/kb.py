@@ -308,7 +308,7 @@ def get(
     from rich.table import Table
 
     with _clear_errors():
-        store = _open(db, index, namespace, create=False, policy=policy, entity_threshold=entity_threshold,
+        store = _open(db, index, namespace, read_only=True, policy=policy, entity_threshold=entity_threshold,
                       entity_max_edits=entity_max_edits,
                       relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold,
                       fallback=fallback, relation_match=relation_match)
