@@ -109,6 +109,21 @@ def test_copy_verified_decoding_writes_what_token_by_token_writes(micro, call_bi
         assert written > 0 and all(len(c.value.split()) == 1 for r in fast for _, c in r.calls)
 
 
+def test_copied_values_are_the_text_after_their_call(micro) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path, _, tok = micro
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    hook = _writes_short_calls(model, tok, 0.5)
+    config = GenerativeConfig(window_tokens=12, max_field_tokens=3, copy_values=True)
+    slow = GenerativeAnnotator(model, tok, config).annotate([TEXT, OTHER], draft_tokens=1)
+    fast = GenerativeAnnotator(model, tok, config).annotate([TEXT, OTHER], draft_tokens=5)
+    hook.remove()
+    assert [r.annotated for r in fast] == [r.annotated for r in slow]
+    calls = [(r.text, offset, c) for r in fast for offset, c in r.calls]
+    assert calls and all(text[offset:].startswith(c.value) for text, offset, c in calls)
+
+
 def test_a_base_without_call_tokens_gets_them(tmp_path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -55,6 +55,10 @@ class GenerativeConfig:
     )
     max_field_tokens: int = field(default=16, metadata={"help": "Longest entity, relation or value a call may write, in tokens."})
     max_calls_in_a_row: int = field(default=4, metadata={"help": "Calls allowed before one input token; then it is copied."})
+    copy_values: bool = field(
+        default=False,
+        metadata={"help": "A value may only be the input's next tokens (as the extractive annotator's); off: free text, as the teacher's."},
+    )
     draft_tokens: int = field(default=16, metadata={"help": "Input tokens verified per forward pass (1: token by token)."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     device: str = field(default="", metadata={"help": "cpu or cuda; empty: cuda when available."})
@@ -197,7 +201,7 @@ class GenerativeReport:
     parameters: int = 0
     trainable_parameters: int = 0
     steps: int = 0
-    final_loss: float = 0.0
+    mean_loss: float = 0.0  # over all steps (the trainer's training_loss)
     seconds: float = 0.0
     device: str = ""
 
@@ -291,7 +295,7 @@ def train_generative(documents: Iterable[tuple[str, str]], config: GenerativeCon
     if config.lora_rank:
         model = model.merge_and_unload()
     report.parameters = sum(p.numel() for p in model.parameters())
-    report.steps, report.final_loss = result.global_step, float(result.training_loss)
+    report.steps, report.mean_loss = result.global_step, float(result.training_loss)
     report.seconds = time.perf_counter() - started
     model.eval()
     return GenerativeAnnotator(model, tokenizer, config, asdict(report)), report
@@ -342,7 +346,7 @@ class _Decoder:
         calls, dropped, in_row, i, n = [], 0, 0, 0, len(source)
         while i < n:
             if self._may_call(length, n - i, in_row) and last[self.ent] > last[source[i]]:
-                call, cache, length, after = self._call(cache, length, last)
+                call, cache, length, after = self._call(cache, length, last, source[i:])
                 if call is None:
                     dropped, in_row = dropped + 1, self.config.max_calls_in_a_row  # copy the next token instead
                 else:
@@ -360,7 +364,7 @@ class _Decoder:
             length, last, i, in_row = length + take, logits[take - 1], i + take, 0
         return calls, dropped
 
-    def _call(self, cache, length: int, last):
+    def _call(self, cache, length: int, last, ahead: list[int]):
         """Write one call after ``<|db_entity|>``; on failure the cache is cut back to before it."""
         start, fields_ids, f, feed = length, [[], [], []], 0, self.ent
         while True:
@@ -371,7 +375,12 @@ class _Decoder:
                 if all(texts):
                     return tuple(texts), cache, length, logits[-1]
                 break
-            tok = int((logits[-1] + self.masks[f]).argmax())
+            scores = logits[-1] + self.masks[f]
+            if f == 2 and self.config.copy_values:  # the value so far is a prefix of the input ahead: go on with it, or end
+                allowed = [self.closing[2]] + ahead[len(fields_ids[2]) : len(fields_ids[2]) + 1]
+                tok = allowed[int(scores[allowed].argmax())]
+            else:
+                tok = int(scores.argmax())
             if tok == self.closing[f]:
                 f += 1
             elif len(fields_ids[f]) == self.config.max_field_tokens:
