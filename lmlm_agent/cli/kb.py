@@ -539,19 +539,19 @@ def ingest(
     ctx: typer.Context,
     path: Path = typer.Argument(..., help="Text to learn from: a .txt file (paragraphs split at blank lines) or JSONL of {id, text}."),
     run: Optional[Path] = typer.Option(None, "--run", help="A run directory: its annotator/ and kb.sqlite (not with --annotator or --db)."),
-    annotator: Optional[Path] = typer.Option(None, "--annotator", help="Directory of a trained annotator (`lmlm annotate train`)."),
+    annotator: Optional[Path] = typer.Option(None, "--annotator", help="Directory of an annotator of any kind (`lmlm annotate train --kind teacher/extractive/generative`)."),
     db: str = DB,
     index: Optional[str] = INDEX,
     namespace: str = NAMESPACE,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Extract facts from new text with the distilled annotator and store them, with provenance
+    """Extract facts from new text with an annotator (any kind) and store them, with provenance
     (<file>#<paragraph>@<offset>). A running agent or server answers from them at once, no retraining."""
     from rich.table import Table
     from transformers.utils import logging as hf_logging
 
     from lmlm_agent.cli.ingest import ingest_texts, read_texts
-    from training.annotator import Annotator
+    from training.annotators import load_annotator
 
     hf_logging.disable_progress_bar()  # no weight-loading bar in the command's output
 
@@ -566,7 +566,7 @@ def ingest(
         raise typer.BadParameter("give --run DIR or --annotator DIR")
     with _clear_errors():
         docs = read_texts(path)
-        report = ingest_texts(Annotator.load(annotator), _open(db, index, namespace), docs, namespace=namespace)
+        report = ingest_texts(load_annotator(annotator), _open(db, index, namespace), docs, namespace=namespace)
     if as_json:
         _print_json(report.to_json())
         return
