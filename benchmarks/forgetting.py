@@ -125,7 +125,8 @@ def copy_store(store, without: Sequence[str] = ()):
     """An in-memory copy of a store's rows (the run's database is never touched), less ``without``'s entities."""
     from tools import open_store
 
-    work = open_store(None, index=False)
+    semantic = getattr(store, "relation_vectors", None) is not None  # match relations as the source store does
+    work = open_store(None, index=False, relation_match="semantic" if semantic else "exact")
     work.write_many(((f.entity, f.relation, f.value, f.source) for f in store.iter_facts()), source=None)
     for entity in without:
         work.delete(entity=entity)

@@ -11,7 +11,8 @@ from lmlm_agent.model import save_checkpoint
 from tools import open_store
 
 FAST = ["tofu_questions=2", "rouge_tokens=3", "forget_splits=forget01", "methods=grad_ascent,npo",
-        "unlearn_steps=1", "unlearn_batch=2", "factscore_people=2", "factscore_tokens=6", "cloze_items=3"]
+        "unlearn_steps=1", "unlearn_batch=2", "factscore_people=2", "factscore_tokens=6", "cloze_items=3",
+        "abstention_questions=2", "relation_match=exact"]
 
 
 def test_bench_all_writes_json_markdown_and_plots(tmp_path):
@@ -28,7 +29,10 @@ def test_bench_all_writes_json_markdown_and_plots(tmp_path):
         for ext in ("json", "md", "png"):
             assert (out / f"{name}.{ext}").stat().st_size > 0, (name, ext)
     report = (out / "report.md").read_text()
-    assert "# Targets on this run" in report and "lmlm-delete" in report
+    assert "# Claims on this run" in report and "lmlm-delete" in report and "# Abstention after a deletion" in report
+    claimed = json.loads((out / "claims.json").read_text())["claims"]
+    assert any(c["claim"].startswith("FactScore precision") for c in claimed)
+    assert any("never-seen proxy (no retain models)" in c["measure"] for c in claimed)  # no RUN/retain here
     rows = json.loads((out / "tofu.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"lmlm before", "baseline before", "lmlm-delete", "grad_ascent", "npo"}
     cloze = {r["subject"] for r in json.loads((out / "cloze.json").read_text())["results"]}
@@ -54,13 +58,19 @@ def test_bench_tofu_on_tofu_files(tmp_path):
     assert set(out) == {"lmlm", "baseline"} and set(out["lmlm"]["splits"]) == {"forget01", "retain", "real_authors", "world_facts"}
 
 
-def test_targets_ratio_with_zero_baseline():
-    from benchmarks.report import targets_markdown
-
-    def ratio_row(lmlm, base):
-        rows = [{"subject": "lmlm", "score": lmlm}, {"subject": "baseline", "score": base}, {"subject": "lmlm-db-off", "score": 0.0}]
-        return next(line for line in targets_markdown(rows, None, None).splitlines() if "LMLM / baseline" in line)
-
-    assert ratio_row(0.0, 0.0) == "| FactScore: LMLM / baseline >= 2 | n/a | no |"  # 0 / 0: no evidence of a gain
-    assert ratio_row(0.2, 0.0) == "| FactScore: LMLM / baseline >= 2 | ∞ | yes |"
-    assert ratio_row(0.2, 0.05) == "| FactScore: LMLM / baseline >= 2 | 4.000 | yes |"
+def test_retain_models_are_the_reference_when_the_run_has_them(tmp_path):
+    """The retain-model path on a micro world: RUN/retain/{lmlm,baseline} become forget quality's reference."""
+    world, tok, model = micro_setup()
+    for name in ("lmlm", "baseline", "retain/lmlm", "retain/baseline"):
+        save_checkpoint(tmp_path / name, copy.deepcopy(model), tok, kind=name.split("/")[-1])
+    open_store(tmp_path / "kb.sqlite", index=False).write_many(world.triples, source="world")
+    world.save(tmp_path / "world")
+    fast = [kv for kv in FAST if not kv.startswith("methods=")] + ["methods=grad_ascent"]
+    args = ["bench", "tofu", "--run", str(tmp_path)] + [a for kv in fast for a in ("--set", kv)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    tofu = json.loads((tmp_path / "bench" / "tofu.json").read_text())
+    assert "retain models" in tofu["reference"]
+    delete = next(r for r in tofu["rows"] if r["method"] == "lmlm-delete")
+    # Same weights, and the retain store lacks exactly the deleted rows: the deletion is the reference.
+    assert delete["forget_quality"] == 1.0 and 0 <= delete["forget_quality_proxy"] <= 1
