@@ -5,8 +5,9 @@ with the prompt the corpus drills use (``Question: ...\\nAnswer:``):
 
 - before: with the full store: the share of answers that state the gold value;
 - after: with a copy of the store from which those people were deleted: the share of answers
-  that abstain (say ``unknown``, or state nothing) against the share that still state a value
-  (the gold one, from the weights, or another: a hallucination in place of the fact).
+  that abstain (say ``unknown``) against the share that still state a value (the gold one,
+  from the weights, or another: a hallucination in place of the fact); an answer that says
+  nothing at all is neither.
 
 Only the answer's first line is judged (a model may go on with a new ``Question:``). Shares
 carry Wilson intervals; abstaining vs stating after the deletion is a paired comparison on the
@@ -26,7 +27,7 @@ from benchmarks.world import QAItem
 from lmlm_agent.decoding import UNKNOWN
 from lmlm_agent.format import qa_prompt
 
-CORRECT, ABSTAIN, STATED = "correct", "abstain", "stated"  # stated: a value other than the gold one
+CORRECT, ABSTAIN, STATED, EMPTY = "correct", "abstain", "stated", "empty"  # stated: a value other than the gold one
 
 
 @dataclass
@@ -40,14 +41,14 @@ def first_line(answer: str) -> str:
 
 
 def judge(answer: str, value: str) -> str:
-    """correct: the gold value is in the answer; abstain: it says unknown or states nothing; else stated."""
+    """correct: the gold value is in the answer; abstain: it says unknown; empty: no word; else stated."""
     line = first_line(answer)
     words = re.findall(r"\w+", line.lower())
     if is_hit(line, value, k=len(words)):
         return CORRECT
-    if UNKNOWN in words or not words:
+    if UNKNOWN in words:
         return ABSTAIN
-    return STATED
+    return STATED if words else EMPTY
 
 
 @dataclass
@@ -80,7 +81,7 @@ def evaluate_abstention(subject: Subject, items: Sequence[QAItem], config: Abste
     n = len(items)
     share = lambda which, label: wilson(sum(v[which] == label for v in verdicts), n).to_dict()  # noqa: E731
     abstained = [float(a == ABSTAIN) for _, a in verdicts]
-    stated = [float(a != ABSTAIN) for _, a in verdicts]
+    stated = [float(a in (CORRECT, STATED)) for _, a in verdicts]
     return AbstentionResult(
         subject.name, n, share(0, CORRECT), share(1, ABSTAIN),
         wilson(int(sum(stated)), n).to_dict(), share(1, CORRECT),

@@ -189,7 +189,7 @@ def abstention_markdown(result: dict) -> str:
         "# Abstention after a deletion",
         "",
         f"{result['n']} forget10 questions asked of the LMLM with its full store, then with those people's rows "
-        "deleted. Abstain: the answer says `unknown` or states nothing; stated: it states a value. "
+        "deleted. Abstain: the answer says `unknown`; stated: it states a value (an empty answer is neither). "
         "Wilson 95 % intervals.",
         "",
         table(["before: correct", "after: abstain", "after: states a value", "after: still the gold value"],

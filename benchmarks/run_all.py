@@ -174,6 +174,21 @@ def bench_abstention(run: Run, config: BenchConfig) -> dict:
     return result
 
 
+def abstention_reference(directory: str | Path, checkpoint: str | Path, config: BenchConfig) -> dict:
+    """The abstention benchmark on another LMLM checkpoint (one trained without abstentions) with the run's
+    store: written to ``RUN/abstention_reference.json``, the reference of the 2-point claim."""
+    from lmlm_agent.model import load_checkpoint
+
+    run = load_run(directory, config)
+    other = load_checkpoint(checkpoint)
+    subject = Subject("lmlm-no-abstention", other.model, other.tokenizer, store=run.lmlm.store,
+                      batch_size=config.batch_size, decoding=run.lmlm.decoding)
+    result = evaluate_abstention(subject, run.world.qa["forget10"],
+                                 AbstentionConfig(questions=config.abstention_questions)).to_dict()
+    (Path(directory) / "abstention_reference.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def run_claims(run: Run, factscore: list[dict], cloze: list[dict], forgetting: dict | None,
                abstention: dict | None) -> list[claims.Claim]:
     reference_file = run.directory / "abstention_reference.json"
