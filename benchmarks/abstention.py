@@ -6,8 +6,8 @@ with the prompt the corpus drills use (``Question: ...\\nAnswer:``):
 - before: with the full store: the share of answers that state the gold value;
 - after: with a copy of the store from which those people were deleted: the share of answers
   that abstain (say ``unknown``) against the share that still state a value (the gold one,
-  from the weights, or another: a hallucination in place of the fact); an answer that says
-  nothing at all is neither.
+  from the weights, or another: a hallucination in place of the fact); an answer that states
+  no value ("X was born in" and nothing after) is neither.
 
 Only the answer's first line is judged (a model may go on with a new ``Question:``). Shares
 carry Wilson intervals; abstaining vs stating after the deletion is a paired comparison on the
@@ -23,7 +23,7 @@ from typing import Sequence
 from benchmarks.cloze import is_hit
 from benchmarks.stats import compare, wilson
 from benchmarks.subject import Subject
-from benchmarks.world import QAItem
+from benchmarks.world import RELATION_BY_NAME, QAItem
 from lmlm_agent.decoding import UNKNOWN
 from lmlm_agent.format import qa_prompt
 
@@ -40,11 +40,20 @@ def first_line(answer: str) -> str:
     return re.split(r"\n|Question:", answer, maxsplit=1)[0].strip()
 
 
-def judge(answer: str, value: str) -> str:
-    """correct: the gold value is in the answer; abstain: it says unknown; empty: no word; else stated."""
+def stated_part(line: str, item: QAItem) -> str:
+    """The line less the sentence head of the relation's templates ("X was born in "): what it says the value is."""
+    for template in RELATION_BY_NAME[item.relation].statements:
+        head = template.split("{v}")[0].format(e=item.entity).strip()
+        if line.startswith(head):
+            return line[len(head):]
+    return line
+
+
+def judge(answer: str, item: QAItem) -> str:
+    """correct: the gold value is in the answer; abstain: it says unknown; empty: it states no value; else stated."""
     line = first_line(answer)
-    words = re.findall(r"\w+", line.lower())
-    if is_hit(line, value, k=len(words)):
+    words = re.findall(r"\w+", stated_part(line, item).lower())
+    if is_hit(line, item.value, k=len(re.findall(r"\w+", line))):
         return CORRECT
     if UNKNOWN in words:
         return ABSTAIN
@@ -77,7 +86,7 @@ def evaluate_abstention(subject: Subject, items: Sequence[QAItem], config: Abste
     before = subject.generate(prompts, config.max_new_tokens)
     deleted = replace(subject, store=copy_store(subject.store, without=dict.fromkeys(q.entity for q in items)))
     after = deleted.generate(prompts, config.max_new_tokens)
-    verdicts = [(judge(b, q.value), judge(a, q.value)) for q, b, a in zip(items, before, after)]
+    verdicts = [(judge(b, q), judge(a, q)) for q, b, a in zip(items, before, after)]
     n = len(items)
     share = lambda which, label: wilson(sum(v[which] == label for v in verdicts), n).to_dict()  # noqa: E731
     abstained = [float(a == ABSTAIN) for _, a in verdicts]
