@@ -67,6 +67,7 @@ class Run:
     lmlm_db_off: Subject
     baseline: Subject
     retain_models: tuple[Subject, Subject] | None = None  # trained without forget10 (TOFU's reference)
+    out_name: str = "bench"  # RUN/<out_name>/ receives the results
 
     @property
     def subjects(self) -> list[Subject]:
@@ -74,7 +75,7 @@ class Run:
 
     @property
     def out(self) -> Path:
-        return self.directory / "bench"
+        return self.directory / self.out_name
 
 
 def _names(csv: str) -> list[str]:
@@ -212,3 +213,22 @@ def bench_all(run: Run, config: BenchConfig) -> Path:
                                                       "claims": [c.to_dict() for c in checked]},
                                                      indent=2, default=str))
     return run.out / "report.md"
+
+
+def bench_seeds(run: Run, config: BenchConfig, seeds: int) -> Path:
+    """``bench_all`` with item-sampling and unlearning seeds seed, seed+1, ... into RUN/bench/seed-<k>/, then
+    RUN/bench/claims_over_seeds.md: each claim's mean over the seeds with a t interval (the models are the
+    run's: retraining with other seeds is ``lmlm demo --seeds``)."""
+    from dataclasses import replace
+
+    per_seed = []
+    for k in range(seeds):
+        seeded = replace(config, seed=config.seed + k)
+        bench_all(replace(run, out_name=f"bench/seed-{seeded.seed}"), seeded)
+        rows = json.loads((run.out / f"seed-{seeded.seed}" / "claims.json").read_text())["claims"]
+        per_seed.append([claims.Claim(**c) for c in rows])
+    summary = claims.across(per_seed)
+    title = f"Claims over {seeds} item samples (seeds {config.seed}..{config.seed + seeds - 1})"
+    report.write_outputs(run.out, "claims_over_seeds", {"claims": [c.to_dict() for c in summary]},
+                         claims.markdown(summary, title))
+    return run.out / "claims_over_seeds.md"

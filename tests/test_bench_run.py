@@ -74,3 +74,20 @@ def test_retain_models_are_the_reference_when_the_run_has_them(tmp_path):
     delete = next(r for r in tofu["rows"] if r["method"] == "lmlm-delete")
     # Same weights, and the retain store lacks exactly the deleted rows: the deletion is the reference.
     assert delete["forget_quality"] == 1.0 and 0 <= delete["forget_quality_proxy"] <= 1
+
+
+def test_bench_all_over_seeds(tmp_path):
+    world, tok, model = micro_setup()
+    save_checkpoint(tmp_path / "lmlm", model, tok, kind="lmlm")
+    save_checkpoint(tmp_path / "baseline", copy.deepcopy(model), tok, kind="baseline")
+    open_store(tmp_path / "kb.sqlite", index=False).write_many(world.triples, source="world")
+    world.save(tmp_path / "world")
+    fast = [kv for kv in FAST if not kv.startswith("methods=")] + ["methods=grad_ascent", "seed=3"]
+    args = ["bench", "all", "--run", str(tmp_path), "--seeds", "2"] + [a for kv in fast for a in ("--set", kv)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "bench"
+    assert (out / "seed-3" / "claims.json").exists() and (out / "seed-4" / "report.md").exists()
+    summary = json.loads((out / "claims_over_seeds.json").read_text())["claims"]
+    assert summary and all(c["n"] == 2 for c in summary)
+    assert "Claims over 2 item samples (seeds 3..4)" in (out / "claims_over_seeds.md").read_text()
