@@ -15,15 +15,23 @@ FAST = ["tofu_questions=2", "rouge_tokens=3", "forget_splits=forget01", "methods
         "abstention_questions=2", "relation_match=exact"]
 
 
-def test_bench_all_writes_json_markdown_and_plots(tmp_path):
+def run_directory(path, models=("lmlm", "baseline")):
+    """The micro world and model as a run directory: checkpoints (each its own copy), kb.sqlite, world/."""
     world, tok, model = micro_setup()
-    save_checkpoint(tmp_path / "lmlm", model, tok, kind="lmlm")
-    save_checkpoint(tmp_path / "baseline", copy.deepcopy(model), tok, kind="baseline")
-    open_store(tmp_path / "kb.sqlite", index=False).write_many(world.triples, source="world")
-    world.save(tmp_path / "world")
-    args = ["bench", "all", "--run", str(tmp_path)] + [a for kv in FAST for a in ("--set", kv)]
-    result = CliRunner().invoke(app, args)
+    for name in models:
+        save_checkpoint(path / name, copy.deepcopy(model), tok, kind=name.split("/")[-1])
+    open_store(path / "kb.sqlite", index=False).write_many(world.triples, source="world")
+    world.save(path / "world")
+
+
+def bench(*args, settings=FAST):
+    result = CliRunner().invoke(app, ["bench", *map(str, args)] + [a for kv in settings for a in ("--set", kv)])
     assert result.exit_code == 0, result.output
+
+
+def test_bench_all_writes_json_markdown_and_plots(tmp_path):
+    run_directory(tmp_path)
+    bench("all", "--run", tmp_path)
     out = tmp_path / "bench"
     for name in ("factscore", "cloze", "tofu"):
         for ext in ("json", "md", "png"):
@@ -60,15 +68,8 @@ def test_bench_tofu_on_tofu_files(tmp_path):
 
 def test_retain_models_are_the_reference_when_the_run_has_them(tmp_path):
     """The retain-model path on a micro world: RUN/retain/{lmlm,baseline} become forget quality's reference."""
-    world, tok, model = micro_setup()
-    for name in ("lmlm", "baseline", "retain/lmlm", "retain/baseline"):
-        save_checkpoint(tmp_path / name, copy.deepcopy(model), tok, kind=name.split("/")[-1])
-    open_store(tmp_path / "kb.sqlite", index=False).write_many(world.triples, source="world")
-    world.save(tmp_path / "world")
-    fast = [kv for kv in FAST if not kv.startswith("methods=")] + ["methods=grad_ascent"]
-    args = ["bench", "tofu", "--run", str(tmp_path)] + [a for kv in fast for a in ("--set", kv)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    run_directory(tmp_path, ("lmlm", "baseline", "retain/lmlm", "retain/baseline"))
+    bench("tofu", "--run", tmp_path, settings=[kv for kv in FAST if not kv.startswith("methods=")] + ["methods=grad_ascent"])
     tofu = json.loads((tmp_path / "bench" / "tofu.json").read_text())
     assert "retain models" in tofu["reference"]
     delete = next(r for r in tofu["rows"] if r["method"] == "lmlm-delete")
@@ -77,15 +78,9 @@ def test_retain_models_are_the_reference_when_the_run_has_them(tmp_path):
 
 
 def test_bench_all_over_seeds(tmp_path):
-    world, tok, model = micro_setup()
-    save_checkpoint(tmp_path / "lmlm", model, tok, kind="lmlm")
-    save_checkpoint(tmp_path / "baseline", copy.deepcopy(model), tok, kind="baseline")
-    open_store(tmp_path / "kb.sqlite", index=False).write_many(world.triples, source="world")
-    world.save(tmp_path / "world")
-    fast = [kv for kv in FAST if not kv.startswith("methods=")] + ["methods=grad_ascent", "seed=3"]
-    args = ["bench", "all", "--run", str(tmp_path), "--seeds", "2"] + [a for kv in fast for a in ("--set", kv)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    run_directory(tmp_path)
+    bench("all", "--run", tmp_path, "--seeds", 2,
+          settings=[kv for kv in FAST if not kv.startswith("methods=")] + ["methods=grad_ascent", "seed=3"])
     out = tmp_path / "bench"
     assert (out / "seed-3" / "claims.json").exists() and (out / "seed-4" / "report.md").exists()
     summary = json.loads((out / "claims_over_seeds.json").read_text())["claims"]
