@@ -133,10 +133,12 @@ def across(per_seed: Sequence[Sequence[Claim]]) -> list[Claim]:
     out = []
     for name in names:
         got = [c for claims in per_seed for c in claims if c.claim == name]
+        if len(got) == 1:  # one seed: the claim as measured, its interval over the items
+            out.append(got[0])
+            continue
         summary = across_seeds([c.value for c in got])
         ps = [c.p_value for c in got if c.p_value is not None]
-        low, high = (summary.low, summary.high) if len(got) > 1 else (got[0].low, got[0].high)
-        out.append(Claim(name, got[0].measure, summary.mean, low, high, len(got), max(ps) if ps else None,
+        out.append(Claim(name, got[0].measure, summary.mean, summary.low, summary.high, len(got), max(ps) if ps else None,
                          all(c.holds for c in got), f"{len(got)} seeds: " + ", ".join(fmt(c.value) for c in got)))
     return out
 
