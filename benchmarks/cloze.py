@@ -16,8 +16,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
+from benchmarks.stats import wilson
 from benchmarks.subject import Subject
 from benchmarks.world import RELATION_BY_NAME, World
 from lmlm_agent.format import render_call
@@ -67,6 +66,8 @@ class ClozeResult:
     hit_at_k: float
     precision_at_1: float  # object tokens predicted top-1 under teacher forcing, micro-averaged
     object_nll: float  # mean NLL per object token under teacher forcing
+    hit_interval: dict = field(default_factory=dict)  # Estimate: Wilson 95 % interval of hit@k
+    hits: list[int] = field(default_factory=list, repr=False)  # per item, in item order (for paired tests)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,4 +87,6 @@ def evaluate_cloze(subject: Subject, items: list[ClozeItem], config: ClozeConfig
         contexts = [it.prompt for it in items]
     forced = subject.teacher_forced(contexts, [" " + it.answer for it in items])
     correct, tokens, nll = (sum(col) for col in zip(*forced))
-    return ClozeResult(subject.name, len(items), float(np.mean(hits)), correct / tokens, nll / tokens)
+    interval = wilson(sum(hits), len(hits))
+    return ClozeResult(subject.name, len(items), interval.value, correct / tokens, nll / tokens, interval.to_dict(),
+                       [int(h) for h in hits])

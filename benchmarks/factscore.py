@@ -2,8 +2,15 @@
 
 Prompt "Tell me a bio of X. X is", greedy, 256 new tokens; the output is split into
 atomic facts, each judged against a knowledge source; a response's score is the share
-of supported facts times the length penalty exp(1 - γ/n) for n < γ = 10 facts.
+of supported facts times the length penalty exp(1 - γ/n) for n < γ facts.
 Responses with no fact are abstentions: excluded from the score and reported.
+
+γ: the published value is 10, for Wikipedia people with dozens of facts. A person of the
+generated world has 4 to 7, so γ = 10 penalises every bio and the score measures length;
+by default γ is the knowledge source's own median number of facts per person
+(:func:`world_gamma`, 6 for the generated worlds), and ``gamma=10`` gives the published score.
+Precision (unpenalised), facts per bio and supported facts per bio are always reported beside
+it, each with a 95 % bootstrap interval over the bios (``benchmarks.stats``).
 
 Two judges:
 - the generated world's gold triples: our biographies state one fact per sentence with
@@ -20,16 +27,21 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
-
+from benchmarks.stats import bootstrap
 from benchmarks.subject import Subject
 from lmlm_agent.decoding import UNKNOWN
 from benchmarks.world import RELATIONS, World
 
-GAMMA = 10
+GAMMA = 10  # FactScore's published length-penalty scale
+
+
+def world_gamma(world: World) -> int:
+    """The median number of gold facts per person: how many facts a complete bio states."""
+    return round(statistics.median(len(e.facts) for e in world.entities if e.kind == "person"))
 
 
 def length_penalty(n_facts: int, gamma: int = GAMMA) -> float:
@@ -57,6 +69,7 @@ class ResponseScore:
     topic: str
     output: str
     facts: list[AtomicFact]
+    gamma: int = GAMMA
 
     @property
     def abstained(self) -> bool:
@@ -68,36 +81,55 @@ class ResponseScore:
 
     @property
     def score(self) -> float:
-        return self.precision * length_penalty(len(self.facts))
+        return self.precision * length_penalty(len(self.facts), self.gamma)
+
+    @property
+    def supported(self) -> int:
+        return sum(f.supported for f in self.facts)
 
 
 @dataclass
 class FactScoreResult:
     subject: str
     n: int
+    gamma: int  # the length penalty's scale
     score: float  # mean penalised precision over the responses that did not abstain
     precision: float  # the same without the length penalty
     abstention_rate: float
     facts_per_response: float
     supported_per_response: float
-    responses: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    intervals: dict[str, dict] = field(default_factory=dict)  # score, precision, facts, supported -> Estimate
+    responses: list[dict[str, Any]] = field(default_factory=list, repr=False)  # per topic, with its figures
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def aggregate(subject: str, scores: Sequence[ResponseScore]) -> FactScoreResult:
-    answered = [s for s in scores if not s.abstained]
-    mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
+PER_RESPONSE = ("score", "precision", "facts", "supported")  # each bio's figures (None: it abstained)
+
+
+def _figures(s: ResponseScore) -> dict[str, float | None]:
+    if s.abstained:
+        return dict.fromkeys(PER_RESPONSE)
+    return {"score": s.score, "precision": s.precision, "facts": float(len(s.facts)), "supported": float(s.supported)}
+
+
+def aggregate(subject: str, scores: Sequence[ResponseScore], seed: int = 0) -> FactScoreResult:
+    answered = [_figures(s) for s in scores if not s.abstained]
+    gamma = scores[0].gamma if scores else GAMMA
+    intervals = {k: bootstrap([f[k] for f in answered], seed=seed) for k in PER_RESPONSE}
     return FactScoreResult(
         subject,
         len(scores),
-        mean([s.score for s in answered]),
-        mean([s.precision for s in answered]),
+        gamma,
+        intervals["score"].value,
+        intervals["precision"].value,
         1 - len(answered) / len(scores) if scores else math.nan,
-        mean([len(s.facts) for s in answered]),
-        mean([sum(f.supported for f in s.facts) for s in answered]),
-        [{"topic": s.topic, "output": s.output, "facts": [asdict(f) for f in s.facts]} for s in scores],
+        intervals["facts"].value,
+        intervals["supported"].value,
+        {k: e.to_dict() for k, e in intervals.items()},
+        [{"topic": s.topic, "output": s.output, **_figures(s), "facts_judged": [asdict(f) for f in s.facts]}
+         for s in scores],
     )
 
 
@@ -177,16 +209,19 @@ class GoldJudge:
 class FactScoreConfig:
     max_entities: int | None = field(default=50, metadata={"help": "Topics to ask about (None: all)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Greedy tokens per bio (FactScore: 256)."})
+    gamma: int | None = field(default=None, metadata={"help": "Length-penalty scale (published: 10); None: the world's median facts per person."})
+    seed: int = field(default=0, metadata={"help": "Bootstrap seed of the intervals."})
 
 
 def evaluate_factscore(subject: Subject, world: World, topics: Sequence[str], config: FactScoreConfig) -> FactScoreResult:
     """Bios of ``topics`` judged on the world's gold triples."""
     topics = list(topics)[: config.max_entities]
     judge = GoldJudge(world)
+    gamma = config.gamma or world_gamma(world)
     outputs = subject.generate([bio_prompt(t) for t in topics], config.max_new_tokens)
     # The prompt's last words ("X is") begin the first sentence of the bio.
-    scores = [ResponseScore(t, o, judge.facts(t, f"{t} is{o}")) for t, o in zip(topics, outputs)]
-    return aggregate(subject.name, scores)
+    scores = [ResponseScore(t, o, judge.facts(t, f"{t} is{o}"), gamma) for t, o in zip(topics, outputs)]
+    return aggregate(subject.name, scores, config.seed)
 
 
 # --------------------------------------------------------------------------- LLM judge

@@ -13,9 +13,13 @@ Forget quality needs the truth ratios of "a model trained without the forget set
 
 - TOFU's reference, when given: retain models trained on ``world.corpus(without=forget10)``
   (the LMLM's with a store lacking forget10's rows), scored on each forget split;
-- otherwise a proxy: each model's own ratios on the world's held-out people (generated
-  like the authors, never in the corpus or the store). It is stricter than TOFU's: the
-  forget entities' names were still seen in training, the held-out names never.
+- always, as a second, labelled column (the only one without retain models): a proxy, each
+  model's own ratios on the world's held-out people (generated like the authors, never in
+  the corpus or the store). It is stricter than TOFU's: the forget entities' names were
+  still seen in training, the held-out names never.
+
+Forget quality carries a 95 % percentile-bootstrap interval (both samples of truth ratios
+resampled): how far the p-value moves with the questions drawn.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from benchmarks.subject import Subject, pad_rows, sequence_nll
-from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu
+from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality
 from benchmarks.world import QAItem, World
 from training.data import qa_example
 
@@ -95,6 +101,10 @@ class ForgetRow:
     forget_probability: float
     forget_rouge_l: float
     seconds: float  # time the forgetting itself took (deletes or optimizer steps)
+    forget_quality_low: float = float("nan")  # 95 % bootstrap interval of forget quality
+    forget_quality_high: float = float("nan")
+    forget_quality_proxy: float = float("nan")  # against the held-out-people proxy (the second column)
+    forget_items: int = 0
 
 
 PROXY_REFERENCE = "each model's own truth ratios on the world's held-out (never seen) people"
@@ -115,17 +125,34 @@ def copy_store(store, without: Sequence[str] = ()):
     """An in-memory copy of a store's rows (the run's database is never touched), less ``without``'s entities."""
     from tools import open_store
 
-    work = open_store(None, index=False)
+    semantic = getattr(store, "relation_vectors", None) is not None  # match relations as the source store does
+    work = open_store(None, index=False, relation_match="semantic" if semantic else "exact")
     work.write_many(((f.entity, f.relation, f.value, f.source) for f in store.iter_facts()), source=None)
     for entity in without:
         work.delete(entity=entity)
     return work
 
 
-def _row(method: str, split: str, result: TofuResult, seconds: float) -> ForgetRow:
+def forget_quality_interval(ratios: Sequence[float], reference: Sequence[float], resamples: int = 1000,
+                            seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap of the KS p-value, both samples resampled."""
+    a, b = np.asarray(ratios, dtype=float), np.asarray(reference, dtype=float)
+    if not a.size or not b.size:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ps = [forget_quality(a[rng.integers(0, a.size, a.size)], b[rng.integers(0, b.size, b.size)])
+          for _ in range(resamples)]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ps, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _row(method: str, split: str, result: TofuResult, seconds: float, reference: dict, proxy: dict) -> ForgetRow:
     forget = result.splits[split]
-    return ForgetRow(method, split, result.forget_quality.get(split, float("nan")), result.model_utility,
-                     forget.truth_ratio, forget.probability, forget.rouge_l, seconds)
+    quality = forget_quality(forget.ratios, reference[split])
+    low, high = forget_quality_interval(forget.ratios, reference[split])
+    return ForgetRow(method, split, quality, result.model_utility, forget.truth_ratio, forget.probability,
+                     forget.rouge_l, seconds, low, high, forget_quality(forget.ratios, proxy[split]), forget.n)
 
 
 def run_forgetting(
@@ -152,15 +179,18 @@ def run_forgetting(
     ratio_config = replace(config, rouge=False)  # the reference needs truth ratios only
     rows: list[ForgetRow] = []
     reference: dict[str, dict[str, list[float]]] = {}  # subject -> split -> ratios
+    proxies: dict[str, dict[str, list[float]]] = {}
     for i, subject in enumerate((lmlm, baseline)):
+        own_holdout = evaluate_split(subject, "holdout", world.qa["holdout"], ratio_config).ratios
+        proxies[subject.name] = {s: own_holdout for s in splits}
         if retain_models is None:
-            proxy = evaluate_split(subject, "holdout", world.qa["holdout"], ratio_config).ratios
-            reference[subject.name] = {s: proxy for s in splits}
+            reference[subject.name] = proxies[subject.name]
         else:
             reference[subject.name] = {s: evaluate_split(retain_models[i], s, world.qa[s], ratio_config).ratios
                                        for s in splits}
-        before = evaluate_tofu(subject, world.qa, config, splits, reference[subject.name])
-        rows += [_row(f"{subject.name} before", s, before, 0.0) for s in splits]
+        before = evaluate_tofu(subject, world.qa, config, splits)
+        rows += [_row(f"{subject.name} before", s, before, 0.0, reference[subject.name], proxies[subject.name])
+                 for s in splits]
         bar.update()
 
     receipts = {}
@@ -171,16 +201,16 @@ def run_forgetting(
         seconds = time.perf_counter() - start
         receipts[split] = {"entities": len(done), "rows_removed": sum(r.count for r in done),
                            "verified": all(r.verified for r in done)}
-        result = evaluate_tofu(replace(lmlm, store=store), world.qa, config, (split,), reference[lmlm.name])
-        rows.append(_row("lmlm-delete", split, result, seconds))
+        result = evaluate_tofu(replace(lmlm, store=store), world.qa, config, (split,))
+        rows.append(_row("lmlm-delete", split, result, seconds, reference[lmlm.name], proxies[lmlm.name]))
         bar.update()
         for method in methods:
             model = copy.deepcopy(baseline.model)
             start = time.perf_counter()
             unlearn(model, baseline.tokenizer, method, world.qa[split], world.qa["retain"], unlearn_config)
             seconds = time.perf_counter() - start
-            result = evaluate_tofu(replace(baseline, model=model), world.qa, config, (split,), reference[baseline.name])
-            rows.append(_row(method, split, result, seconds))
+            result = evaluate_tofu(replace(baseline, model=model), world.qa, config, (split,))
+            rows.append(_row(method, split, result, seconds, reference[baseline.name], proxies[baseline.name]))
             bar.update()
     bar.close()
     return ForgettingResult(rows, receipts, PROXY_REFERENCE if retain_models is None else RETAIN_REFERENCE)

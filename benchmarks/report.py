@@ -50,26 +50,47 @@ def _figure(ncols: int, width: float = 4.5):
     return plt.subplots(1, ncols, figsize=(width * ncols, 3.6), squeeze=False)
 
 
-def _bars(ax, labels: Sequence[str], values: Sequence[float], title: str, ylim: float | None = 1.0) -> None:
-    ax.bar(range(len(values)), [0 if math.isnan(v) else v for v in values], color="#4c72b0")
+def interval(estimate: dict) -> str:
+    """``value [low, high]`` of an Estimate's dict."""
+    return f"{fmt(estimate['value'])} [{fmt(estimate['low'])}, {fmt(estimate['high'])}]"
+
+
+def _bars(ax, labels: Sequence[str], values: Sequence[float], title: str, ylim: float | None = 1.0,
+          lows: Sequence[float] | None = None, highs: Sequence[float] | None = None) -> None:
+    """Bars with 95 % intervals as error bars (where given)."""
+    heights = [0 if math.isnan(v) else v for v in values]
+    errors = None
+    if lows is not None and highs is not None:
+        clean = lambda x: 0.0 if x is None or math.isnan(x) or math.isinf(x) else x  # noqa: E731
+        errors = [[max(0.0, h - clean(lo)) for h, lo in zip(heights, lows)],
+                  [max(0.0, clean(hi) - h) for h, hi in zip(heights, highs)]]
+    ax.bar(range(len(values)), heights, color="#4c72b0", yerr=errors, capsize=4)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_title(title)
     if ylim:
         ax.set_ylim(0, ylim)
 
 
+def _estimate_bars(ax, results: Sequence[dict], estimates: Sequence[dict], title: str, ylim: float | None = 1.0) -> None:
+    _bars(ax, [r["subject"] for r in results], [e["value"] for e in estimates], title, ylim,
+          [e["low"] for e in estimates], [e["high"] for e in estimates])
+
+
 # --------------------------------------------------------------------------- factual precision
 
 def factscore_markdown(results: Sequence[dict]) -> str:
-    rows = [(r["subject"], r["n"], r["score"], r["precision"], r["abstention_rate"], r["facts_per_response"],
-             r["supported_per_response"]) for r in results]
+    rows = [(r["subject"], r["n"], interval(r["intervals"]["score"]), interval(r["intervals"]["precision"]),
+             r["abstention_rate"], interval(r["intervals"]["facts"]), interval(r["intervals"]["supported"]))
+            for r in results]
+    gamma = results[0]["gamma"] if results else "?"
     return "\n".join([
         "# FactScore-style precision of generated biographies",
         "",
         "Prompt `Tell me a bio of X. X is`, greedy; atomic facts judged against the world's gold triples; "
-        "score = supported share x length penalty exp(1 - 10/n) for n < 10 facts; abstentions excluded. "
-        "A person of the generated world has at most 7 facts, so the penalty applies to every bio; "
-        "precision is the unpenalised supported share. Facts about other entities count as unsupported.",
+        f"score = supported share x length penalty exp(1 - γ/n) for n < γ = {gamma} facts; abstentions excluded. "
+        "γ defaults to the world's median number of facts per person (a complete bio is not penalised); "
+        "`--set gamma=10` gives the published score. Precision is the unpenalised supported share. "
+        "Facts about other entities count as unsupported. Intervals: 95 % bootstrap over the bios.",
         "",
         table(["model", "bios", "FactScore", "precision", "abstained", "facts/bio", "supported/bio"], rows),
         "",
@@ -77,22 +98,23 @@ def factscore_markdown(results: Sequence[dict]) -> str:
 
 
 def factscore_figure(results: Sequence[dict]):
-    fig, axes = _figure(2)
-    names = [r["subject"] for r in results]
-    _bars(axes[0][0], names, [r["score"] for r in results], "FactScore")
-    _bars(axes[0][1], names, [r["facts_per_response"] for r in results], "atomic facts per bio", ylim=None)
+    fig, axes = _figure(3)
+    for ax, key, title, ylim in ((axes[0][0], "score", f"FactScore (γ = {results[0]['gamma']})", 1.0),
+                                 (axes[0][1], "precision", "precision", 1.0),
+                                 (axes[0][2], "facts", "atomic facts per bio", None)):
+        _estimate_bars(ax, results, [r["intervals"][key] for r in results], title, ylim)
     return fig
 
 
 def cloze_markdown(results: Sequence[dict]) -> str:
-    rows = [(r["subject"], r["n"], r["hit_at_k"], r["precision_at_1"], r["object_nll"]) for r in results]
+    rows = [(r["subject"], r["n"], interval(r["hit_interval"]), r["precision_at_1"], r["object_nll"]) for r in results]
     return "\n".join([
         "# Cloze (T-REx style)",
         "",
         "Prompt = the statement up to its object; an LMLM must start with a lookup. hit@5: the object among "
-        "the first 5 words written; precision@1 and NLL: the object's tokens under teacher forcing "
-        "(for an LMLM after its gold call: the loss on the value it repeats, which is trained text, "
-        "given what the database returned).",
+        "the first 5 words written (Wilson 95 % interval); precision@1 and NLL: the object's tokens under "
+        "teacher forcing (for an LMLM after its gold call: the loss on the value it repeats, which is trained "
+        "text, given what the database returned).",
         "",
         table(["model", "items", "hit@5", "token precision@1", "object NLL/token"], rows),
         "",
@@ -101,27 +123,29 @@ def cloze_markdown(results: Sequence[dict]) -> str:
 
 def cloze_figure(results: Sequence[dict]):
     fig, axes = _figure(2)
-    names = [r["subject"] for r in results]
-    _bars(axes[0][0], names, [r["hit_at_k"] for r in results], "hit@5")
-    _bars(axes[0][1], names, [r["precision_at_1"] for r in results], "token precision@1")
+    _estimate_bars(axes[0][0], results, [r["hit_interval"] for r in results], "hit@5")
+    _bars(axes[0][1], [r["subject"] for r in results], [r["precision_at_1"] for r in results], "token precision@1")
     return fig
 
 
 # --------------------------------------------------------------------------- forgetting
 
 def forgetting_markdown(result: dict) -> str:
-    rows = [(r["method"], r["split"], r["forget_quality"], r["model_utility"], r["forget_truth_ratio"],
-             r["forget_probability"], r["forget_rouge_l"], r["seconds"]) for r in result["rows"]]
+    rows = [(r["method"], r["split"], r["forget_items"],
+             f"{fmt(r['forget_quality'])} [{fmt(r['forget_quality_low'])}, {fmt(r['forget_quality_high'])}]",
+             r["forget_quality_proxy"], r["model_utility"], r["forget_truth_ratio"], r["forget_probability"],
+             r["forget_rouge_l"], r["seconds"]) for r in result["rows"]]
     receipts = [(s, r["entities"], r["rows_removed"], r["verified"]) for s, r in result["receipts"].items()]
     return "\n".join([
         "# TOFU forgetting: LMLM row deletion vs gradient unlearning of the baseline",
         "",
-        f"Forget quality = KS-test p-value against {result['reference']}. Model utility = harmonic mean of "
-        "probability, ROUGE-L recall and truth ratio on retain, real_authors and world_facts. "
-        "Forget truth ratio = mean min(R, 1/R) on the forget split.",
+        f"Forget quality = KS-test p-value against {result['reference']} (95 % bootstrap interval over "
+        "the questions); the proxy column is the same against each model's own truth ratios on never-seen "
+        "people. Model utility = harmonic mean of probability, ROUGE-L recall and truth ratio on retain, "
+        "real_authors and world_facts. Forget truth ratio = mean min(R, 1/R) on the forget split.",
         "",
-        table(["method", "split", "forget quality", "model utility", "forget truth ratio", "forget prob",
-               "forget ROUGE-L", "seconds"], rows),
+        table(["method", "split", "questions", "forget quality [95 %]", "forget quality (never-seen proxy)",
+               "model utility", "forget truth ratio", "forget prob", "forget ROUGE-L", "seconds"], rows),
         "",
         "## LMLM deletions (forget receipts)",
         "",
@@ -133,16 +157,22 @@ def forgetting_markdown(result: dict) -> str:
 def forgetting_figure(result: dict):
     rows = result["rows"]
     splits = list(dict.fromkeys(r["split"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = _figure(2, width=5.5)
-    for ax, key, title in ((axes[0][0], "forget_quality", "forget quality (KS p)"),
+    for ax, key, title in ((axes[0][0], "forget_quality", "forget quality (KS p, 95 % interval)"),
                            (axes[0][1], "model_utility", "model utility")):
-        methods = list(dict.fromkeys(r["method"] for r in rows))
         width = 0.8 / len(splits)
         for i, split in enumerate(splits):
-            by_method = {r["method"]: r[key] for r in rows if r["split"] == split}
-            values = [by_method.get(m, math.nan) for m in methods]
-            ax.bar([j + i * width for j in range(len(methods))], [0 if math.isnan(v) else v for v in values],
-                   width, label=split)
+            by_method = {r["method"]: r for r in rows if r["split"] == split}
+            values = [by_method[m][key] if m in by_method else math.nan for m in methods]
+            heights = [0 if math.isnan(v) else v for v in values]
+            errors = None
+            if key == "forget_quality":
+                lows = [by_method[m]["forget_quality_low"] if m in by_method else math.nan for m in methods]
+                highs = [by_method[m]["forget_quality_high"] if m in by_method else math.nan for m in methods]
+                errors = [[0 if math.isnan(lo) else max(0, h - lo) for h, lo in zip(heights, lows)],
+                          [0 if math.isnan(hi) else max(0, hi - h) for h, hi in zip(heights, highs)]]
+            ax.bar([j + i * width for j in range(len(methods))], heights, width, label=split, yerr=errors, capsize=3)
         ax.set_xticks([j + width * (len(splits) - 1) / 2 for j in range(len(methods))], methods,
                       rotation=25, ha="right")
         ax.set_title(title)
@@ -151,30 +181,21 @@ def forgetting_figure(result: dict):
     return fig
 
 
-# --------------------------------------------------------------------------- targets
+# --------------------------------------------------------------------------- abstention
 
-def targets_markdown(factscore: Sequence[dict] | None, cloze: Sequence[dict] | None, forgetting: dict | None) -> str:
-    """The issue's targets, each checked on this run's numbers."""
-    lines = ["# Targets on this run", "", "| target | value | met |", "|---|---|---|"]
-
-    def check(label: str, value: float, ok: bool) -> None:
-        lines.append(f"| {label} | {fmt(value)} | {'yes' if ok else 'no'} |")
-
-    for name, results, key in (("FactScore", factscore, "score"), ("cloze hit@5", cloze, "hit_at_k")):
-        if not results:
-            continue
-        by = {r["subject"]: r[key] for r in results}
-        lmlm, base, off = by.get("lmlm", math.nan), by.get("baseline", math.nan), by.get("lmlm-db-off", math.nan)
-        ratio = lmlm / base if base else (math.inf if lmlm > 0 else math.nan)  # 0 / 0 is no evidence of a gain
-        check(f"{name}: LMLM / baseline >= 2", ratio, ratio >= 2)
-        loss = 1 - off / lmlm if lmlm else math.nan
-        check(f"{name}: DB-off loses >= 50 % of LMLM", loss, loss >= 0.5)
-    if forgetting:
-        rows = forgetting["rows"]
-        before = {r["split"]: r["model_utility"] for r in rows if r["method"] == "lmlm before"}
-        for r in rows:
-            if r["method"] == "lmlm-delete":
-                check(f"deletion forget quality >= 0.5 ({r['split']})", r["forget_quality"], r["forget_quality"] >= 0.5)
-                drop = abs(1 - r["model_utility"] / before[r["split"]]) if before.get(r["split"]) else math.nan
-                check(f"deletion model utility within 1 % of before ({r['split']})", drop, drop <= 0.01)
-    return "\n".join(lines + [""])
+def abstention_markdown(result: dict) -> str:
+    examples = [(a["question"], a["value"], a["before"], a["after"], a["verdict_after"]) for a in result["answers"][:5]]
+    return "\n".join([
+        "# Abstention after a deletion",
+        "",
+        f"{result['n']} forget10 questions asked of the LMLM with its full store, then with those people's rows "
+        "deleted. Abstain: the answer says `unknown`; stated: it states a value (an empty answer is neither). "
+        "Wilson 95 % intervals.",
+        "",
+        table(["before: correct", "after: abstain", "after: states a value", "after: still the gold value"],
+              [(interval(result["correct_before"]), interval(result["abstain_after"]),
+                interval(result["stated_after"]), interval(result["correct_after"]))]),
+        "",
+        table(["question", "gold", "answer before", "answer after deletion", "after"], examples),
+        "",
+    ])

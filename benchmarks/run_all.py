@@ -6,12 +6,17 @@ A run directory (what ``lmlm demo`` writes) holds::
     RUN/baseline/    the same-size baseline, trained on the same text without calls
     RUN/kb.sqlite    the LMLM's knowledge store (the world's triples)
     RUN/world/       the generated world (World.save): QA splits, gold triples, held-out people
-    RUN/lmlm_retain/, RUN/baseline_retain/   optional: the same models trained on
-                     world.corpus(without=forget10); then TOFU's forget quality uses them
-                     as reference instead of the held-out-people proxy
+    RUN/retain/lmlm/, RUN/retain/baseline/   optional: the same recipe trained on the corpus
+                     without forget10's people; then TOFU's forget quality uses them (the LMLM's
+                     with the store less forget10's rows) as reference, the held-out-people
+                     proxy becoming a second column
+    RUN/abstention_reference.json   optional: the abstention benchmark of an LMLM trained
+                     without abstentions (what the 2-point claim compares with)
 
 Three subjects are measured: ``lmlm`` (its store), ``lmlm-db-off`` (every lookup
-``unknown``) and ``baseline``. Results land in ``RUN/bench/`` as JSON, Markdown and PNG.
+``unknown``) and ``baseline``. Results land in ``RUN/bench/`` as JSON, Markdown and PNG;
+``bench_all`` adds ``claims.{json,md}``: each headline claim with its interval and test
+(``benchmarks.claims``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import claims, report
+from benchmarks.abstention import AbstentionConfig, evaluate_abstention
 from benchmarks.cloze import ClozeConfig, cloze_items, evaluate_cloze
 from benchmarks.factscore import FactScoreConfig, evaluate_factscore
 from benchmarks.forgetting import FORGET_SPLITS, GRADIENT_METHODS, UnlearnConfig, copy_store, run_forgetting
@@ -41,10 +47,13 @@ class BenchConfig:
     unlearn_batch: int = field(default=8, metadata={"help": "QA pairs per unlearning step."})
     factscore_people: int = field(default=50, metadata={"help": "People whose bios are asked for."})
     factscore_tokens: int = field(default=256, metadata={"help": "Greedy tokens per bio."})
+    gamma: int = field(default=0, metadata={"help": "FactScore length-penalty scale: 0 = the world's median facts per person; 10 = published."})
+    abstention_questions: int = field(default=200, metadata={"help": "Forget10 questions asked before and after deleting their people (0: skip)."})
     cloze_items: int = field(default=200, metadata={"help": "Cloze facts."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "Decoding repetition penalty for bios and cloze (published: 1.2, which also penalises copying a just-injected value; TOFU's ROUGE always uses 1.0)."})
     batch_size: int = field(default=16, metadata={"help": "Prompts or answers per forward pass."})
     semantic_index: bool = field(default=False, metadata={"help": "Open the store with its semantic index (slower; exact keys suffice for the world)."})
+    relation_match: str = field(default="semantic", metadata={"help": "Without the index, match relation names by meaning (semantic: MiniLM) or exactly (exact)."})
     threads: int = field(default=1, metadata={"help": "torch threads (1 is fastest on a small shared CPU)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed for items and unlearning batches."})
     tofu_data: str = field(default="", metadata={"help": "A directory of real TOFU *_perturbed.json files: `bench tofu` then scores the models on them (no forgetting)."})
@@ -58,6 +67,7 @@ class Run:
     lmlm_db_off: Subject
     baseline: Subject
     retain_models: tuple[Subject, Subject] | None = None  # trained without forget10 (TOFU's reference)
+    out_name: str = "bench"  # RUN/<out_name>/ receives the results
 
     @property
     def subjects(self) -> list[Subject]:
@@ -65,7 +75,7 @@ class Run:
 
     @property
     def out(self) -> Path:
-        return self.directory / "bench"
+        return self.directory / self.out_name
 
 
 def _names(csv: str) -> list[str]:
@@ -84,12 +94,13 @@ def load_run(directory: str | Path, config: BenchConfig) -> Run:
     if missing:
         raise FileNotFoundError(f"{directory} lacks {', '.join(missing)} (see benchmarks/run_all.py for the layout)")
     lmlm, baseline = load_checkpoint(directory / "lmlm"), load_checkpoint(directory / "baseline")
-    store = open_store(directory / "kb.sqlite", **({} if config.semantic_index else {"index": False}))
+    store = open_store(directory / "kb.sqlite", create=False,
+                       **({} if config.semantic_index else {"index": False, "relation_match": config.relation_match}))
     common = dict(batch_size=config.batch_size, decoding={"repetition_penalty": config.repetition_penalty})
     world = World.load(directory / "world")
     retain = None
-    if all((directory / name / "config.json").exists() for name in ("lmlm_retain", "baseline_retain")):
-        r_lmlm, r_base = load_checkpoint(directory / "lmlm_retain"), load_checkpoint(directory / "baseline_retain")
+    if all((directory / "retain" / name / "config.json").exists() for name in ("lmlm", "baseline")):
+        r_lmlm, r_base = load_checkpoint(directory / "retain" / "lmlm"), load_checkpoint(directory / "retain" / "baseline")
         retain_store = copy_store(store, without=world.splits["forget10"])
         retain = (Subject("lmlm-retain", r_lmlm.model, r_lmlm.tokenizer, store=retain_store, **common),
                   Subject("baseline-retain", r_base.model, r_base.tokenizer, **common))
@@ -108,7 +119,8 @@ def bench_factscore(run: Run, config: BenchConfig) -> list[dict]:
 
     people = [e.name for e in run.world.entities if e.kind == "person"]
     people = random.Random(config.seed).sample(people, min(config.factscore_people, len(people)))
-    fs_config = FactScoreConfig(max_entities=config.factscore_people, max_new_tokens=config.factscore_tokens)
+    fs_config = FactScoreConfig(max_entities=config.factscore_people, max_new_tokens=config.factscore_tokens,
+                                gamma=config.gamma or None, seed=config.seed)
     results = [evaluate_factscore(s, run.world, people, fs_config).to_dict()
                for s in tqdm(run.subjects, desc="factscore", unit="model")]
     report.write_outputs(run.out, "factscore", {"config": asdict(config), "results": results},
@@ -155,14 +167,68 @@ def bench_tofu_files(run: Run, config: BenchConfig, tofu: TofuConfig) -> dict:
     return results
 
 
+def bench_abstention(run: Run, config: BenchConfig) -> dict:
+    """The LMLM on forget10's questions before and after deleting those people's rows."""
+    items = run.world.qa["forget10"]
+    result = evaluate_abstention(run.lmlm, items, AbstentionConfig(questions=config.abstention_questions)).to_dict()
+    report.write_outputs(run.out, "abstention", {"config": asdict(config), **result}, report.abstention_markdown(result))
+    return result
+
+
+def abstention_reference(directory: str | Path, checkpoint: str | Path, config: BenchConfig) -> dict:
+    """The abstention benchmark on another LMLM checkpoint (one trained without abstentions) with the run's
+    store: written to ``RUN/abstention_reference.json``, the reference of the 2-point claim."""
+    from lmlm_agent.model import load_checkpoint
+
+    run = load_run(directory, config)
+    other = load_checkpoint(checkpoint)
+    subject = Subject("lmlm-no-abstention", other.model, other.tokenizer, store=run.lmlm.store,
+                      batch_size=config.batch_size, decoding=run.lmlm.decoding)
+    result = evaluate_abstention(subject, run.world.qa["forget10"],
+                                 AbstentionConfig(questions=config.abstention_questions)).to_dict()
+    (Path(directory) / "abstention_reference.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_claims(run: Run, factscore: list[dict], cloze: list[dict], forgetting: dict | None,
+               abstention: dict | None) -> list[claims.Claim]:
+    reference_file = run.directory / "abstention_reference.json"
+    reference = json.loads(reference_file.read_text()) if reference_file.exists() else None
+    return (claims.factscore_claims(factscore) + claims.cloze_claims(cloze) + claims.forgetting_claims(forgetting)
+            + claims.abstention_claims(abstention, reference))
+
+
 def bench_all(run: Run, config: BenchConfig) -> Path:
-    """Every benchmark, then ``report.md``: the targets table followed by each benchmark's report."""
+    """Every benchmark, then ``report.md``: the claims table followed by each benchmark's report."""
     factscore, cloze, tofu = bench_factscore(run, config), bench_cloze(run, config), bench_tofu(run, config)
     forgetting = tofu if "rows" in tofu else None  # None: tofu_data scored TOFU's own sets instead
-    parts = [report.targets_markdown(factscore, cloze, forgetting)]
-    parts += [(run.out / f"{name}.md").read_text() for name in ("factscore", "cloze", "tofu")]
-    (run.out / "report.md").write_text("\n".join(parts))
+    abstention = bench_abstention(run, config) if config.abstention_questions else None
+    checked = run_claims(run, factscore, cloze, forgetting, abstention)
+    report.write_outputs(run.out, "claims", {"claims": [c.to_dict() for c in checked]}, claims.markdown(checked))
+    names = ["claims", "factscore", "cloze", "tofu"] + (["abstention"] if abstention else [])
+    (run.out / "report.md").write_text("\n".join((run.out / f"{name}.md").read_text() for name in names))
     (run.out / "summary.json").write_text(json.dumps({"factscore": factscore, "cloze": cloze,
-                                                      "tofu": forgetting["rows"] if forgetting else tofu},
+                                                      "tofu": forgetting["rows"] if forgetting else tofu,
+                                                      "abstention": abstention,
+                                                      "claims": [c.to_dict() for c in checked]},
                                                      indent=2, default=str))
     return run.out / "report.md"
+
+
+def bench_seeds(run: Run, config: BenchConfig, seeds: int) -> Path:
+    """``bench_all`` with item-sampling and unlearning seeds seed, seed+1, ... into RUN/bench/seed-<k>/, then
+    RUN/bench/claims_over_seeds.md: each claim's mean over the seeds with a t interval (the models are the
+    run's: retraining with other seeds is ``lmlm demo --seeds``)."""
+    from dataclasses import replace
+
+    per_seed = []
+    for k in range(seeds):
+        seeded = replace(config, seed=config.seed + k)
+        bench_all(replace(run, out_name=f"bench/seed-{seeded.seed}"), seeded)
+        rows = json.loads((run.out / f"seed-{seeded.seed}" / "claims.json").read_text())["claims"]
+        per_seed.append([claims.Claim(**c) for c in rows])
+    summary = claims.across(per_seed)
+    title = f"Claims over {seeds} item samples (seeds {config.seed}..{config.seed + seeds - 1})"
+    report.write_outputs(run.out, "claims_over_seeds", {"claims": [c.to_dict() for c in summary]},
+                         claims.markdown(summary, title))
+    return run.out / "claims_over_seeds.md"

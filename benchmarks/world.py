@@ -18,7 +18,8 @@ forget01 ⊂ forget05 ⊂ forget10, retain = the rest) or "famous" people (the
 real_authors set); places, organisations and works give the world_facts set. A few
 held-out people exist only in ``world.holdout`` and ``qa["holdout"]`` (never in the
 corpus or the triples): what an author looks like to a model that never saw them.
-The corpus also drills every fact as a QA pair, as TOFU fine-tunes on its QA.
+The corpus also drills every fact as a QA pair, as TOFU fine-tunes on its QA (one drill
+document per entity, holding all its questions).
 """
 
 from __future__ import annotations
@@ -486,11 +487,17 @@ def generate_world(
             pairs = rng.sample(pairs, qa_per_split)
         qa[split] = [_qa_item(rng, by_name[n], r, pools[r], n_perturbed) for n, r in pairs]
     # QA drills in the corpus teach the question format (TOFU fine-tunes on all author QA).
+    # One drill document per entity holds all its questions: as one document per question, 7 of
+    # every 9 statements about a person were followed by end-of-text, and the models learned to
+    # stop a biography after its first fact.
     for e in entities:
+        pairs, placements, pos = [], [], 0
         for r in e.facts:
             item = _qa_item(rng, e, r, [], 0)
             prompt = qa_prompt(item.question) + " "
-            annotated = insert_calls(prompt + item.answer,
-                                     [(len(prompt) + item.value_offsets[0], LookupCall(e.name, r, item.value))])
-            documents.append(Document(f"{e.name}?{r}", e.name, annotated, prompt + item.answer))
+            placements.append((pos + len(prompt) + item.value_offsets[0], LookupCall(e.name, r, item.value)))
+            pairs.append(prompt + item.answer)
+            pos += len(pairs[-1]) + 1
+        plain = "\n".join(pairs)
+        documents.append(Document(f"{e.name}?qa", e.name, insert_calls(plain, placements), plain))
     return World(seed, entities, documents, general, qa, splits, holdout)

@@ -18,7 +18,7 @@ def run(tmp_path_factory):
     """A tiny demo run (the models barely train: this checks the plumbing, not the numbers)."""
     directory = tmp_path_factory.mktemp("demo") / "run"
     lines: list[str] = []
-    pipeline = DemoRun(directory, "tiny", threads=2, announce=lines.append)
+    pipeline = DemoRun(directory, "tiny", threads=2, announce=lines.append, seed_count=2)
     report = pipeline.run()
     assert report == directory / "report.md"
     assert sum(line.startswith("[") for line in lines) == len(DemoRun.STAGES)  # every stage announced itself
@@ -29,7 +29,10 @@ def test_run_directory_layout(run) -> None:
     for path in ("world/triples.jsonl", "teacher/annotations.jsonl", "annotator/annotator.json",
                  "annotator/annotation_eval.md", "corpus/annotated.jsonl", "kb.sqlite", "lmlm/config.json",
                  "baseline/config.json", "perplexity.json", "bench/report.md", "bench/summary.json",
-                 "memory.json", "report.md", "summary.png", "perplexity.png", "demo.json"):
+                 "memory.json", "report.md", "summary.png", "perplexity.png", "demo.json",
+                 "retain/lmlm/config.json", "retain/baseline/config.json", "no_abstention/lmlm/config.json",
+                 "abstention_reference.json", "bench/claims.json", "bench/abstention.md", "claims.json",
+                 "seed-1/lmlm/config.json", "seed-1/bench/claims.json"):
         assert (run / path).exists(), path
     state = json.loads((run / "demo.json").read_text())
     assert [s["name"] for s in state["stages"]] == list(DemoRun.STAGES)
@@ -39,8 +42,13 @@ def test_run_directory_layout(run) -> None:
 def test_report_has_the_results_table_and_the_next_steps(run) -> None:
     report = (run / "report.md").read_text()
     assert "| measure | LMLM | LMLM, DB off | baseline |" in report
-    for measure in ("perplexity", "FactScore", "cloze hit@5", "forget quality", "model utility"):
+    for measure in ("perplexity", "FactScore", "cloze hit@5", "forget quality", "model utility", "abstain"):
         assert measure in report
+    assert "| claim | measure | value [95 % interval] | n | p | holds | note |" in report
+    over_seeds = json.loads((run / "claims.json").read_text())
+    assert over_seeds["seeds"] == [0, 1] and all(c["n"] == 2 for c in over_seeds["claims"])
+    forget = next(c for c in over_seeds["claims"] if "forget quality" in c["claim"])
+    assert "retain models" in forget["measure"]  # the references stage trained them
     assert f"lmlm chat --run {run}" in report and f"lmlm serve --run {run}" in report
     memory = json.loads((run / "memory.json").read_text())
     assert [s["stage"] for s in memory["steps"]] == ["before ingest", "after ingest", "after delete"]

@@ -15,6 +15,7 @@ from benchmarks.factscore import (
     evaluate_factscore,
     length_penalty,
     parse_statement,
+    world_gamma,
 )
 from benchmarks.subject import Subject
 
@@ -35,6 +36,33 @@ def test_scores_and_abstentions():
     assert result.abstention_rate == 0.5 and result.n == 2
     assert result.score == pytest.approx(r.score) and result.precision == pytest.approx(0.8)
     assert result.facts_per_response == 5 and result.supported_per_response == 4
+    assert result.intervals["precision"]["n"] == 1  # the abstention is not an item of the intervals
+
+
+def test_gamma_is_the_worlds_median_facts_per_person_unless_given():
+    import statistics
+
+    world, tok, model = micro_setup()
+    people = [len(e.facts) for e in world.entities if e.kind == "person"]
+    assert world_gamma(world) == round(statistics.median(people)) < 10
+    facts = [AtomicFact(f"f{i}", True) for i in range(5)]
+    assert ResponseScore("X", "", facts, gamma=5).score == 1.0  # a complete bio is not penalised
+    assert ResponseScore("X", "", facts).score == pytest.approx(math.exp(-1))  # published gamma = 10
+    subject = Subject("baseline", model, tok)
+    topics = world.splits["retain"][:1]
+    assert evaluate_factscore(subject, world, topics, FactScoreConfig(max_new_tokens=2)).gamma == world_gamma(world)
+    assert evaluate_factscore(subject, world, topics, FactScoreConfig(max_new_tokens=2, gamma=10)).gamma == 10
+
+
+def test_intervals_bracket_the_means():
+    bios = [ResponseScore(f"T{i}", "", [AtomicFact("a", True), AtomicFact("b", i % 3 == 0)], gamma=2)
+            for i in range(30)]
+    result = aggregate("m", bios)
+    for key, value in (("precision", result.precision), ("facts", 2.0), ("supported", result.supported_per_response)):
+        iv = result.intervals[key]
+        assert iv["low"] <= value <= iv["high"] and iv["n"] == 30
+    assert result.intervals["precision"]["low"] < result.precision < result.intervals["precision"]["high"]
+    assert [r["precision"] for r in result.responses][:3] == [1.0, 0.5, 0.5]
 
 
 def test_gold_judge_on_world_text():

@@ -65,4 +65,19 @@ def test_retain_models_as_the_reference():
     assert "retain models" in result.reference
     # Deleting the rows leaves exactly the retain reference's state (same weights here): p = 1.
     delete = next(r for r in result.rows if r.method == "lmlm-delete")
-    assert delete.forget_quality == 1.0
+    assert delete.forget_quality == 1.0 and delete.forget_quality_high == 1.0
+    assert 0 <= delete.forget_quality_low <= 1 and delete.forget_items == 2
+    assert 0 <= delete.forget_quality_proxy <= 1  # the never-seen proxy, kept as a second column
+
+
+def test_forget_quality_interval_brackets_the_p_value():
+    from benchmarks.forgetting import forget_quality_interval
+    from benchmarks.tofu import forget_quality
+
+    rng = __import__("random").Random(0)
+    same = [rng.random() for _ in range(60)]
+    shifted = [x + 0.5 for x in same]
+    low, high = forget_quality_interval(same, shifted, resamples=200)
+    assert low <= forget_quality(same, shifted) <= high < 0.05
+    low, high = forget_quality_interval(same, same, resamples=200)
+    assert low < forget_quality(same, same) == 1.0 and high > 0.9

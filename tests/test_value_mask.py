@@ -14,6 +14,7 @@ from training.data import (
     pack,
     qa_example,
     value_mask,
+    with_abstentions,
 )
 
 E, R, RET, END = 90, 91, 92, 93
@@ -107,3 +108,33 @@ def test_qa_example_masks_prompt_and_values(tokenizer):
     assert tokenizer.decode(reply[:-1]) == " " + answer
     # A prompt that fills the window leaves nothing to train: no row.
     assert qa_example("When was Ada Lovelace born?", answer, tokenizer, max_length=len(prompt)) is None
+
+
+def test_abstentions_answer_a_share_of_calls_unknown_in_the_call_and_the_text():
+    bio = ("Ada was born in " + render_call("Ada", "birth place", "Lund") + " Lund. Ada works as a "
+           + render_call("Ada", "occupation", "poet") + " poet.")
+    assert with_abstentions([bio], share=0.0) == [bio]
+    (every,) = with_abstentions([bio], share=1.0)
+    assert every == ("Ada was born in " + render_call("Ada", "birth place", "unknown") + " unknown. Ada works as a "
+                     + render_call("Ada", "occupation", "unknown") + " unknown.")
+    assert strip_calls(every) == "Ada was born in unknown. Ada works as a unknown."
+    some = with_abstentions([bio] * 400, share=0.1, seed=1)
+    changed = sum(t.count("unknown") // 2 for t in some)
+    assert 40 <= changed <= 120  # about 10 % of 800 calls
+    assert with_abstentions([bio] * 400, share=0.1, seed=1) == some  # seeded
+    # A call whose value the text does not repeat right after it is left alone.
+    odd = "In " + render_call("Ada", "birth place", "Lund") + " the north."
+    assert with_abstentions([odd], share=1.0) == [odd]
+
+
+def test_abstention_keeps_the_loss_mask():
+    """The returned `unknown` is masked like any value; the repeated `unknown` is trained."""
+    tok = train_tokenizer(["Ada was born in Lund. unknown " * 20], vocab_size=300)
+    (text,) = with_abstentions(["Ada was born in " + render_call("Ada", "birth place", "Lund") + " Lund."], 1.0)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    labels = mask_labels(ids, call_token_ids(tok))
+    call = call_token_ids(tok)
+    ret, end = ids.index(call.ret), ids.index(call.end)
+    assert all(label == IGNORE_INDEX for label in labels[ret + 1 : end + 1])
+    trained_after = tok.decode([t for t in labels[end + 1 :] if t != IGNORE_INDEX])
+    assert "unknown" in trained_after

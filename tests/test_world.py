@@ -80,7 +80,15 @@ def test_splits_and_qa(world):
                 assert not text[offset:].startswith(q.value + ".")
     drills = [d for d in world.documents if d.plain.startswith("Question:")]
     q = world.qa["retain"][0]
-    assert any(d.plain == f"{qa_prompt(q.question)} {q.answer}" for d in drills)
+    assert any(f"{qa_prompt(q.question)} {q.answer}" in d.plain for d in drills)
+
+
+def test_drills_of_an_entity_are_one_document(world):
+    """A statement in a drill is followed by the next question, not by end-of-text (short bios otherwise)."""
+    drills = [d for d in world.documents if d.plain.startswith("Question:")]
+    assert len(drills) == len(world.entities) == len({d.entity for d in drills})
+    for d in drills:
+        assert d.plain.count("Question:") == len(world.by_name[d.entity].facts)
 
 
 def test_save_and_load(world, tmp_path):

@@ -139,6 +139,7 @@ class PretrainConfig(TrainingOptions):
     )
     vocab_size: int = field(default=4096, metadata={"help": "Vocabulary of a newly trained tokenizer (the four call tokens included)."})
     baseline: bool = field(default=False, metadata={"help": "Train the baseline: the calls are stripped from the text."})
+    abstention_share: float = field(default=0.0, metadata={"help": "LMLM only: share of calls answered `unknown` and repeated as `unknown` (training.data.with_abstentions), so that the model says unknown after a miss."})
 
 
 @dataclass

@@ -9,10 +9,11 @@ repeated as ordinary text after the call. The trainer's collator only pads.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from lmlm_agent.format import qa_prompt, strip_calls
+from lmlm_agent.format import parse, qa_prompt, render_call, strip_calls
 from lmlm_agent.tokenizer import CallTokenIds, call_token_ids
 
 IGNORE_INDEX = -100
@@ -119,6 +120,32 @@ def baseline_texts(annotated: Iterable[str]) -> list[str]:
     return [strip_calls(t) for t in annotated]
 
 
+def with_abstentions(annotated: Sequence[str], share: float, seed: int = 0) -> list[str]:
+    """The texts with a ``share`` of their calls answered ``unknown`` and the value the text
+    repeats after each such call replaced by ``unknown`` too ("X was born in unknown.").
+
+    An LMLM trained only on calls that return the right value learns to state a value after
+    any lookup, from its weights when the database has none (after a deletion); with a few
+    misses in its data it learns to repeat what the database said, ``unknown`` included.
+    The loss mask is unchanged: the returned ``unknown`` is masked, the repeated one trained.
+    Only calls whose value the text repeats right after the call are changed.
+    """
+    from lmlm_agent.decoding import UNKNOWN
+
+    rng = random.Random(seed)
+    out = []
+    for text in annotated:
+        pieces, last = [], 0
+        for call in parse(text).calls:
+            repeated = " " + (call.value or "")
+            if call.value in (None, UNKNOWN) or not text.startswith(repeated, call.end) or rng.random() >= share:
+                continue
+            pieces += [text[last : call.start], render_call(call.entity, call.relation, UNKNOWN), " " + UNKNOWN]
+            last = call.end + len(repeated)
+        out.append("".join(pieces) + text[last:])
+    return out
+
+
 def qa_example(question: str, answer: str, tokenizer, max_length: int) -> dict[str, list[int]] | None:
     """One fine-tuning row: the prompt masked, the answer trained except its looked-up values.
 
@@ -144,4 +171,5 @@ __all__ = [
     "pack",
     "qa_example",
     "value_mask",
+    "with_abstentions",
 ]

@@ -26,7 +26,7 @@ from lmlm_agent.model import build_model, count_parameters, save_checkpoint
 from lmlm_agent.tokenizer import train_tokenizer
 from training.config import PretrainConfig, TrainingOptions, launched_processes
 from training.corpus import AnnotatedDocument, read_documents
-from training.data import baseline_texts, pack
+from training.data import baseline_texts, pack, with_abstentions
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,10 @@ def pretrain(
     if tokenizer is None:
         tokenizer = _load_or_train_tokenizer(resume or config.tokenizer, docs, config, args)
     annotated = [d.annotated for d in docs]
-    texts = baseline_texts(annotated) if config.baseline else annotated
+    if config.baseline:
+        texts = baseline_texts(annotated)
+    else:
+        texts = with_abstentions(annotated, config.abstention_share, config.seed) if config.abstention_share else annotated
     packed = pack(texts, tokenizer, config.context_length, mask_values=not config.baseline)
     kind = "baseline" if config.baseline else "lmlm"
     logger.info(

@@ -74,14 +74,16 @@ def kb_lookup(
     typer.echo((out / f"{NAME}.md").read_text())
 
 
-def _run_bench(name: str, run_dir: Path, overrides: Optional[List[str]]) -> None:
-    """Load the run directory's models, store and world, and run one benchmark (or all)."""
+def _run_bench(name: str, run_dir: Path, overrides: Optional[List[str]], seeds: int = 1) -> None:
+    """Load the run directory's models, store and world, and run one benchmark (or all, over ``seeds`` samples)."""
     from benchmarks import run_all
     from training.config import load_config
 
     config = load_config(run_all.BenchConfig, None, overrides or [])
     run = run_all.load_run(run_dir, config)
-    if name == "all":
+    if seeds > 1:
+        typer.echo(run_all.bench_seeds(run, config, seeds).read_text())
+    elif name == "all":
         typer.echo((run_all.bench_all(run, config)).read_text())
     else:
         getattr(run_all, f"bench_{name}")(run, config)
@@ -111,6 +113,11 @@ def cloze(run: Path = _RUN, overrides: Optional[List[str]] = _SET) -> None:
 
 
 @app.command("all")
-def all_benchmarks(run: Path = _RUN, overrides: Optional[List[str]] = _SET) -> None:
-    """FactScore, cloze and TOFU forgetting, then RUN/bench/report.md with the targets checked."""
-    _run_bench("all", run, overrides)
+def all_benchmarks(
+    run: Path = _RUN,
+    overrides: Optional[List[str]] = _SET,
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with item-sampling seeds seed..seed+N-1 "
+                              "(RUN/bench/seed-<k>/) and report each claim over them (claims_over_seeds.md)."),
+) -> None:
+    """FactScore, cloze, TOFU forgetting and abstention, then RUN/bench/report.md with the claims checked."""
+    _run_bench("all", run, overrides, seeds)

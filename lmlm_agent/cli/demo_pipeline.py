@@ -2,15 +2,18 @@
 
     world -> offline teacher (OpenAI API on loopback) -> distilled annotator
           -> annotated corpus + knowledge base -> LMLM + baseline pretraining
-          -> perplexity, factual precision, DB-off, forgetting (deletion vs gradient unlearning)
-          -> memory writes (ingest / delete) -> report.md with PNG plots
+          -> references: retain models without forget10 (TOFU's reference), an LMLM without abstentions
+          -> perplexity, factual precision, DB-off, forgetting (deletion vs gradient unlearning), abstention
+          -> more seeds (optional) -> memory writes (ingest / delete) -> report.md with PNG plots
 
 Each stage is one method calling its package's public API; what a stage
 measures is written into the run directory as it goes (the layout that
 `lmlm serve`, `lmlm chat` and `lmlm bench` read; see docs/ARCHITECTURE.md):
 
     RUN/world/  RUN/teacher/  RUN/annotator/  RUN/corpus/annotated.jsonl  RUN/kb.sqlite
-    RUN/lmlm/  RUN/baseline/  RUN/perplexity.{json,md,png}  RUN/bench/  RUN/memory.json
+    RUN/lmlm/  RUN/baseline/  RUN/retain/{lmlm,baseline}/  RUN/no_abstention/lmlm/
+    RUN/abstention_reference.json  RUN/perplexity.{json,md,png}  RUN/bench/  RUN/memory.json
+    RUN/seed-<k>/ (models and bench/ of each further seed)  RUN/claims.{json,md} (over the seeds)
     RUN/report.md  RUN/summary.png  RUN/demo.json (settings and stage timings)
 
 An interrupted run continues with ``run(resume=True)`` (``lmlm demo --resume``):
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 SEED = 0
+REFERENCE_MODELS = ("retain/lmlm", "retain/baseline", "no_abstention/lmlm")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class DemoSize:
     annotator_calibration_docs: int = 20  # of the teacher's documents, held out to choose the annotator's value bias
     annotator_max_length: int = 128  # tokens per window: a generated biography fits in one
     vocab_size: int = 4096  # of the BPE both models share; the output layer is a large share of a small model's cost
+    abstention_share: float = 0.05  # of the LMLM's training calls answered `unknown` (training.data.with_abstentions)
+    references: bool = True  # train the retain models and the LMLM without abstentions (the claims' references)
 
 
 SIZES: dict[str, DemoSize] = {
@@ -60,19 +66,21 @@ SIZES: dict[str, DemoSize] = {
         entities=10, teacher_docs=8, annotator_eval_docs=3, annotator_layers=1, annotator_steps=2, annotator_calibration_docs=2,
         preset="micro", pretrain_steps=2, context_length=64, batch_size=4, vocab_size=512, eval_docs=3,
         bench=dict(tofu_questions=3, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent",
-                   unlearn_steps=1, factscore_people=2, factscore_tokens=16, cloze_items=3, batch_size=8),
+                   unlearn_steps=1, factscore_people=2, factscore_tokens=16, cloze_items=3, batch_size=8,
+                   abstention_questions=3, relation_match="exact"),
     ),
     "small": DemoSize(
         entities=250, teacher_docs=120, annotator_eval_docs=20, annotator_layers=3, annotator_steps=250, annotator_calibration_docs=10,
         preset="small", pretrain_steps=600, context_length=128, batch_size=16, vocab_size=1024, eval_docs=30,
-        bench=dict(tofu_questions=30, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
-                   unlearn_steps=10, factscore_people=20, factscore_tokens=128, cloze_items=80, batch_size=16),
+        bench=dict(tofu_questions=200, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
+                   unlearn_steps=10, factscore_people=60, factscore_tokens=128, cloze_items=300, batch_size=16,
+                   abstention_questions=200),
     ),
-    "medium": DemoSize(
-        entities=600, teacher_docs=400, annotator_eval_docs=100, annotator_layers=3, annotator_steps=400, annotator_batch=16,
+    "medium": DemoSize(  # 850 entities: forget10 holds 34 authors and 205 questions
+        entities=850, teacher_docs=400, annotator_eval_docs=100, annotator_layers=3, annotator_steps=400, annotator_batch=16,
         preset="demo", pretrain_steps=1500, context_length=256, batch_size=16, eval_docs=150,
-        bench=dict(tofu_questions=100, rouge_tokens=64, forget_splits="forget05,forget10", methods="grad_ascent,npo",
-                   unlearn_steps=20, factscore_people=50, factscore_tokens=128, cloze_items=200),
+        bench=dict(tofu_questions=400, rouge_tokens=64, forget_splits="forget05,forget10", methods="grad_ascent,npo",
+                   unlearn_steps=20, factscore_people=100, factscore_tokens=128, cloze_items=500),
     ),
     "large": DemoSize(
         entities=3000, teacher_docs=1500, annotator_eval_docs=300, annotator_layers=6, annotator_steps=1500,
@@ -103,6 +111,8 @@ class DemoRun:
     device: str | None = None  # None: training and evaluation use a GPU when one is visible
     threads: int = 2
     announce: Callable[[str], None] = print
+    seed: int = SEED  # training and item-sampling seed of this run (the world is always SEED's)
+    seed_count: int = 1  # runs with seeds seed, seed+1, ...: the claims are reported over all of them
     timings: list[StageTiming] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +121,9 @@ class DemoRun:
         self.size = SIZES[self.size_name]
 
     # ------------------------------------------------------------------ driver
-    STAGES = ("world", "teacher", "annotator", "corpus", "pretrain", "perplexity", "benchmarks", "memory", "report")
+    STAGES = ("world", "teacher", "annotator", "corpus", "pretrain", "references", "perplexity", "benchmarks", "seeds",
+              "memory", "report")
+    SEED_STAGES = ("pretrain", "references", "benchmarks")  # what each further seed repeats
 
     def run(self, resume: bool = False) -> Path:
         """Every stage in order. ``resume``: keep the costly stages an interrupted run of this directory finished."""
@@ -156,6 +168,8 @@ class DemoRun:
         if name == "pretrain" and all((d / k / "lmlm.json").exists() for k in ("lmlm", "baseline")):
             self.results["pretrain"] = _training_summary(d)
             return True
+        if name == "references" and all((d / k / "lmlm.json").exists() for k in REFERENCE_MODELS):
+            return (d / "abstention_reference.json").exists()
         return False  # cheap stages (or unfinished ones) run again
 
     def _save_state(self) -> None:
@@ -164,6 +178,8 @@ class DemoRun:
             "settings": asdict(self.size),
             "device": self.device or "auto",
             "threads": self.threads,
+            "seed": self.seed,
+            "seeds": self.seed_count,
             "machine": machine(),
             "wall_seconds": round(sum(t.seconds for t in self.timings), 1),
             "cpu_seconds": round(cpu_seconds(), 1),
@@ -249,22 +265,55 @@ class DemoRun:
         self.results["corpus"] = summary
         return f"{summary.get('documents', 0)} documents, {summary.get('calls', 0)} calls, {store.count()} facts in kb.sqlite"
 
-    def pretrain(self) -> str:
-        """pretrain the LMLM (values masked from the loss) and a same-size baseline on the same text."""
-        from training.config import PretrainConfig, load_config
-        from training.corpus import read_documents
-        from training.pretrain import train_pair
+    def _pretrain_config(self, **fields: Any):
+        from dataclasses import replace
 
-        train = [d for d in read_documents(self.directory / "corpus" / "annotated.jsonl") if d.id not in self._eval_ids]
+        from training.config import PretrainConfig, load_config
+
         config = load_config(PretrainConfig, self.size.preset, [
             f"max_steps={self.size.pretrain_steps}", f"context_length={self.size.context_length}",
-            f"per_device_batch_size={self.size.batch_size}", "logging_steps=25", f"seed={SEED}",
+            f"per_device_batch_size={self.size.batch_size}", "logging_steps=25", f"seed={self.seed}",
             f"warmup_steps={max(1, self.size.pretrain_steps // 10)}", f"vocab_size={self.size.vocab_size}", "progress=true",
+            f"abstention_share={self.size.abstention_share}",
         ])
-        train_pair(config, train, self.directory)
+        return replace(config, **fields)
+
+    def _training_documents(self, without: set[str] = frozenset()) -> list:
+        """The annotated corpus less the held-out evaluation documents (and ``without``'s entities' documents)."""
+        from training.corpus import read_documents
+
+        dropped = {d.id for d in self._world.documents if d.entity in without}
+        return [d for d in read_documents(self.directory / "corpus" / "annotated.jsonl")
+                if d.id not in self._eval_ids and d.id not in dropped]
+
+    def pretrain(self) -> str:
+        """pretrain the LMLM (values masked from the loss, a few calls answered unknown) and a same-size baseline."""
+        from training.pretrain import train_pair
+
+        train = self._training_documents()
+        train_pair(self._pretrain_config(), train, self.directory)
         self.results["pretrain"] = _training_summary(self.directory)
         loss = {k: v["train_loss"] for k, v in self.results["pretrain"].items()}
         return f"{len(train)} documents; final loss LMLM {loss['lmlm']:.2f}, baseline {loss['baseline']:.2f}"
+
+    def references(self) -> str:
+        """the claims' references: retain models (same recipe without forget10's people) and an LMLM without abstentions."""
+        from benchmarks.run_all import BenchConfig, abstention_reference
+        from training.pretrain import pretrain, train_pair
+
+        if not self.size.references:
+            return "skipped (this size trains no references: forget quality uses the never-seen proxy)"
+        forget = set(self._world.splits["forget10"])
+        retain_docs = self._training_documents(without=forget)
+        train_pair(self._pretrain_config(), retain_docs, self.directory / "retain")
+        # The LMLM's own tokenizer, so that the two differ only in the abstentions of the data.
+        plain = self._pretrain_config(abstention_share=0.0, tokenizer=str(self.directory / "lmlm"),
+                                      output_dir=str(self.directory / "no_abstention" / "lmlm"))
+        pretrain(plain, self._training_documents())
+        config = BenchConfig(**{**self.size.bench, "threads": self.threads, "seed": self.seed})
+        reference = abstention_reference(self.directory, self.directory / "no_abstention" / "lmlm", config)
+        return (f"retain pair on {len(retain_docs)} documents (without {len(forget)} people); LMLM without abstentions: "
+                f"{reference['correct_before']['value']:.3f} correct before deletion")
 
     def perplexity(self) -> str:
         """perplexity of both models on held-out documents (static, dynamic with the KB, normalised)."""
@@ -293,11 +342,35 @@ class DemoRun:
         """factual precision (FactScore, cloze), DB-off, and forgetting: row deletion vs gradient unlearning."""
         from benchmarks.run_all import BenchConfig, bench_all, load_run
 
-        config = BenchConfig(**{**self.size.bench, "threads": self.threads})
+        config = BenchConfig(**{**self.size.bench, "threads": self.threads, "seed": self.seed})
         bench_all(load_run(self.directory, config), config)
         self.results["bench"] = json.loads((self.directory / "bench" / "summary.json").read_text())
-        fs = {r["subject"]: r["score"] for r in self.results["bench"]["factscore"]}
-        return "FactScore " + ", ".join(f"{k} {_fmt(v)}" for k, v in fs.items())
+        held = [c for c in self.results["bench"]["claims"] if c["holds"]]
+        return f"{len(held)} of {len(self.results['bench']['claims'])} claims hold at p < 0.05"
+
+    def seeds(self) -> str:
+        """further seeds (--seeds): pretraining, references and benchmarks again; claims over all seeds."""
+        from benchmarks import claims
+
+        per_seed = [[claims.Claim(**c) for c in self.results["bench"]["claims"]]]
+        for k in range(1, self.seed_count):
+            child = DemoRun(self.directory / f"seed-{self.seed + k}", self.size_name, self.device, self.threads,
+                            self.announce, seed=self.seed + k)
+            child.directory.mkdir(parents=True, exist_ok=True)
+            for shared in ("world", "corpus", "kb.sqlite"):  # the world, corpus and store are the seed's data
+                if not (child.directory / shared).exists():
+                    (child.directory / shared).symlink_to((self.directory / shared).resolve())
+            child._world, child._eval_ids = self._world, self._eval_ids
+            for stage in self.SEED_STAGES:
+                self.announce(f"      seed {child.seed}: {stage}")
+                getattr(child, stage)()
+            per_seed.append([claims.Claim(**c) for c in child.results["bench"]["claims"]])
+        summary = claims.across(per_seed)
+        self.results["claims"] = [c.to_dict() for c in summary]
+        (self.directory / "claims.json").write_text(json.dumps({"seeds": [self.seed + k for k in range(self.seed_count)],
+                                                                "claims": self.results["claims"]}, indent=1))
+        (self.directory / "claims.md").write_text(claims.markdown(summary, f"Claims over {self.seed_count} seed(s)"))
+        return f"{self.seed_count} seed(s): {sum(c.holds for c in summary)} of {len(summary)} claims hold on every seed"
 
     def memory(self) -> str:
         """memory writes: ingest a new fact about a known person, ask, delete it, ask again, restore."""
@@ -384,8 +457,15 @@ def _triple_f1(scores: dict[str, Any]) -> float | None:
     return (scores.get("scores", {}).get("triple") or {}).get("f1")
 
 
+def _iv(estimate: dict | None) -> str:
+    """``value [low, high]`` of an Estimate's dict."""
+    if not estimate:
+        return ""
+    return f"{_fmt(estimate['value'])} [{_fmt(estimate['low'])}, {_fmt(estimate['high'])}]"
+
+
 def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(measure, LMLM, LMLM with the database off, baseline): the demo's output table."""
+    """(measure, LMLM, LMLM with the database off, baseline): the demo's measures, each with its 95 % interval."""
     rows: list[tuple[str, str, str, str]] = []
     ppl = results.get("perplexity")
     if ppl:
@@ -393,28 +473,50 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("perplexity, held-out text (normalised for LMLM)", _fmt(lm["normalised_ppl"], 2), "", _fmt(base["static_ppl"], 2)))
         rows.append(("perplexity, dynamic (model writes its own lookups)", _fmt(lm["dynamic_ppl"], 2), "", _fmt(base["dynamic_ppl"], 2)))
     bench = results.get("bench") or {}
-    for key, label in (("factscore", "FactScore (bios, gold-judged)"), ("cloze", "cloze hit@5 (T-REx style)")):
-        by = {r["subject"]: r["score" if key == "factscore" else "hit_at_k"] for r in bench.get(key, [])}
-        if by:
-            rows.append((label, _fmt(by.get("lmlm")), _fmt(by.get("lmlm-db-off")), _fmt(by.get("baseline"))))
+    factscore = {r["subject"]: r for r in bench.get("factscore", [])}
+    if factscore:
+        gamma = next(iter(factscore.values()))["gamma"]
+        for key, label in (("score", f"FactScore (γ = {gamma}, the world's median facts per person)"),
+                           ("precision", "FactScore precision (supported share)"),
+                           ("facts", "facts per bio"), ("supported", "supported facts per bio")):
+            by = {k: _iv(r["intervals"][key]) for k, r in factscore.items()}
+            rows.append((label, by.get("lmlm", ""), by.get("lmlm-db-off", ""), by.get("baseline", "")))
+    cloze = {r["subject"]: _iv(r["hit_interval"]) for r in bench.get("cloze", [])}
+    if cloze:
+        rows.append(("cloze hit@5 (T-REx style)", cloze.get("lmlm", ""), cloze.get("lmlm-db-off", ""), cloze.get("baseline", "")))
     tofu = bench.get("tofu") or []
     for split in dict.fromkeys(r["split"] for r in tofu):
         by = {r["method"]: r for r in tofu if r["split"] == split}
         delete = by.get("lmlm-delete")
         gradient = [r for m, r in by.items() if m not in ("lmlm-delete", "lmlm before", "baseline before")]
         if delete:
-            rows.append((f"{split}: forget quality (LMLM: delete rows; baseline: {', '.join(r['method'] for r in gradient)})",
-                         _fmt(delete["forget_quality"]), "", " / ".join(_fmt(r["forget_quality"]) for r in gradient)))
+            quality = lambda r: f"{_fmt(r['forget_quality'])} [{_fmt(r['forget_quality_low'])}, {_fmt(r['forget_quality_high'])}]"  # noqa: E731
+            rows.append((f"{split}: forget quality, {delete['forget_items']} questions (LMLM: delete rows; baseline: "
+                         f"{', '.join(r['method'] for r in gradient)})",
+                         quality(delete), "", " / ".join(quality(r) for r in gradient)))
+            rows.append((f"{split}: forget quality against never-seen people (proxy)", _fmt(delete["forget_quality_proxy"]),
+                         "", " / ".join(_fmt(r["forget_quality_proxy"]) for r in gradient)))
             before = by.get("lmlm before", {}).get("model_utility")
             base_before = by.get("baseline before", {}).get("model_utility")
             rows.append((f"{split}: model utility after forgetting (before: {_fmt(before)} / {_fmt(base_before)})",
                          _fmt(delete["model_utility"]), "", " / ".join(_fmt(r["model_utility"]) for r in gradient)))
+    abstention = bench.get("abstention")
+    if abstention:
+        rows.append(("after deleting forget10: answers that abstain / state a value",
+                     f"{_iv(abstention['abstain_after'])} / {_iv(abstention['stated_after'])}", "", ""))
+        rows.append(("before deleting: correct answers", _iv(abstention["correct_before"]), "", ""))
     return rows
 
 
 def headline_table(results: dict[str, Any]) -> str:
+    """The measures (with 95 % intervals), then the claims: value, interval, p and whether each holds."""
+    from benchmarks import claims
+
     lines = ["| measure | LMLM | LMLM, DB off | baseline |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline_rows(results)]
+    checked = results.get("claims") or (results.get("bench") or {}).get("claims")
+    if checked:
+        lines += ["", claims.markdown([claims.Claim(**c) for c in checked], "Claims").split("\n", 2)[2]]
     return "\n".join(lines)
 
 
@@ -427,10 +529,16 @@ def render_report(demo: DemoRun) -> str:
         "",
         f"Size `{demo.size_name}`: {size.entities} entities, `{size.preset}` models "
         f"({_fmt((pre.get('lmlm') or {}).get('parameters'))} parameters), {size.pretrain_steps} steps each "
-        f"of {size.batch_size} x {size.context_length} tokens. Machine: {machine()}. "
+        f"of {size.batch_size} x {size.context_length} tokens, {size.abstention_share:.0%} of the LMLM's training "
+        f"calls answered `unknown`; seed {demo.seed}, {demo.seed_count} seed(s). Machine: {machine()}. "
         f"Wall time {wall / 60:.1f} min, CPU time {cpu_seconds() / 60:.1f} min.",
         "",
         "## Results",
+        "",
+        f"Seed {demo.seed}; every measure with its 95 % interval over the items (bootstrap, Wilson for shares). "
+        "The claims below are "
+        + (f"over {demo.seed_count} seeds: mean, t interval over the seeds, the largest p, held on every seed."
+           if demo.seed_count > 1 else "on this seed: paired comparisons on the same items, one-sided permutation tests."),
         "",
         headline_table(r),
         "",
@@ -512,21 +620,32 @@ def _perplexity_plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _error_bars(values: list[float], lows: list[float], highs: list[float]) -> list[list[float]]:
+    clean = lambda x, v: v if x is None or math.isnan(x) or math.isinf(x) else x  # noqa: E731
+    return [[max(0.0, v - clean(lo, v)) for v, lo in zip(values, lows)],
+            [max(0.0, clean(hi, v) - v) for v, hi in zip(values, highs)]]
+
+
 def _summary_plot(results: dict[str, Any], path: Path) -> None:
-    """FactScore and cloze for the three subjects, and forgetting: deletion vs gradient unlearning."""
+    """FactScore and cloze for the three subjects, and forgetting: deletion vs gradient unlearning (95 % intervals)."""
     plt = _plt()
     bench = results.get("bench") or {}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, key, metric, title in ((axes[0], "factscore", "score", "FactScore"), (axes[1], "cloze", "hit_at_k", "cloze hit@5")):
+    for ax, key, title in ((axes[0], "factscore", "FactScore"), (axes[1], "cloze", "cloze hit@5")):
         rows = bench.get(key, [])
-        ax.bar([r["subject"] for r in rows], [0 if r[metric] is None or math.isnan(r[metric]) else r[metric] for r in rows],
-               color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])
+        estimates = [r["intervals"]["score"] if key == "factscore" else r["hit_interval"] for r in rows]
+        values = [0 if e["value"] is None or math.isnan(e["value"]) else e["value"] for e in estimates]
+        ax.bar([r["subject"] for r in rows], values, color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)],
+               yerr=_error_bars(values, [e["low"] for e in estimates], [e["high"] for e in estimates]), capsize=4)
         ax.set_ylim(0, 1)
         ax.set_title(title)
     tofu = [r for r in bench.get("tofu", []) if "before" not in r["method"]]
     labels = [f"{r['method']}\n{r['split']}" for r in tofu]
     x = range(len(tofu))
-    axes[2].bar([i - 0.2 for i in x], [r["forget_quality"] for r in tofu], 0.4, label="forget quality")
+    quality = [r["forget_quality"] for r in tofu]
+    axes[2].bar([i - 0.2 for i in x], quality, 0.4, label="forget quality",
+                yerr=_error_bars(quality, [r["forget_quality_low"] for r in tofu], [r["forget_quality_high"] for r in tofu]),
+                capsize=3)
     axes[2].bar([i + 0.2 for i in x], [r["model_utility"] for r in tofu], 0.4, label="model utility")
     axes[2].set_xticks(list(x), labels, fontsize=8)
     axes[2].set_ylim(0, 1)
