@@ -54,6 +54,10 @@ def test_report_has_the_results_table_and_the_next_steps(run) -> None:
     assert [s["stage"] for s in memory["steps"]] == ["before ingest", "after ingest", "after delete"]
     ingested_rows = {f["fact_id"] for f in memory["ingest"]["facts"]}
     assert memory["deleted_rows"] == len(ingested_rows)  # the delete removed exactly what was ingested
+    # Misspelled or rephrased, the deleted fact is not found, nor anyone else's in its place.
+    assert [p["query"] for p in memory["probes"]] == ["exact", "typo'd entity", "paraphrased relation", "typo'd and paraphrased"]
+    assert all(p["right"] and p["value"] != memory["new_value"] for p in memory["probes"]), memory["probes"]
+    assert "neither the deleted value nor another's fact" in report
 
 
 def test_kb_ingest_command(run, tmp_path) -> None:

@@ -102,6 +102,30 @@ class StageTiming:
     note: str = ""
 
 
+def _forgotten_probes(kb: Path, name: str, relation: str, deleted: str, rng: random.Random) -> list[dict[str, Any]]:
+    """Lookups of a deleted fact as a user might misspell or rephrase them, with the entity policy at full strength
+    (typo'd names, relations by meaning). Right: ``unknown``, or (a multi-valued relation) this person's other
+    values; never the deleted value, never another entity's row in its place."""
+    from benchmarks.kb_lookup import WORLD_PARAPHRASES, one_edit
+    from tools import open_store
+    from tools.schema import normalise_text
+
+    typo, paraphrase = one_edit(name, rng), WORLD_PARAPHRASES.get(relation, relation)
+    queries = {"exact": (name, relation), "typo'd entity": (typo, relation), "paraphrased relation": (name, paraphrase),
+               "typo'd and paraphrased": (typo, paraphrase)}
+    reader = open_store(kb, index=False, relation_match="semantic", create=False)
+    try:
+        results = {kind: reader.read(e, r) for kind, (e, r) in queries.items()}
+    finally:
+        reader.close()
+    def right(res: Any) -> bool:
+        return not res.found or (normalise_text(res.entity) == normalise_text(name) and
+                                 deleted not in (r.value for r in res.records))
+
+    return [{"query": kind, "entity": queries[kind][0], "relation": queries[kind][1], "found": res.found,
+             "value": res.value, "match": res.match, "right": right(res)} for kind, res in results.items()]
+
+
 @dataclass
 class DemoRun:
     """One demo run: ``run()`` executes the stages in order, each recorded in ``timings`` and ``demo.json``."""
@@ -403,14 +427,17 @@ class DemoRun:
         steps.append(ask("after ingest"))
         receipts = [store.delete(fact_id=i) for i in dict.fromkeys(f["fact_id"] for f in ingested.facts)]
         steps.append(ask("after delete"))
+        probes = _forgotten_probes(self.directory / "kb.sqlite", person.name, relation, new_value, random.Random(self.seed))
         if original.found:  # leave the run's knowledge base as the corpus made it
             store.write(original.entity, original.relation, original.value, source=original.source)
         self.results["memory"] = {"person": person.name, "relation": relation, "gold": person.facts[relation],
                                   "new_value": new_value, "question": question, "ingested_text": text,
                                   "ingest": ingested.to_json(), "restored": original.found,
-                                  "deleted_rows": sum(r.count for r in receipts), "steps": steps}
+                                  "deleted_rows": sum(r.count for r in receipts), "steps": steps, "probes": probes}
         (self.directory / "memory.json").write_text(json.dumps(self.results["memory"], indent=1, default=str))
-        return f"{ingested.written} facts ingested, {self.results['memory']['deleted_rows']} deleted"
+        right = sum(p["right"] for p in probes)
+        return (f"{ingested.written} facts ingested, {self.results['memory']['deleted_rows']} deleted; after the delete "
+                f"{right} of {len(probes)} lookups (exact, typo'd, paraphrased) return neither it nor another's fact")
 
     def report(self) -> str:
         """write report.md and summary.png."""
@@ -581,6 +608,13 @@ def render_report(demo: DemoRun) -> str:
             "|---|---|---|",
             *[f"| {s['stage']} | {s['answer'] or '(empty)'} | {'; '.join(', '.join(map(str, x)) for x in s['lookups']) or '-'} |"
               for s in mem["steps"]],
+            "",
+            "After the delete, the store asked directly (entity policy, typo'd names and relations by meaning):",
+            "",
+            "| lookup | entity | relation | value | match | neither the deleted value nor another's fact |",
+            "|---|---|---|---|---|---|",
+            *[f"| {p['query']} | {p['entity']} | {p['relation']} | {p['value']} | {p['match']} | {'yes' if p['right'] else 'NO'} |"
+              for p in mem.get("probes", [])],
             "",
         ]
     parts += [
