@@ -48,6 +48,8 @@ class UnlearnConfig:
     batch_size: int = field(default=8, metadata={"help": "forget (and retain) QA pairs per step"})
     beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
     seed: int = field(default=0, metadata={"help": "batch sampling seed"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up of the learning rate, then linear decay to 0 "
+                              "over the remaining steps (TOFU's forget.py: one epoch); 0: a constant learning rate"})
 
 
 def unlearn(model, tokenizer, method: str, forget: Sequence[QAItem], retain: Sequence[QAItem], config: UnlearnConfig):
@@ -63,6 +65,11 @@ def unlearn(model, tokenizer, method: str, forget: Sequence[QAItem], retain: Seq
     reference = copy.deepcopy(model).eval() if method == "npo" else None
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    schedule = None
+    if config.warmup_steps > 0:
+        from transformers import get_linear_schedule_with_warmup
+
+        schedule = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
 
     def sample(pool: list[dict]):
         batch = rng.sample(pool, min(config.batch_size, len(pool)))
@@ -87,6 +94,8 @@ def unlearn(model, tokenizer, method: str, forget: Sequence[QAItem], retain: Seq
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     model.eval()
     return model
 

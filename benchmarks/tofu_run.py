@@ -415,10 +415,11 @@ class TofuRun:
             retain_items = [QAItem("", "", "", r.question, r.answer, r.answer, [], [])
                             for r in self.retain[RETAIN_OF[split]]]
             steps = max(1, int(c.unlearn_epochs * len(forget_items)) // c.unlearn_batch)  # as TOFU's forget.py
+            warmup = max(1, round(steps / c.unlearn_epochs))  # TOFU warms up for one epoch, then decays linearly
             for method in methods:
                 model = copy.deepcopy(baseline.model)
                 start = time.perf_counter()
-                unlearn(model, baseline.tokenizer, method, forget_items, retain_items, replace(unlearn_config, steps=steps))
+                unlearn(model, baseline.tokenizer, method, forget_items, retain_items, replace(unlearn_config, steps=steps, warmup_steps=warmup))
                 seconds = time.perf_counter() - start
                 result = evaluate_tofu(replace(baseline, model=model), self.qa, tofu, (split,), reference["baseline"])
                 rows.append(self._row("baseline", method, split, result, before["baseline"],

@@ -24,6 +24,18 @@ def test_gradient_methods_raise_the_forget_loss(method):
     assert _forget_nll(model, tok, forget) == pytest.approx(before)  # the original is untouched
 
 
+def test_warm_up_starts_the_learning_rate_at_zero():
+    """TOFU's schedule: the first step of a warm-up moves nothing; without one, the first step does."""
+    world, tok, model = micro_setup()
+    forget, retain = world.qa["forget10"], world.qa["retain"]
+    before = _forget_nll(model, tok, forget)
+    warm = unlearn(copy.deepcopy(model), tok, "grad_ascent", forget, retain,
+                   UnlearnConfig(steps=1, lr=1e-2, batch_size=4, warmup_steps=3))
+    assert _forget_nll(warm, tok, forget) == pytest.approx(before)
+    constant = unlearn(copy.deepcopy(model), tok, "grad_ascent", forget, retain, UnlearnConfig(steps=1, lr=1e-2, batch_size=4))
+    assert _forget_nll(constant, tok, forget) > before
+
+
 def test_unknown_method():
     world, tok, model = micro_setup()
     with pytest.raises(ValueError):
