@@ -569,3 +569,12 @@ def test_relations_by_meaning_without_an_index(tmp_path) -> None:
         assert not (tmp_path / "kb.chroma").exists()
     with open_store(tmp_path / "kb.sqlite", relation_match="exact", create=False) as s:
         assert s.read("Alan Turing", "place of birth").rule == "relation_unknown"
+
+
+def test_a_field_that_normalises_to_nothing_is_refused() -> None:
+    """Found by hypothesis: relation "_" was stored under an empty key no lookup could reach."""
+    with open_store(index=False) as s:
+        for entity, relation in (("0", "_"), ("__", "birth year"), ("Ada", " _ _ ")):
+            with pytest.raises(InvalidInput, match="only underscores"):
+                s.write(entity, relation, "0")
+        assert s.count() == 0

@@ -119,7 +119,11 @@ def clean_triple(entity: object, relation: object, value: object, source: object
     r = clean_field("relation", relation, MAX_FIELD_CHARS)
     v = clean_field("value", value, MAX_VALUE_CHARS)
     s = None if source is None else clean_field("source", source, MAX_SOURCE_CHARS)
-    return CleanTriple(e, r, v, s, normalise_key(e, r), normalise_text(e), normalise_text(r))
+    ek, rk = normalise_text(e), normalise_text(r)
+    for name, raw, key in (("entity", e, ek), ("relation", r, rk)):
+        if not key:  # "_" normalises to nothing: such a row could never be looked up
+            raise InvalidInput(f"{name} {raw!r} is only underscores once normalised; lookups could never find it")
+    return CleanTriple(e, r, v, s, normalise_key(e, r), ek, rk)
 
 
 def utcnow() -> datetime:
