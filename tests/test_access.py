@@ -19,6 +19,7 @@ import pytest
 from lmlm_agent.agent import LMLMAgent, chat_prompt
 from lmlm_agent.format import strip_values
 from lmlm_agent.server import ACCESS_LOGGER, REDACT_QUERIES, ServerConfig, create_app
+from conftest import free_port
 from runtime_fakes import ScriptedLM, tokenizer
 from training.teacher_server import running_server
 
@@ -210,7 +211,6 @@ def test_log_queries_keeps_them_when_asked() -> None:
 def test_lmlm_serve_keeps_a_private_namespace_and_no_key_in_its_log(tmp_path) -> None:
     """The real `lmlm serve` process, configured by server.yaml, with uvicorn's own logging set-up."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -224,9 +224,7 @@ def test_lmlm_serve_keeps_a_private_namespace_and_no_key_in_its_log(tmp_path) ->
     store.write(*SECRET, namespace="team-a")
     store.close()
     (run / "server.yaml").write_text(f"namespace_tokens:\n  team-a: {TOKEN_A}\nmax_tokens: 8\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMLM_")}
     env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     server = subprocess.Popen([sys.executable, "-m", "lmlm_agent.cli", "serve", "--run", str(run), "--port", str(port),

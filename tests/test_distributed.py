@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from lmlm_agent.format import render_call
 from lmlm_agent.model import load_checkpoint
@@ -40,12 +40,6 @@ FINETUNE = ["max_steps=2", "warmup_steps=0", "context_length=64", "logging_steps
 
 def sets(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def losses(checkpoint: Path) -> list[float]:
