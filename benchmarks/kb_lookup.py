@@ -9,14 +9,17 @@ namespace of its own in a PostgreSQL database (``backends=("sqlite", "postgresql
 removed afterwards). The triples are written as JSONL and imported by the ``lmlm kb
 import`` command in a child process (rows/s and its peak memory); the semantic index is
 then built (keys/s) for sizes up to ``index_limit``. Larger stores are measured under the
-entity policy only, which needs no index (relations matched by meaning in memory). Five query sets are timed one lookup at a time, as the decoder issues them,
+entity policy only, which needs no index (relations matched by meaning in memory). The query sets are timed one lookup at a time, as the decoder issues them,
 under the ``entity`` policy (the default) and the ``published`` one (nearest key):
 
 - exact:       a stored (entity, relation) in another spelling (case, underscores);
 - paraphrase:  a stored entity with the relation paraphrased ("birthplace" -> "place of birth");
 - typo:        a stored entity with one edit (a letter inserted, deleted or replaced), relation as stored;
 - unknown:     an entity the store does not have (same name generator) with a stored relation: right = "unknown";
-- absent:      a stored entity with a relation nobody has ("shoe size"): right = "unknown".
+- absent:      a stored entity with a relation nobody has ("shoe size"): right = "unknown";
+- lacking:     a stored entity with a relation other entities hold but it lacks, half as stored and half
+               paraphrased: right = "unknown", never a similar relation of its own ("birth year" is not
+               answered by "death year"). Only where entities differ in their relations (the world's).
 
 "Right" for the first three means the stored value of the asked entity. Rates carry a 95 %
 Wilson interval and their sample size. Then the same on a published-format ``database.json``
@@ -152,7 +155,7 @@ def _time_lookups(store: SQLKnowledgeStore, queries: Sequence[Query], *, cold: b
 
 def query_sets(triples: Sequence[tuple[str, str, str]], unknown_entities: Sequence[str], paraphrase: dict[str, str],
                n: int, rng: random.Random) -> dict[str, list[Query]]:
-    """The five query sets over stored ``triples`` (see the module docstring)."""
+    """The query sets over stored ``triples`` (see the module docstring)."""
     picks = [triples[rng.randrange(len(triples))] for _ in range(n)]
     relations = sorted({r for _, r, _ in triples})
     names = {e.lower() for e, _, _ in triples}
@@ -163,13 +166,25 @@ def query_sets(triples: Sequence[tuple[str, str, str]], unknown_entities: Sequen
         if typo.lower() not in names:  # a typo that spells another stored name is not a typo of this one
             typos.append((typo, r, v))
     paraphrased = [t for t in picks if t[1] in paraphrase]
-    return {
+    held: dict[str, set[str]] = {}
+    for e, r, _ in triples:
+        held.setdefault(e, set()).add(r)
+    lacking: list[Query] = []
+    for e in rng.sample(sorted(held), len(held)):
+        missing = [r for r in relations if r not in held[e]]
+        if missing and len(held[e]) > 1 and len(lacking) < n:
+            r = rng.choice(missing)
+            lacking.append((e, paraphrase.get(r, r) if len(lacking) % 2 else r, None))
+    sets = {
         "exact": [(_respell(e, rng), _respell(r, rng), v) for e, r, v in picks],
         "paraphrase": [(e.lower(), paraphrase[r], v) for e, r, v in paraphrased],
         "typo": typos,
         "unknown": [(unknown_entities[i % len(unknown_entities)], relations[i % len(relations)], None) for i in range(n)],
         "absent": [(e, ABSENT_RELATIONS[i % len(ABSENT_RELATIONS)], None) for i, (e, _, _) in enumerate(picks)],
     }
+    if len(lacking) >= min(n, 30):  # the generated stores give every entity every relation: nothing to ask
+        sets["lacking"] = lacking
+    return sets
 
 
 def compare_policies(store: SQLKnowledgeStore, sets: dict[str, list[Query]],
@@ -326,6 +341,7 @@ def _cpu_name() -> str:
 _LABELS = {
     "exact": "exact hits", "paraphrase": "paraphrased relation right", "typo": "typo'd entity (one edit) right",
     "unknown": "unknown entity rejected", "absent": "absent relation rejected",
+    "lacking": "relation it lacks rejected (others hold it)",
 }
 
 
@@ -340,6 +356,8 @@ def _policy_table(policies: dict[str, dict[str, Any]]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for kind, label in _LABELS.items():
+        if kind not in policies["entity"]:
+            continue
         cells = []
         for policy in POLICIES:
             if policy not in policies:

@@ -590,6 +590,10 @@ def test_a_similar_relation_never_answers_for_a_deleted_or_missing_one(db: str, 
         assert s.read("Alan Turing", "place of birth").value == "London"  # "birthplace" never met "birth place"
         s.write("Kalo Veri", "death year", "1950")  # never had a birth year: refused the same way
         assert s.read("Kalo Veri", "birth year").rule == "relation_absent"
+        # Relations of different kinds of entity never meet on one, yet are not names of one relation.
+        s.write_many([("Kalo Veri", "employer", "Orl Works"), ("Orl Works", "industry", "shipping")])
+        assert s.read("Kalo Veri", "industry").rule == "relation_absent"
+        assert s.read("Kalo Veri", "employed by").value == "Orl Works"  # its own relation, by meaning
     finally:
         _cleanup(s, ns)
 

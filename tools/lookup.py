@@ -47,6 +47,9 @@ class LookupPolicy:
                                       "embeddings of the query relation and a stored relation name"})
     relation_margin: float = field(default=0.05, metadata={"help": "entity policy: the best relation must beat the "
                                    "entity's next best by this much, else the lookup is 'unknown' (ambiguous)"})
+    relation_same: float = field(default=0.7, metadata={"help": "entity policy: when the query means a relation the "
+                                 "entity lacks but the namespace holds, least cosine between that relation's name and "
+                                 "the entity's own relation for the latter to answer as another name of it"})
     threshold: float = field(default=0.6, metadata={"help": "published policy: least cosine of the 'entity relation' key"})
     fallback: Fallback = field(default="unknown", metadata={"help": "below the relation (or published) threshold: "
                                "'unknown' (a miss) or 'top1' (the best candidate anyway; an unknown entity stays unknown)"})
@@ -60,7 +63,7 @@ class LookupPolicy:
             raise InvalidInput(f"fallback must be 'unknown' or 'top1', got {self.fallback!r}")
         if isinstance(self.entity_max_edits, bool) or not isinstance(self.entity_max_edits, int) or self.entity_max_edits < 0:
             raise InvalidInput(f"entity_max_edits must be a non-negative integer, got {self.entity_max_edits!r}")
-        for name in ("entity_threshold", "relation_threshold", "relation_margin", "threshold"):
+        for name in ("entity_threshold", "relation_threshold", "relation_margin", "relation_same", "threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InvalidInput(f"{name} must be within [0, 1], got {value}")
@@ -214,6 +217,11 @@ class RelationVectors:
         with self._lock:
             self._queries.clear()
 
+    def similarity(self, a: str, b: str) -> float:
+        """The cosine of two relation names (both kept as stored names)."""
+        first, second = self.stored([a, b])
+        return float(first @ second)
+
     def rank(self, relation: str, candidates: list[str]) -> list[tuple[str, float]]:
         """``candidates`` by cosine similarity to ``relation``, best first."""
         import numpy as np
@@ -263,9 +271,10 @@ class RelationVocabulary:
     refreshed cheaply and keeps the names of deleted rows: a relation deleted for one entity
     (or for all) is still a relation the namespace knows, and asking for it must not be
     answered by a similar name. Two names are *distinct* when one entity holds both with
-    different values ("birth date" and "birth place" of one person); names that never meet
-    on one entity may be two spellings of one relation (annotators write both
-    "birthplace" and "place of birth") and stay free to match each other.
+    different values ("birth date" and "birth place" of one person). Names that never meet
+    on one entity are either two spellings of one relation ("birthplace", "place of birth")
+    or relations of different kinds of entity ("employer" of people, "industry" of firms);
+    :attr:`LookupPolicy.relation_same` tells them apart by the similarity of the names.
     """
 
     def __init__(self) -> None:
@@ -280,14 +289,14 @@ class RelationVocabulary:
             self.names |= names
             self.seen_id = max(self.seen_id, up_to_id)
 
-    def distinct(self, a: str, b: str, generation: int, held_apart: Callable[[str, str], bool]) -> bool:
-        """Whether ``a`` and ``b`` are different relations; ``held_apart`` asks the store (cached: once
-        distinct, always distinct; "not distinct" only until the store changes)."""
+    def held_apart(self, a: str, b: str, generation: int, ask_store: Callable[[str, str], bool]) -> bool:
+        """Whether one entity holds both ``a`` and ``b`` with different values; ``ask_store`` reads it
+        (cached: once held apart, always; "not held apart" only until the store changes)."""
         pair = (min(a, b), max(a, b))
         known = self._distinct.get(pair)
         if known is True or (known is not None and known == generation):
             return known is True
-        answer = held_apart(*pair)
+        answer = ask_store(*pair)
         with self._lock:
             self._distinct[pair] = True if answer else generation
         return answer

@@ -295,8 +295,9 @@ class SQLKnowledgeStore:
     def _answers_another_relation(self, ns: str, rk: str, relation: RelationMatch) -> bool:
         """Whether the entity's semantically matched relation is a different relation from the one asked.
 
-        See :class:`~tools.lookup.RelationVocabulary`: the query means a relation the namespace
-        knows, and one entity holds both with different values, so they are not two names of one fact.
+        See :class:`~tools.lookup.RelationVocabulary`: the query means another relation the
+        namespace knows, and that one's name is not close to the match's (``relation_same``)
+        or one entity holds both with different values: they are not two names of one fact.
         """
         vocabulary = self._relations.setdefault(ns, RelationVocabulary())
         with self.engine.connect() as conn:
@@ -307,16 +308,18 @@ class SQLKnowledgeStore:
             meant = meant_elsewhere(rk, relation, vocabulary, self.relation_vectors)
             if meant is None:
                 return False
+            if self.relation_vectors.similarity(meant, relation.relation_key) < self.policy.relation_same:
+                return True
             generation = conn.execute(_GENERATION).scalar()
 
-            def held_apart(a: str, b: str) -> bool:
+            def ask_store(a: str, b: str) -> bool:
                 first, second = FACTS.alias("first"), FACTS.alias("second")
                 both = first.join(second, (second.c.namespace == first.c.namespace) & (second.c.entity_key == first.c.entity_key))
                 return conn.execute(select(first.c.id).select_from(both).where(
                     first.c.namespace == ns, first.c.relation_key == a, second.c.relation_key == b,
                     first.c.value != second.c.value).limit(1)).first() is not None
 
-            return vocabulary.distinct(meant, relation.relation_key, generation, held_apart)
+            return vocabulary.held_apart(meant, relation.relation_key, generation, ask_store)
 
     def _fuzzy_entity(self, conn: Any, ns: str, ek: str) -> EntityMatch:
         """The nearest stored name, from a cache rebuilt whenever any process inserted or deleted rows.
@@ -806,6 +809,7 @@ class SQLKnowledgeStore:
             "entity_max_edits": self.policy.entity_max_edits,
             "relation_threshold": self.policy.relation_threshold,
             "relation_margin": self.policy.relation_margin,
+            "relation_same": self.policy.relation_same,
             "relation_match": "semantic" if self.relation_vectors is not None else "exact",
             "threshold": self.policy.threshold,
             "fallback": self.policy.fallback,
