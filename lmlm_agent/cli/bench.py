@@ -17,9 +17,9 @@ def train_speed(
 ) -> None:
     """Training tokens/s of the masked-loss trainer vs plain TRL SFT, same model and data."""
     from benchmarks.train_speed import TrainSpeedConfig, markdown, run
-    from training.config import load_config
+    from tools.settings import load_settings
 
-    result = run(load_config(TrainSpeedConfig, None, overrides or []), out)
+    result = run(load_settings(TrainSpeedConfig, None, overrides or []), out)
     typer.echo(markdown(result))
 
 
@@ -30,9 +30,9 @@ def decode_speed(
 ) -> None:
     """Interleaved decoding vs HF generate, vs re-encoding after each lookup, and batch 8 vs batch 1."""
     from benchmarks.decode_speed import DecodeSpeedConfig, markdown, run
-    from training.config import load_config
+    from tools.settings import load_settings
 
-    result = run(load_config(DecodeSpeedConfig, None, overrides or []), out)
+    result = run(load_settings(DecodeSpeedConfig, None, overrides or []), out)
     typer.echo(markdown(result))
 
 
@@ -75,19 +75,10 @@ def kb_lookup(
 
 
 def _run_bench(name: str, run_dir: Path, overrides: Optional[List[str]], seeds: int = 1) -> None:
-    """Load the run directory's models, store and world, and run one benchmark (or all, over ``seeds`` samples)."""
-    from benchmarks import run_all
-    from training.config import load_config
+    from benchmarks.run_all import BenchConfig, run_benchmark
+    from tools.settings import load_settings
 
-    config = load_config(run_all.BenchConfig, None, overrides or [])
-    run = run_all.load_run(run_dir, config)
-    if seeds > 1:
-        typer.echo(run_all.bench_seeds(run, config, seeds).read_text())
-    elif name == "all":
-        typer.echo((run_all.bench_all(run, config)).read_text())
-    else:
-        getattr(run_all, f"bench_{name}")(run, config)
-        typer.echo((run.out / f"{name}.md").read_text())
+    typer.echo(run_benchmark(name, run_dir, load_settings(BenchConfig, None, overrides or []), seeds).read_text())
 
 
 _RUN = typer.Option(..., "--run", help="Run directory with lmlm/, baseline/, kb.sqlite and world/ (what `lmlm demo` writes).")
