@@ -218,6 +218,26 @@ def make_annotator(kind: str, out: str | Path, records: Sequence[str | Path] = (
     return {**annotator.report, "kind": kind, "out": str(out), "size_mb": round(model_size_bytes(out) / 1e6, 1)}
 
 
+def calibrate_annotator(annotator_dir: str | Path, records: Sequence[str | Path], documents: int = 50,
+                        threads: int | None = None) -> dict[str, Any]:
+    """`lmlm annotate calibrate`: re-choose an extractive annotator's value bias (how many calls) on the first
+    ``documents`` of ``records`` (teacher annotations it did not train on, never the evaluation set) and save it
+    in place; the calibration report."""
+    from training.annotator import Annotator, calibrate
+    from training.annotators import read_meta
+    from training.corpus import read_documents
+
+    docs = [d for path in records for d in read_documents(path)][:documents]
+    if not docs:
+        raise ValueError("no documents in the records to calibrate on")
+    if read_meta(annotator_dir).get("kind", "extractive") != "extractive":
+        raise ValueError(f"{annotator_dir}: only an extractive annotator has a value bias to calibrate")
+    annotator = Annotator.load(annotator_dir, threads=threads)
+    annotator.report["calibration"] = calibrate(annotator, [(d.plain, d.annotated) for d in docs])
+    annotator.save(annotator_dir)
+    return annotator.report["calibration"]
+
+
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     columns = ["reference", "annotator", "kind", "value_f1", "entity_value_f1", "triple_f1", "value_precision",
                "value_recall", "calls", "reference_calls", "paragraphs_per_second"]
@@ -226,5 +246,5 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CorpusConfig", "annotate_corpus", "compare_annotators", "comparison_markdown", "evaluate_annotator", "make_annotator",
+__all__ = ["CorpusConfig", "annotate_corpus", "calibrate_annotator", "compare_annotators", "comparison_markdown", "evaluate_annotator", "make_annotator",
            "write_comparison"]

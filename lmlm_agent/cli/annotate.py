@@ -53,19 +53,9 @@ def calibrate_command(
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Re-choose the value bias (how many calls) on held-out teacher documents, never the evaluation set."""
-    from training.annotator import Annotator, calibrate
-    from training.annotators import read_meta
-    from training.corpus import read_documents
+    from training.annotator_run import calibrate_annotator
 
-    docs = [d for path in records for d in read_documents(path)][:documents]
-    if not docs:
-        raise typer.BadParameter("no documents in --records", param_hint="--records")
-    if read_meta(annotator_dir).get("kind", "extractive") != "extractive":
-        raise typer.BadParameter("only an extractive annotator has a value bias to calibrate", param_hint="--annotator")
-    annotator = Annotator.load(annotator_dir, threads=threads)
-    annotator.report["calibration"] = calibrate(annotator, [(d.plain, d.annotated) for d in docs])
-    annotator.save(annotator_dir)
-    typer.echo(json.dumps(annotator.report["calibration"], indent=1))
+    typer.echo(json.dumps(calibrate_annotator(annotator_dir, records, documents, threads), indent=1))
 
 
 @app.command("corpus")

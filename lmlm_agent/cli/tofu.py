@@ -29,9 +29,7 @@ def tofu(
                                  "authors into --data (with the offline teacher's records; use --annotator offline)."),
     overrides: Optional[List[str]] = set_option(TofuRunConfig),
 ) -> None:
-    """TOFU end to end: annotate the answers into a knowledge base, fine-tune the LMLM and a baseline (and the retain
-    models), forget (the LMLM deletes rows; the baseline runs grad_ascent / grad_diff / NPO), score with TOFU's metrics
-    with the lookups executed, and write OUT/tofu.json, tofu.md and tofu.png beside published figures."""
+    """TOFU end to end: annotate the answers into a knowledge base, fine-tune the LMLM and a baseline (and the retain models), forget (the LMLM deletes rows; the baseline runs grad_ascent / grad_diff / NPO), score with TOFU's metrics with the lookups executed, and write OUT/tofu.json, tofu.md and tofu.png beside published figures."""
     from benchmarks.tofu_run import TofuRun
     from tools.settings import load_settings
 

@@ -12,6 +12,9 @@ from training.config import FinetuneConfig, PretrainConfig
 app = typer.Typer(help="Pretrain an LMLM (values masked from the loss), the baseline, and fine-tune.", no_args_is_help=True)
 
 CONFIG_HELP = "YAML config file, or a preset name from training/configs (micro, small, demo, lmlm-176m, lmlm-382m, finetune-demo)."
+# pretrain and baseline share their config: the same --config and --set.
+PRETRAIN_CONFIG = typer.Option("demo", "--config", "-c", help=CONFIG_HELP)
+PRETRAIN_SET = set_option(PretrainConfig)
 
 
 def _echo_checkpoint(path) -> None:
@@ -38,20 +41,14 @@ def _pretrain(config: str, overrides: List[str], baseline: bool) -> None:
 
 @app.command("pretrain")
 @document_settings(PretrainConfig)
-def pretrain_cmd(
-    config: str = typer.Option("demo", "--config", "-c", help=CONFIG_HELP),
-    overrides: Optional[List[str]] = set_option(PretrainConfig),
-) -> None:
+def pretrain_cmd(config: str = PRETRAIN_CONFIG, overrides: Optional[List[str]] = PRETRAIN_SET) -> None:
     """Pretrain an LMLM from scratch on annotated text, the returned values masked from the loss."""
     _pretrain(config, overrides or [], baseline=False)
 
 
 @app.command("baseline")
 @document_settings(PretrainConfig)
-def baseline_cmd(
-    config: str = typer.Option("demo", "--config", "-c", help=CONFIG_HELP),
-    overrides: Optional[List[str]] = set_option(PretrainConfig),
-) -> None:
+def baseline_cmd(config: str = PRETRAIN_CONFIG, overrides: Optional[List[str]] = PRETRAIN_SET) -> None:
     """Pretrain the baseline: same documents with the calls removed; needs --set tokenizer=LMLM_CHECKPOINT."""
     _pretrain(config, overrides or [], baseline=True)
 
