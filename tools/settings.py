@@ -124,6 +124,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return t(value)
             except (TypeError, ValueError):
                 continue
+    if any(typing.get_origin(t) is typing.Literal for t in kinds):
+        return value  # a choice among names: the dataclass checks it and says what the choices are
     raise ValueError(f"{key}: {value!r} is not a {hint}")
 
 

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
+from lmlm_agent.cli.options import setting
 from lmlm_agent.kb_files import FORMATS
+from tools.lookup import LookupPolicy
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -194,20 +196,17 @@ def add(
     _console().print(f"[green]{obs.action}[/green] #{f.id}: {f.entity} | {f.relation} = {f.value!r}{was}")
 
 
-POLICY_HELP = "Read policy: 'entity' (entity by name, then its relation by meaning) or 'published' (nearest key)."
-
-
 @app.command("get")
 def get(
     entity: str = typer.Argument(...),
     relation: str = typer.Argument(...),
-    policy: str = typer.Option("entity", help=POLICY_HELP),
-    entity_threshold: float = typer.Option(0.85, help="entity policy: least name similarity of a fuzzy entity match (1: exact only)."),
-    entity_max_edits: int = typer.Option(1, help="entity policy: most typos (edits) a fuzzy entity match may have (0: exact only)."),
-    relation_threshold: float = typer.Option(0.5, help="entity policy: least cosine of relation-name embeddings."),
-    relation_margin: float = typer.Option(0.05, help="entity policy: how far the best relation must lead the next."),
-    threshold: float = typer.Option(0.6, help="published policy: least cosine of the 'entity relation' key."),
-    fallback: str = typer.Option("unknown", help="Below the threshold: 'unknown' (a miss) or 'top1' (best anyway)."),
+    policy: Optional[str] = setting(LookupPolicy, "name", "--policy"),
+    entity_threshold: Optional[float] = setting(LookupPolicy, "entity_threshold"),
+    entity_max_edits: Optional[int] = setting(LookupPolicy, "entity_max_edits"),
+    relation_threshold: Optional[float] = setting(LookupPolicy, "relation_threshold"),
+    relation_margin: Optional[float] = setting(LookupPolicy, "relation_margin"),
+    threshold: Optional[float] = setting(LookupPolicy, "threshold"),
+    fallback: Optional[str] = setting(LookupPolicy, "fallback"),
     relation_match: Optional[str] = typer.Option(
         None, help="entity policy: 'semantic' (relation names by meaning; needs only the embedder) or 'exact'. "
         "Default: semantic unless --index off."),
@@ -220,11 +219,13 @@ def get(
     A miss prints 'unknown' (exit 0)."""
     from rich.table import Table
 
+    from tools.settings import load_settings
+
     with _clear_errors():
-        store = _open(db, index, namespace, read_only=True, policy=policy, entity_threshold=entity_threshold,
-                      entity_max_edits=entity_max_edits,
-                      relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold,
-                      fallback=fallback, relation_match=relation_match)
+        read_policy = load_settings(LookupPolicy, None, [], dict(
+            name=policy, entity_threshold=entity_threshold, entity_max_edits=entity_max_edits,
+            relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold, fallback=fallback))
+        store = _open(db, index, namespace, read_only=True, policy=read_policy, relation_match=relation_match)
         result = store.read(entity, relation)
     if as_json:
         _print_json({**result.model_dump(), "fact_ids": result.fact_ids})
