@@ -9,9 +9,6 @@ from typing import Optional
 
 import typer
 
-from lmlm_agent.cli.options import setting
-from training.annotator import AnnotatorConfig
-
 app = typer.Typer(help="Annotate text with lookup calls and score an annotator against a teacher.", no_args_is_help=True)
 
 
@@ -27,8 +24,9 @@ def train(
     preset: str = typer.Option("small", help="generative without --base: train a fresh model of this preset (and a tokenizer on the records) in OUT/base."),
     context: int = typer.Option(512, help="generative without --base: the fresh model's context in tokens."),
     epochs: float = typer.Option(8.0, help="Passes over the training windows."),
-    layers: Optional[int] = setting(AnnotatorConfig, "encoder_layers", "--layers"),
-    max_documents: Optional[int] = setting(AnnotatorConfig, "max_documents"),
+    # Not derived from AnnotatorConfig's fields: importing the annotator's module would cost every `lmlm` call 0.17 s.
+    layers: int = typer.Option(4, help="extractive: encoder layers kept, of MiniLM's 6 (fewer: smaller and faster)."),
+    max_documents: int = typer.Option(0, help="Train on at most this many documents (0: all)."),
     overrides: list[str] = typer.Option([], "--set", help="Any field of the kind's config (AnnotatorConfig, GenerativeConfig, TeacherConfig) as key=value; repeatable."),
 ) -> None:
     """Make an annotator of any kind: distil one from teacher annotations, or save the teacher's settings (low CPU priority)."""
