@@ -232,3 +232,15 @@ def bench_seeds(run: Run, config: BenchConfig, seeds: int) -> Path:
     report.write_outputs(run.out, "claims_over_seeds", {"claims": [c.to_dict() for c in summary]},
                          claims.markdown(summary, title))
     return run.out / "claims_over_seeds.md"
+
+
+def run_benchmark(name: str, directory: str | Path, config: BenchConfig, seeds: int = 1) -> Path:
+    """``lmlm bench NAME --run DIR``: one benchmark (factscore, cloze, tofu) or all of them, over ``seeds``
+    item samples when more than one; the Markdown report it wrote."""
+    run = load_run(directory, config)
+    if seeds > 1:
+        return bench_seeds(run, config, seeds)
+    if name == "all":
+        return bench_all(run, config)
+    {"factscore": bench_factscore, "cloze": bench_cloze, "tofu": bench_tofu}[name](run, config)
+    return run.out / f"{name}.md"

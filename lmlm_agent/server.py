@@ -59,15 +59,13 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import secrets
 import threading
 import time
-import typing
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -79,133 +77,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmlm_agent.agent import CHAT_STOP, Delta, LMLMAgent, RowFollower, chat_prompt, citations
 from lmlm_agent.decoding import GenerationOutput, Prompt
+from lmlm_agent.server_config import TOKEN_ENV, ServerConfig
 
-TOKEN_ENV = "LMLM_API_TOKEN"
 # Decoder finish reasons in OpenAI's words: a full context window is a length stop too.
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 INT64 = 2**63 - 1  # the largest id, seed or offset a request may carry (SQL and torch take 64-bit integers)
-
-
-@dataclass
-class ServerConfig:
-    """Limits and access rules; read from ``<run>/server.yaml`` when present, then the environment."""
-
-    model_id: str = field(default="lmlm", metadata={"help": "Model id clients send and /v1/models lists."})
-    token: str | None = field(default=None, metadata={"help": f"Bearer token for writes/deletes (env {TOKEN_ENV})."})
-    public_read: bool = field(
-        default=True,
-        metadata={"help": "Reads and generation need no token; off: they need the server's or a namespace's token."},
-    )
-    namespace_tokens: dict[str, str] = field(
-        default_factory=dict,
-        metadata={"help": "Private namespaces, namespace -> bearer token: reading one (lookup, facts, generation with that "
-                          "`namespace`) and writing it need its own token; the server-wide token does not open it."},
-    )
-    log_queries: bool = field(
-        default=False,
-        metadata={"help": "Keep query strings (the entity and relation of lookups and deletes) in the access log; "
-                          "off: '?<redacted>', so a forgotten fact's key does not stay in the log. Process-wide."},
-    )
-    max_request_bytes: int = field(default=64_000, metadata={"help": "Largest request body accepted (413 above)."})
-    max_tokens: int = field(default=512, metadata={"help": "Largest max_tokens a request may ask for."})
-    default_max_tokens: int = field(default=128, metadata={"help": "max_tokens when a chat request gives none."})
-    max_messages: int = field(default=64, metadata={"help": "Most messages in one chat request."})
-    max_batch: int = field(default=8, metadata={"help": "Most rows (prompts x n, over all batched requests) decoded together."})
-    max_queue: int = field(default=32, metadata={"help": "Requests waiting for the decoder; beyond it 503 server_busy."})
-    semantic: bool = field(
-        default=False,
-        metadata={"help": "Semantic (embedding) lookups after exact ones; the demo's kb.sqlite needs `lmlm kb rebuild-index` first."},
-    )
-    store: str | None = field(
-        default=None,
-        metadata={"help": "Knowledge base: a SQLite path or a database URL (postgresql://...), opened as it is (never "
-                          "created). Default: the run's kb.sqlite. Replicas that give the same URL share one store."},
-    )
-    index: str | None = field(
-        default=None,
-        metadata={"help": "Semantic index (with semantic: true): a Chroma directory or an http(s):// Chroma server "
-                          "(`chroma run`), which replicas share. Default: the directory beside a SQLite store."},
-    )
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        _check_private_namespaces(self.namespace_tokens)
-        if self.token == "":
-            raise ValueError("token must not be empty")
-        if self.index is not None and not self.semantic:
-            raise ValueError("index is read only by semantic lookups: set semantic: true (--semantic) or leave index out")
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:
-        """Defaults < the YAML file (if it exists) < the environment's token < explicit overrides (None: unset).
-
-        Every value is checked at start-up: a wrong type or an unknown name is a
-        ``ValueError`` naming the file and the field, never a server that starts
-        and then fails its requests.
-        """
-        values: dict[str, Any] = {}
-        where = ""
-        if path is not None and Path(path).exists():
-            import yaml
-
-            where = f"{path}: "
-            try:
-                data = yaml.safe_load(Path(path).read_text())
-            except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{path}: not readable YAML ({' '.join(str(exc).split())})") from None
-            data = data or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-            known = {f.name for f in fields(cls)}
-            unknown = set(map(str, data)) - known
-            if unknown:
-                raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
-            values.update(data)
-        if os.environ.get(TOKEN_ENV):
-            values["token"] = os.environ[TOKEN_ENV]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            raise ValueError(f"{where}{exc}") from None
-
-
-def _check_types(config: ServerConfig) -> None:
-    """Each field holds its declared type (bool is no int here) and a limit is positive."""
-    hints = typing.get_type_hints(type(config))
-    for f in fields(config):
-        value, hint = getattr(config, f.name), hints[f.name]
-        if typing.get_origin(hint) is dict:
-            if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
-                # The tokens are secrets: the message names the field and the shape, never the values.
-                raise ValueError(f"{f.name} must be a mapping of strings (namespace: token), got a {type(value).__name__}")
-            continue
-        allowed = typing.get_args(hint) or (hint,)
-        ok = any(
-            (value is None and t is type(None))
-            or (t is bool and isinstance(value, bool))
-            or (t is int and isinstance(value, int) and not isinstance(value, bool))
-            or (t is str and isinstance(value, str))
-            for t in allowed
-        )
-        if not ok:
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise ValueError(f"{f.name} must be {names}, got {value!r} ({type(value).__name__})")
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            raise ValueError(f"{f.name} must be at least 1, got {value}")
-
-
-def _check_private_namespaces(tokens: dict[str, str]) -> None:
-    """Each name of ``namespace_tokens`` is a valid namespace and each token non-empty."""
-    from tools.schema import InvalidInput, clean_namespace
-
-    for name, token in tokens.items():
-        try:
-            clean_namespace(name)
-        except InvalidInput as exc:
-            raise ValueError(f"namespace_tokens: {exc}") from None
-        if not token:
-            raise ValueError(f"namespace_tokens: the token of {name!r} is empty")
 
 
 class QueryRedactor(logging.Filter):

@@ -72,7 +72,7 @@ def test_each_kind_adds_calls_and_never_changes_the_text(made, records) -> None:
 
 
 def test_each_kind_feeds_a_corpus_run_and_ingest(made, records, tmp_path) -> None:
-    from lmlm_agent.cli.ingest import ingest_texts
+    from tools.ingest import ingest_texts
     from tools import open_store
     from training.annotator_run import annotate_corpus
 

@@ -93,6 +93,15 @@ def test_stream_concatenates_to_invoke(tok, store) -> None:
     assert "Question" not in merged.content  # the held-back stop string never leaks
 
 
+def test_a_callers_stop_string_ends_invoke_and_stream_alike(tok, store) -> None:
+    """The decoder enforces stop strings (the chat model passes them on, it does not cut again)."""
+    chat = scripted_chat(tok, store)
+    msg = chat.invoke(QUESTION, stop=[" born"])
+    assert msg.content == "Ada Lovelace was" and msg.response_metadata["finish_reason"] == "stop"
+    assert "".join(c.content for c in chat.stream(QUESTION, stop=[" born"])) == msg.content
+    assert scripted_chat(tok, store, stop=[" in 18"]).invoke(QUESTION).content == "Ada Lovelace was born"
+
+
 def test_delete_changes_the_cited_value(tok, store) -> None:
     chat = scripted_chat(tok, store)
     store.delete(entity="Ada Lovelace")

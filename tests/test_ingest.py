@@ -8,7 +8,7 @@ import pytest
 
 from lmlm_agent.agent import LMLMAgent
 from lmlm_agent.chat_model import ChatLMLM
-from lmlm_agent.cli.ingest import ingest_texts, read_texts
+from tools.ingest import ingest_texts, read_texts
 from lmlm_agent.format import LookupCall, qa_prompt, strip_values
 from runtime_fakes import ScriptedLM, tokenizer
 

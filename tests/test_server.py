@@ -85,6 +85,13 @@ def test_chat_stream_matches_and_cites(client) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
 
 
+def test_a_requests_stop_string_ends_the_answer_streamed_or_not(client) -> None:
+    resp = ask(client, stop=[" born"])
+    assert resp.choices[0].message.content == "Ada Lovelace was" and resp.choices[0].finish_reason == "stop"
+    chunks = list(ask(client, stop=[" born"], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Ada Lovelace was"
+
+
 def test_text_completion_keeps_spacing(client) -> None:
     resp = client.completions.create(model="lmlm", prompt=RAW_PROMPT, max_tokens=30)
     assert resp.choices[0].text == " 1815 in London."

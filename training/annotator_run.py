@@ -8,12 +8,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from lmlm_agent.format import list_calls
 from training.annotation_eval import AgreementReport
 from training.annotator import model_size_bytes
-from training.annotators import Annotator
+from training.annotators import KINDS, Annotator
 from training.corpus import load_lmlm_annotations
 
 
@@ -165,6 +165,79 @@ def compare_annotators(annotators: list[tuple[str, Annotator]], references: list
     return rows
 
 
+def write_comparison(rows: list[dict[str, Any]], out: str | Path) -> Path:
+    """``comparison.json`` and ``comparison.md`` of :func:`compare_annotators`' rows in ``out``; the Markdown's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "comparison.md").write_text(comparison_markdown(rows))
+    return out / "comparison.md"
+
+
+def make_annotator(kind: str, out: str | Path, records: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                   *, epochs: float = 8.0, encoder_layers: int | None = None, max_documents: int | None = None,
+                   base: str | Path | None = None, preset: str = "small", context: int = 512) -> dict[str, Any]:
+    """`lmlm annotate train`: an annotator of ``kind`` saved in ``out``; what to report about it.
+
+    ``extractive`` and ``generative`` are distilled from the teacher's annotations in ``records``
+    (a generative one without ``base`` first gets a fresh model of ``preset`` with ``context``
+    positions and a tokenizer trained on the records, in ``out/base``); ``teacher`` saves the
+    endpoint's settings. ``overrides`` (``key=value``) set any field of the kind's config
+    (AnnotatorConfig, GenerativeConfig, TeacherConfig) and win over the keyword settings.
+    """
+    from tools.settings import load_settings
+    from training.annotators import TeacherAnnotator
+    from training.corpus import read_documents
+
+    out = Path(out)
+    if kind == "teacher":
+        from training.teacher import TeacherConfig
+
+        TeacherAnnotator(load_settings(TeacherConfig, None, overrides)).save(out)
+        return {"kind": kind, "out": str(out)}
+    if kind not in KINDS:
+        raise ValueError(f"unknown annotator kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not records:
+        raise ValueError("give the teacher's annotations to learn from")
+    docs = [d for path in records for d in read_documents(path)]
+    common = [f"epochs={epochs}", *([f"max_documents={max_documents}"] if max_documents is not None else [])]
+    if kind == "extractive":
+        from training.annotator import AnnotatorConfig, train_annotator
+
+        layers = [f"encoder_layers={encoder_layers}"] if encoder_layers is not None else []
+        config = load_settings(AnnotatorConfig, None, [*common, *layers, *overrides])
+        annotator, _ = train_annotator(((d.plain, d.annotated) for d in docs), config)
+    else:
+        from training.generative_annotator import GenerativeConfig, new_base, train_generative
+
+        if base is None:
+            base = new_base([d.plain for d in docs] + [d.annotated for d in docs], out / "base", preset=preset, context=context)
+        config = load_settings(GenerativeConfig, None, [f"base={base}", *common, *overrides])
+        annotator, _ = train_generative(((d.plain, d.annotated) for d in docs), config, out / "trainer")
+    annotator.save(out)
+    return {**annotator.report, "kind": kind, "out": str(out), "size_mb": round(model_size_bytes(out) / 1e6, 1)}
+
+
+def calibrate_annotator(annotator_dir: str | Path, records: Sequence[str | Path], documents: int = 50,
+                        threads: int | None = None) -> dict[str, Any]:
+    """`lmlm annotate calibrate`: re-choose an extractive annotator's value bias (how many calls) on the first
+    ``documents`` of ``records`` (teacher annotations it did not train on, never the evaluation set) and save it
+    in place; the calibration report."""
+    from training.annotator import Annotator, calibrate
+    from training.annotators import read_meta
+    from training.corpus import read_documents
+
+    docs = [d for path in records for d in read_documents(path)][:documents]
+    if not docs:
+        raise ValueError("no documents in the records to calibrate on")
+    if read_meta(annotator_dir).get("kind", "extractive") != "extractive":
+        raise ValueError(f"{annotator_dir}: only an extractive annotator has a value bias to calibrate")
+    annotator = Annotator.load(annotator_dir, threads=threads)
+    annotator.report["calibration"] = calibrate(annotator, [(d.plain, d.annotated) for d in docs])
+    annotator.save(annotator_dir)
+    return annotator.report["calibration"]
+
+
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     columns = ["reference", "annotator", "kind", "value_f1", "entity_value_f1", "triple_f1", "value_precision",
                "value_recall", "calls", "reference_calls", "paragraphs_per_second"]
@@ -173,4 +246,5 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CorpusConfig", "annotate_corpus", "evaluate_annotator", "compare_annotators", "comparison_markdown"]
+__all__ = ["CorpusConfig", "annotate_corpus", "calibrate_annotator", "compare_annotators", "comparison_markdown", "evaluate_annotator", "make_annotator",
+           "write_comparison"]

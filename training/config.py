@@ -4,18 +4,18 @@
 
 A config source is a YAML file or the name of a preset in ``training/configs/``
 (``micro``, ``demo``, ``lmlm-176m``, ``lmlm-382m``, ``finetune-demo``). Unknown keys are
-an error, so a typo never trains with a silent default.
+an error, so a typo never trains with a silent default. The loading is the project's one
+configuration path (:mod:`tools.settings`); what is the trainer's own is the presets.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar, get_type_hints
+from typing import Any, Sequence, TypeVar
 
-import yaml
+from tools.settings import load_settings
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -167,37 +167,9 @@ def config_path(source: str | Path) -> Path:
 
 
 def load_config(cls: type[C], source: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
-    """Build ``cls`` from a YAML file or preset, then ``key=value`` overrides (values parsed as YAML)."""
-    values: dict[str, Any] = {}
-    if source is not None:
-        values.update(yaml.safe_load(config_path(source).read_text()) or {})
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        values[key.strip()] = yaml.safe_load(raw)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-    hints = get_type_hints(cls)
-    return cls(**{k: _coerce(v, hints[k], k) for k, v in values.items()})
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    # YAML reads "5e-4" as a string and "1" as an int where a float is meant: fix the obvious cases.
-    if value is None:
-        return None
-    kinds = [t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)]
-    if any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in kinds):
-        return value
-    for t in kinds:
-        if t in (int, float, str, Path):
-            try:
-                return t(value)
-            except (TypeError, ValueError):
-                continue
-    raise ValueError(f"{key}: {value!r} is not a {hint}")
+    """Build ``cls`` from a YAML file or preset, then ``key=value`` overrides (values parsed as YAML);
+    :func:`tools.settings.load_settings` with the presets of training/configs/."""
+    return load_settings(cls, None if source is None else config_path(source), overrides)
 
 
 __all__ = [

@@ -332,7 +332,23 @@ class TeacherClient:
         return results, summary
 
 
+def annotate_documents(in_path: str | Path, out_path: str | Path, config: TeacherConfig | None = None) -> TeacherSummary:
+    """`lmlm teacher annotate`: the plain texts of ``in_path`` (JSONL with ``text``, or the published JSON)
+    annotated by the teacher into ``out_path`` as JSONL ``{id, text, plain, source}``; invalid answers
+    are counted in the summary and left out."""
+    from training.corpus import read_documents, write_jsonl
+
+    client = TeacherClient(config)
+    docs = read_documents(in_path)
+    results, summary = client.run([d.plain for d in docs])
+    source = f"teacher:{client.config.model}"
+    write_jsonl(out_path, ({"id": d.id, "text": r.annotated, "plain": d.plain, "source": source}
+                           for d, r in zip(docs, results) if r.annotated is not None))
+    return summary
+
+
 __all__ = [
+    "annotate_documents",
     "SYSTEM_PROMPT",
     "TEXT_OPEN",
     "TEXT_CLOSE",

@@ -24,42 +24,23 @@ def train(
     preset: str = typer.Option("small", help="generative without --base: train a fresh model of this preset (and a tokenizer on the records) in OUT/base."),
     context: int = typer.Option(512, help="generative without --base: the fresh model's context in tokens."),
     epochs: float = typer.Option(8.0, help="Passes over the training windows."),
+    # Not derived from AnnotatorConfig's fields: importing the annotator's module would cost every `lmlm` call 0.17 s.
     layers: int = typer.Option(4, help="extractive: encoder layers kept, of MiniLM's 6 (fewer: smaller and faster)."),
     max_documents: int = typer.Option(0, help="Train on at most this many documents (0: all)."),
     overrides: list[str] = typer.Option([], "--set", help="Any field of the kind's config (AnnotatorConfig, GenerativeConfig, TeacherConfig) as key=value; repeatable."),
 ) -> None:
     """Make an annotator of any kind: distil one from teacher annotations, or save the teacher's settings (low CPU priority)."""
-    from training.config import load_config
-    from training.corpus import read_documents
+    from training.annotator_run import make_annotator
+    from training.annotators import KINDS
 
-    os.nice(10)  # share the machine: training yields to interactive work
-    if kind == "teacher":
-        from training.annotators import TeacherAnnotator
-        from training.teacher import TeacherConfig
-
-        TeacherAnnotator(load_config(TeacherConfig, None, overrides)).save(out)
-        typer.echo(json.dumps({"kind": kind, "out": str(out)}, indent=1))
-        return
-    if not records:
-        raise typer.BadParameter("give the teacher's annotations to learn from", param_hint="--records")
-    docs = [d for path in records for d in read_documents(path)]
-    if kind == "extractive":
-        from training.annotator import AnnotatorConfig, model_size_bytes, train_annotator
-
-        config = load_config(AnnotatorConfig, None, [f"epochs={epochs}", f"encoder_layers={layers}", f"max_documents={max_documents}", *overrides])
-        annotator, _ = train_annotator(((d.plain, d.annotated) for d in docs), config)
-    elif kind == "generative":
-        from training.annotator import model_size_bytes
-        from training.generative_annotator import GenerativeConfig, new_base, train_generative
-
-        if base is None:
-            base = new_base([d.plain for d in docs] + [d.annotated for d in docs], out / "base", preset=preset, context=context)
-        config = load_config(GenerativeConfig, None, [f"base={base}", f"epochs={epochs}", f"max_documents={max_documents}", *overrides])
-        annotator, _ = train_generative(((d.plain, d.annotated) for d in docs), config, out / "trainer")
-    else:
+    if kind not in KINDS:
         raise typer.BadParameter(f"unknown kind {kind!r}", param_hint="--kind")
-    annotator.save(out)
-    typer.echo(json.dumps({**annotator.report, "kind": kind, "out": str(out), "size_mb": round(model_size_bytes(out) / 1e6, 1)}, indent=1))
+    if kind != "teacher" and not records:
+        raise typer.BadParameter("give the teacher's annotations to learn from", param_hint="--records")
+    os.nice(10)  # share the machine: training yields to interactive work
+    report = make_annotator(kind, out, records, overrides, epochs=epochs, encoder_layers=layers, max_documents=max_documents,
+                            base=base, preset=preset, context=context)
+    typer.echo(json.dumps(report, indent=1))
 
 
 @app.command("calibrate")
@@ -70,19 +51,9 @@ def calibrate_command(
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Re-choose the value bias (how many calls) on held-out teacher documents, never the evaluation set."""
-    from training.annotator import Annotator, calibrate
-    from training.annotators import read_meta
-    from training.corpus import read_documents
+    from training.annotator_run import calibrate_annotator
 
-    docs = [d for path in records for d in read_documents(path)][:documents]
-    if not docs:
-        raise typer.BadParameter("no documents in --records", param_hint="--records")
-    if read_meta(annotator_dir).get("kind", "extractive") != "extractive":
-        raise typer.BadParameter("only an extractive annotator has a value bias to calibrate", param_hint="--annotator")
-    annotator = Annotator.load(annotator_dir, threads=threads)
-    annotator.report["calibration"] = calibrate(annotator, [(d.plain, d.annotated) for d in docs])
-    annotator.save(annotator_dir)
-    typer.echo(json.dumps(annotator.report["calibration"], indent=1))
+    typer.echo(json.dumps(calibrate_annotator(annotator_dir, records, documents, threads), indent=1))
 
 
 @app.command("corpus")
@@ -141,16 +112,13 @@ def compare(
     threads: int = typer.Option(2, help="torch CPU threads."),
 ) -> None:
     """Annotators side by side in one run: value, entity+value and triple F1, calls, paragraphs per second."""
-    from training.annotator_run import compare_annotators, comparison_markdown
+    from training.annotator_run import compare_annotators, comparison_markdown, write_comparison
     from training.annotators import load_annotator
 
     rows = compare_annotators([(str(d), load_annotator(d, threads=threads)) for d in annotator_dirs], references)
-    table = comparison_markdown(rows)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "comparison.json").write_text(json.dumps(rows, indent=1) + "\n")
-        (out / "comparison.md").write_text(table)
-    typer.echo(table)
+        write_comparison(rows, out)
+    typer.echo(comparison_markdown(rows))
 
 
 @app.command("speed")

@@ -3,37 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from types import ModuleType
+from typing import Any, List, Optional
 
 import typer
 
 app = typer.Typer(help="Benchmarks: results written as JSON, Markdown and PNG.", no_args_is_help=True)
 
 
-@app.command("train")
-def train_speed(
-    out: Path = typer.Option(Path("runs/bench/train_speed"), "--out", help="Directory for train_speed.json and train_speed.md."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="TrainSpeedConfig field as key=value (preset, steps, rounds, data, ...)."),
-) -> None:
-    """Training tokens/s of the masked-loss trainer vs plain TRL SFT, same model and data."""
-    from benchmarks.train_speed import TrainSpeedConfig, markdown, run
-    from training.config import load_config
+def _speed_out(name: str) -> Any:
+    return typer.Option(Path(f"runs/bench/{name}"), "--out", help=f"Directory for {name}.json and {name}.md.")
 
-    result = run(load_config(TrainSpeedConfig, None, overrides or []), out)
-    typer.echo(markdown(result))
+
+def _speed_set(config: str, examples: str) -> Any:
+    # Named, not derived: the decode benchmark's config module imports torch, which `lmlm --help` must not.
+    return typer.Option(None, "--set", help=f"{config} field as key=value ({examples}, ...).")
+
+
+def _run_speed(bench: ModuleType, config: type, out: Path, overrides: Optional[List[str]]) -> None:
+    from tools.settings import load_settings
+
+    typer.echo(bench.markdown(bench.run(load_settings(config, None, overrides or []), out)))
+
+
+@app.command("train")
+def train_speed(out: Path = _speed_out("train_speed"),
+                overrides: Optional[List[str]] = _speed_set("TrainSpeedConfig", "preset, steps, rounds, data")) -> None:
+    """Training tokens/s of the masked-loss trainer vs plain TRL SFT, same model and data."""
+    from benchmarks import train_speed as bench
+
+    _run_speed(bench, bench.TrainSpeedConfig, out, overrides)
 
 
 @app.command("decode")
-def decode_speed(
-    out: Path = typer.Option(Path("runs/bench/decode_speed"), "--out", help="Directory for decode_speed.json and decode_speed.md."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="DecodeSpeedConfig field as key=value (preset, context_tokens, period, ...)."),
-) -> None:
+def decode_speed(out: Path = _speed_out("decode_speed"),
+                 overrides: Optional[List[str]] = _speed_set("DecodeSpeedConfig", "preset, context_tokens, period")) -> None:
     """Interleaved decoding vs HF generate, vs re-encoding after each lookup, and batch 8 vs batch 1."""
-    from benchmarks.decode_speed import DecodeSpeedConfig, markdown, run
-    from training.config import load_config
+    from benchmarks import decode_speed as bench
 
-    result = run(load_config(DecodeSpeedConfig, None, overrides or []), out)
-    typer.echo(markdown(result))
+    _run_speed(bench, bench.DecodeSpeedConfig, out, overrides)
 
 
 @app.command("kb")
@@ -75,19 +83,10 @@ def kb_lookup(
 
 
 def _run_bench(name: str, run_dir: Path, overrides: Optional[List[str]], seeds: int = 1) -> None:
-    """Load the run directory's models, store and world, and run one benchmark (or all, over ``seeds`` samples)."""
-    from benchmarks import run_all
-    from training.config import load_config
+    from benchmarks.run_all import BenchConfig, run_benchmark
+    from tools.settings import load_settings
 
-    config = load_config(run_all.BenchConfig, None, overrides or [])
-    run = run_all.load_run(run_dir, config)
-    if seeds > 1:
-        typer.echo(run_all.bench_seeds(run, config, seeds).read_text())
-    elif name == "all":
-        typer.echo((run_all.bench_all(run, config)).read_text())
-    else:
-        getattr(run_all, f"bench_{name}")(run, config)
-        typer.echo((run.out / f"{name}.md").read_text())
+    typer.echo(run_benchmark(name, run_dir, load_settings(BenchConfig, None, overrides or []), seeds).read_text())
 
 
 _RUN = typer.Option(..., "--run", help="Run directory with lmlm/, baseline/, kb.sqlite and world/ (what `lmlm demo` writes).")

@@ -401,7 +401,7 @@ class DemoRun:
         """memory writes: ingest a new fact about a known person, ask, delete it, ask again, restore."""
         from benchmarks.world import RELATION_BY_NAME
         from lmlm_agent.agent import LMLMAgent
-        from lmlm_agent.cli.ingest import ingest_texts
+        from tools.ingest import ingest_texts
         from tools import open_store
 
         # A person the model was trained on, and a value it never saw for them. (A person absent from

@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
+from lmlm_agent.cli.options import setting
+from lmlm_agent.kb_files import FORMATS
+from tools.lookup import LookupPolicy
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from tools import SQLKnowledgeStore
-    from tools.io import Loaded
 
 app = typer.Typer(
     help="The knowledge base: import, add, get, delete, multi-valued, stats, check, export, rebuild-index.", no_args_is_help=True
@@ -34,7 +37,6 @@ INDEX = typer.Option(
 )
 NAMESPACE = typer.Option("default", "--namespace", "-n", help="Namespace (a hard boundary between knowledge bases).")
 AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
-FORMATS = ("auto", "jsonl", "lmlm-db", "annotated")
 INDEX_WAIT_ENV = "LMLM_KB_INDEX_WAIT_S"
 
 
@@ -83,97 +85,6 @@ def _print_json(data: Any) -> None:
 # --------------------------------------------------------------------------- import
 
 
-def _detect(path: Path, fmt: str) -> tuple[str, Any]:
-    """The format of ``path`` and, for annotated JSON, the parsed document (a database JSON is streamed, never parsed whole)."""
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
-    from tools.io import sniff_json
-
-    kind = fmt
-    if fmt == "auto" and path.suffix == ".json":
-        kind = sniff_json(path)
-        if kind is None:
-            raise typer.BadParameter(f"{path.name}: JSON is neither an LMLM database nor annotated examples; pass --format")
-    elif fmt == "auto" and path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            first = next((line for line in fh if line.strip()), "{}")
-        try:
-            item = json.loads(first)
-        except json.JSONDecodeError:
-            return "jsonl", None  # the reader reports the bad line
-        kind = "annotated" if isinstance(item, dict) and _text_of(item) is not None else "jsonl"
-    elif fmt == "auto":
-        kind = "annotated"
-    data = json.loads(path.read_text(encoding="utf-8")) if kind == "annotated" and path.suffix == ".json" else None
-    return kind, data
-
-
-_TEXT_FIELDS = ("text", "annotated", "annotated_text")
-
-
-def _text_of(item: dict) -> Optional[str]:
-    return next((item[k] for k in _TEXT_FIELDS if isinstance(item.get(k), str)), None)
-
-
-def _documents(path: Path, data: Any, loaded: Loaded) -> Iterator[tuple[str, str]]:
-    """(document id, annotated text) from the published annotations JSON, our JSONL, or a plain text file.
-
-    Documents without a text are recorded in ``loaded.rejected`` so the import report shows them.
-    """
-    from tools.io import Rejection
-
-    if isinstance(data, dict) and isinstance(data.get("examples"), list):
-        for n, ex in enumerate(data["examples"]):
-            if isinstance(ex, dict) and isinstance(ex.get("annotated_text"), str):
-                yield str(n), ex["annotated_text"]
-            else:
-                loaded.rejected.append(Rejection(where=f"{path.name}#{n}", reason="example without annotated_text"))
-    elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    loaded.rejected.append(Rejection(where=f"{path.name}:{lineno}", reason=f"invalid JSON: {exc.msg}"))
-                    continue
-                text = _text_of(item) if isinstance(item, dict) else None
-                if text is None:
-                    loaded.rejected.append(Rejection(where=f"{path.name}:{lineno}", reason=f"no {'/'.join(_TEXT_FIELDS)} field"))
-                else:
-                    yield str(item.get("id", lineno)), text
-    else:
-        yield path.stem, path.read_text(encoding="utf-8")
-
-
-def _annotated_rows(path: Path, data: Any, source: Optional[str]) -> Loaded:
-    """Triples of the complete calls in annotated text.
-
-    Legacy ``[dblookup(...)]`` calls are converted first; MemLLM text gives its writes
-    (``({MEM_WRITE--> e>>r>>v})``) and its answered object reads as triples.
-    """
-    from lmlm_agent.format import extract_triples, legacy_to_special, memllm_to_special
-    from tools.io import Loaded, Rejection
-
-    loaded = Loaded()
-    for doc_id, text in _documents(path, data, loaded):
-        where = f"{path.name}#{doc_id}"
-        triples: list[tuple[str, str, str]] = []
-        if "[dblookup(" in text:
-            conversion = legacy_to_special(text)
-            text = conversion.text
-            loaded.rejected.extend(Rejection(where=where, reason=f"unreadable legacy call: {raw[:80]}") for raw in conversion.dropped)
-        if "({MEM_" in text:
-            conversion, triples = memllm_to_special(text)
-            text = conversion.text
-            loaded.rejected.extend(Rejection(where=where, reason=f"MemLLM block with no LMLM triple: {raw[:80]}")
-                                   for raw in conversion.dropped)
-        for triple in [*extract_triples(text), *triples]:
-            loaded.take(where, triple, source or where)
-    return loaded
-
-
 @app.command("import")
 def import_(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL triples, LMLM database JSON, or annotated text (LMLM calls, legacy dblookup, or MemLLM reads and writes)."),
@@ -196,13 +107,17 @@ def import_(
 ) -> None:
     """Import facts. Good rows are stored, bad ones listed; a known single-valued (entity, relation) gets the new
     value, a multi-valued one gets it added."""
-    from tools.io import import_file, import_rows, scan_file
+    from lmlm_agent.kb_files import FormatError, annotated_rows, detect_format
+    from tools.io import import_rows, scan_file
 
     console = _console()
     with _clear_errors():
-        kind, data = _detect(path, fmt)
+        try:
+            kind, data = detect_format(path, fmt)
+        except FormatError as exc:
+            raise typer.BadParameter(str(exc)) from None
         if kind == "annotated":
-            loaded = _annotated_rows(path, data, source)
+            loaded = annotated_rows(path, data, source)
             store = _open(db, index, namespace)
             with console.status(f"writing {len(loaded.rows):,} rows" + (" and embedding their keys" if store.index else "")):
                 report = import_rows(store, loaded.rows, loaded.rejected, namespace=namespace, detect_multi_valued=multi_valued)
@@ -281,20 +196,17 @@ def add(
     _console().print(f"[green]{obs.action}[/green] #{f.id}: {f.entity} | {f.relation} = {f.value!r}{was}")
 
 
-POLICY_HELP = "Read policy: 'entity' (entity by name, then its relation by meaning) or 'published' (nearest key)."
-
-
 @app.command("get")
 def get(
     entity: str = typer.Argument(...),
     relation: str = typer.Argument(...),
-    policy: str = typer.Option("entity", help=POLICY_HELP),
-    entity_threshold: float = typer.Option(0.85, help="entity policy: least name similarity of a fuzzy entity match (1: exact only)."),
-    entity_max_edits: int = typer.Option(1, help="entity policy: most typos (edits) a fuzzy entity match may have (0: exact only)."),
-    relation_threshold: float = typer.Option(0.5, help="entity policy: least cosine of relation-name embeddings."),
-    relation_margin: float = typer.Option(0.05, help="entity policy: how far the best relation must lead the next."),
-    threshold: float = typer.Option(0.6, help="published policy: least cosine of the 'entity relation' key."),
-    fallback: str = typer.Option("unknown", help="Below the threshold: 'unknown' (a miss) or 'top1' (best anyway)."),
+    policy: Optional[str] = setting(LookupPolicy, "name", "--policy"),
+    entity_threshold: Optional[float] = setting(LookupPolicy, "entity_threshold"),
+    entity_max_edits: Optional[int] = setting(LookupPolicy, "entity_max_edits"),
+    relation_threshold: Optional[float] = setting(LookupPolicy, "relation_threshold"),
+    relation_margin: Optional[float] = setting(LookupPolicy, "relation_margin"),
+    threshold: Optional[float] = setting(LookupPolicy, "threshold"),
+    fallback: Optional[str] = setting(LookupPolicy, "fallback"),
     relation_match: Optional[str] = typer.Option(
         None, help="entity policy: 'semantic' (relation names by meaning; needs only the embedder) or 'exact'. "
         "Default: semantic unless --index off."),
@@ -307,11 +219,13 @@ def get(
     A miss prints 'unknown' (exit 0)."""
     from rich.table import Table
 
+    from tools.settings import load_settings
+
     with _clear_errors():
-        store = _open(db, index, namespace, read_only=True, policy=policy, entity_threshold=entity_threshold,
-                      entity_max_edits=entity_max_edits,
-                      relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold,
-                      fallback=fallback, relation_match=relation_match)
+        read_policy = load_settings(LookupPolicy, None, [], dict(
+            name=policy, entity_threshold=entity_threshold, entity_max_edits=entity_max_edits,
+            relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold, fallback=fallback))
+        store = _open(db, index, namespace, read_only=True, policy=read_policy, relation_match=relation_match)
         result = store.read(entity, relation)
     if as_json:
         _print_json({**result.model_dump(), "fact_ids": result.fact_ids})
@@ -487,31 +401,16 @@ def export(
     namespace: str = NAMESPACE,
 ) -> None:
     """Write a namespace's facts to a file (SQL is the truth; the index is not read). Each format re-imports with `lmlm kb import`."""
+    from lmlm_agent.kb_files import export_memllm
     from tools.io import export_jsonl, export_lmlm_database
 
-    writers = {"jsonl": export_jsonl, "lmlm-db": export_lmlm_database, "memllm": _export_memllm}
+    writers = {"jsonl": export_jsonl, "lmlm-db": export_lmlm_database, "memllm": export_memllm}
     if fmt not in writers:
         raise typer.BadParameter(f"--format must be one of {', '.join(writers)}")
     with _clear_errors():
         path.parent.mkdir(parents=True, exist_ok=True)
         n = writers[fmt](_open(db, "off", namespace), path)
     _console().print(f"wrote {n:,} facts of namespace [cyan]{namespace}[/cyan] to {path} ({fmt})")
-
-
-def _export_memllm(store: SQLKnowledgeStore, path: Path) -> int:
-    """One ``({MEM_WRITE--> e>>r>>v})`` per fact; a fact the dialect cannot spell is refused before anything is written."""
-    from lmlm_agent.format import render_memllm_write
-    from tools import InvalidInput
-
-    facts = list(store.iter_facts())
-    unspellable = [f for f in facts if render_memllm_write(f.entity, f.relation, f.value) is None]
-    if unspellable:
-        f = unspellable[0]
-        raise InvalidInput(f"{len(unspellable)} facts hold '>>', ';' or '}})', which MemLLM writes cannot carry, e.g. "
-                           f"#{f.id} ({f.entity!r}, {f.relation!r}, {f.value!r}); export them as jsonl")
-    with path.open("w", encoding="utf-8") as fh:
-        fh.writelines(render_memllm_write(f.entity, f.relation, f.value) + "\n" for f in facts)
-    return len(facts)
 
 
 @app.command("rebuild-index")
@@ -550,7 +449,7 @@ def ingest(
     from rich.table import Table
     from transformers.utils import logging as hf_logging
 
-    from lmlm_agent.cli.ingest import ingest_texts, read_texts
+    from tools.ingest import ingest_texts, read_texts
     from training.annotators import load_annotator
 
     hf_logging.disable_progress_bar()  # no weight-loading bar in the command's output

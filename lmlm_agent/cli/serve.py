@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
+
+from lmlm_agent.cli.options import document_settings, set_option, setting
+from lmlm_agent.server_config import ServerConfig
 
 RUN = typer.Option(..., "--run", help="A run directory (what `lmlm demo` writes): RUN/lmlm/ and RUN/kb.sqlite.")
 DEVICE = typer.Option(None, "--device", help="torch device for the model (default: CPU).")
@@ -35,56 +38,42 @@ def _check_host(host: str, port: int) -> None:
         raise OSError(f"--host {host}: {exc.strerror}") from None
 
 
+@document_settings(ServerConfig)
 def serve(
     run: Path = RUN,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you mean to expose it."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free one)."),
     config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML of ServerConfig fields (limits, access, namespace_tokens); default RUN/server.yaml if present."
+        None, "--config", help="YAML of ServerConfig fields (the settings listed above); default RUN/server.yaml if present."
     ),
-    token: Optional[str] = typer.Option(
-        None, "--token", envvar="LMLM_API_TOKEN", show_envvar=True,
-        help="Bearer token that knowledge writes and deletes require; without one they are refused.",
-    ),
-    public_read: Optional[bool] = typer.Option(
-        None, "--public-read/--private-read",
-        help="Whether reads and generation outside private namespaces need a token of this server (default: public).",
-    ),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Largest max_tokens a request may ask for."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Most answers decoded together (default 8)."),
-    max_queue: Optional[int] = typer.Option(
-        None, "--max-queue", help="Requests that may wait for the decoder; beyond it 503 server_busy (default 32)."
-    ),
-    semantic: Optional[bool] = typer.Option(
-        None, "--semantic/--exact", help="Semantic (embedding) lookups after exact ones (default: exact only); needs `lmlm kb rebuild-index`."
-    ),
-    store: Optional[str] = typer.Option(
-        None, "--store", envvar="LMLM_KB_DB", show_envvar=True,
-        help="Knowledge base to serve: a SQLite path or a database URL (postgresql://...); default RUN/kb.sqlite. "
-             "Replicas given one PostgreSQL URL share one store.",
-    ),
-    index: Optional[str] = typer.Option(
-        None, "--index", help="With --semantic: a Chroma directory or an http(s):// Chroma server (`chroma run`) that replicas share.",
-    ),
+    token: Optional[str] = setting(ServerConfig, "token"),
+    public_read: Optional[bool] = setting(ServerConfig, "public_read", "--public-read/--private-read"),
+    max_tokens: Optional[int] = setting(ServerConfig, "max_tokens"),
+    max_batch: Optional[int] = setting(ServerConfig, "max_batch"),
+    max_queue: Optional[int] = setting(ServerConfig, "max_queue"),
+    semantic: Optional[bool] = setting(ServerConfig, "semantic", "--semantic/--exact"),
+    store: Optional[str] = setting(ServerConfig, "store", envvar="LMLM_KB_DB"),
+    index: Optional[str] = setting(ServerConfig, "index"),
+    overrides: Optional[List[str]] = set_option(ServerConfig),
     device: Optional[str] = DEVICE,
 ) -> None:
     """Serve a run over an OpenAI-compatible API.
 
     /v1/models, /v1/chat/completions and /v1/completions (streaming or not; every answer lists the facts it looked up as `citations`), and the knowledge base at /v1/knowledge/{namespace}/lookup and /facts (writes and deletes need the bearer token; a namespace listed under `namespace_tokens` in the config file is private: reading, writing and generating over it need its own token). The access log leaves out query strings (looked-up names) unless `log_queries: true`. Concurrent requests are decoded in one continuous batch (per knowledge-base namespace); OpenAI parameters the server does not implement are refused with a 400 naming them.
     """
-    import uvicorn
-
-    from lmlm_agent.server import ServerConfig, create_app, load_run
-
     # Everything is checked before the server binds: a bad value is one `error:` line (the front door's), not a
-    # server that starts and then fails its requests.
+    # server that starts and then fails its requests. The settings first: they need no model code.
     if config is not None and not config.is_file():
         raise FileNotFoundError(f"--config {config}: no such file")
-    _check_host(host, port)
-    _check_device(device)
-    settings = ServerConfig.load(config or run / "server.yaml", token=token, public_read=public_read,
+    settings = ServerConfig.load(config or run / "server.yaml", overrides or [], token=token, public_read=public_read,
                                  max_tokens=max_tokens, max_batch=max_batch, max_queue=max_queue, semantic=semantic,
                                  store=store, index=index)
+    _check_host(host, port)
+    _check_device(device)
+    import uvicorn
+
+    from lmlm_agent.server import create_app, load_run
+
     agent = load_run(run, settings, device=device)
     writes = "writes need the bearer token" if settings.token else "writes refused (no --token / LMLM_API_TOKEN)"
     if settings.namespace_tokens:
@@ -97,7 +86,7 @@ def serve(
 def chat(
     run: Path = RUN,
     db_off: bool = typer.Option(False, "--db-off", help="Every lookup returns 'unknown' (see what the model knows alone)."),
-    semantic: bool = typer.Option(False, "--semantic/--exact", help="Semantic lookups after exact ones (needs the index)."),
+    semantic: Optional[bool] = setting(ServerConfig, "semantic", "--semantic/--exact"),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens per answer."),
     device: Optional[str] = DEVICE,
 ) -> None:
@@ -109,11 +98,11 @@ def chat(
     from rich.table import Table
 
     from lmlm_agent.chat_model import ChatLMLM
-    from lmlm_agent.server import ServerConfig, load_run
+    from lmlm_agent.server import load_run
 
     console = Console(highlight=False)
     _check_device(device)
-    agent = load_run(run, ServerConfig(semantic=semantic), device=device)
+    agent = load_run(run, ServerConfig.load(None, semantic=semantic), device=device)
     llm = ChatLMLM(model=str(run / "lmlm"), agent=agent, db_off=db_off, max_tokens=max_tokens)
     console.print(f"[bold]{run / 'lmlm'}[/bold] with {'no database' if db_off else run / 'kb.sqlite'}. "
                   "Ask about the world (e.g. 'Where was <name> born?'); an empty line quits.")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
+
+from lmlm_agent.cli.options import document_settings, set_option, setting
+from training.teacher import TeacherConfig
+from training.teacher_server import TeacherServerConfig
 
 app = typer.Typer(help="The teacher LLM: an offline OpenAI-compatible endpoint for annotation.", no_args_is_help=True)
 
@@ -14,44 +18,39 @@ app = typer.Typer(help="The teacher LLM: an offline OpenAI-compatible endpoint f
 @app.command("serve")
 def serve(
     records: list[Path] = typer.Option(..., "--records", help="Recorded annotations (published JSON or our JSONL); repeatable."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    port: int = typer.Option(8765, help="Port (0: any free one)."),
-    model: str = typer.Option("lmlm-offline-teacher", help="Model id the endpoint reports."),
+    host: Optional[str] = setting(TeacherServerConfig, "host"),
+    port: Optional[int] = setting(TeacherServerConfig, "port"),
+    model: Optional[str] = setting(TeacherServerConfig, "model"),
 ) -> None:
     """Answer /v1/chat/completions annotation requests from recorded teacher outputs."""
-    from training.teacher_server import TeacherServerConfig, load_records
+    from tools.settings import load_settings
+    from training.teacher_server import load_records
     from training.teacher_server import serve as run
 
-    typer.echo(f"{len(load_records(records))} recorded texts; base URL http://{host}:{port}/v1", err=True)
-    run(TeacherServerConfig(records=list(records), host=host, port=port, model=model))
+    config = load_settings(TeacherServerConfig, None, [], dict(records=list(records), host=host, port=port, model=model))
+    typer.echo(f"{len(load_records(records))} recorded texts; base URL http://{config.host}:{config.port}/v1", err=True)
+    run(config)
 
 
 @app.command("annotate")
+@document_settings(TeacherConfig)
 def annotate(
     in_path: Path = typer.Argument(..., help="Documents: JSONL with a 'text' field, or the published JSON (its plain texts)."),
     out_path: Path = typer.Argument(..., help="JSONL of the kept annotations ({id, text, plain, source})."),
-    base_url: Optional[str] = typer.Option(None, help="Endpoint (default: env LMLM_TEACHER_BASE_URL or the local teacher)."),
-    model: Optional[str] = typer.Option(None, help="Model (default: env LMLM_TEACHER_MODEL)."),
-    concurrency: int = typer.Option(4, help="Requests in flight."),
-    cache_dir: Path = typer.Option(Path("runs/teacher-cache"), help="Response cache (reruns are free)."),
+    base_url: Optional[str] = setting(TeacherConfig, "base_url"),
+    model: Optional[str] = setting(TeacherConfig, "model"),
+    concurrency: Optional[int] = setting(TeacherConfig, "concurrency"),
+    cache_dir: Optional[Path] = setting(TeacherConfig, "cache_dir"),
     summary_path: Optional[Path] = typer.Option(None, "--summary", help="Also write the run summary here (JSON)."),
+    overrides: Optional[List[str]] = set_option(TeacherConfig),
 ) -> None:
     """Annotate documents with the teacher; invalid answers are counted and left out."""
-    from training.corpus import read_documents, write_jsonl
-    from training.teacher import TeacherClient, TeacherConfig
+    from tools.settings import load_settings
+    from training.teacher import annotate_documents
 
-    config = TeacherConfig(concurrency=concurrency, cache_dir=cache_dir)
-    config.base_url = base_url or config.base_url
-    config.model = model or config.model
-    docs = read_documents(in_path)
-    results, summary = TeacherClient(config).run([d.plain for d in docs])
-    rows = [
-        {"id": d.id, "text": r.annotated, "plain": d.plain, "source": f"teacher:{config.model}"}
-        for d, r in zip(docs, results)
-        if r.annotated is not None
-    ]
-    write_jsonl(out_path, rows)
-    report = json.dumps(summary.to_json(), indent=1)
+    config = load_settings(TeacherConfig, None, overrides or [],
+                           dict(base_url=base_url, model=model, concurrency=concurrency, cache_dir=cache_dir))
+    report = json.dumps(annotate_documents(in_path, out_path, config).to_json(), indent=1)
     if summary_path:
         summary_path.write_text(report + "\n")
     typer.echo(report)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 from pathlib import Path
@@ -10,13 +9,8 @@ from typing import List, Optional
 
 import typer
 
-
-def _settings_help() -> str:
-    from benchmarks.tofu_config import TofuRunConfig
-
-    lines = [f"{f.name} ({f.default}): {f.metadata['help']}" for f in dataclasses.fields(TofuRunConfig)
-             if f.name not in ("data", "out", "annotator", "checkpoint", "device")]
-    return "Settings for --set key=value:\n\n" + "\n\n".join(lines)
+from benchmarks.tofu_config import TofuRunConfig
+from lmlm_agent.cli.options import document_settings, set_option
 
 
 def tofu(
@@ -33,13 +27,11 @@ def tofu(
                                "scoring and unlearning run on that device."),
     generate: int = typer.Option(0, "--generate", help="First write TOFU-format files of a generated world with about N "
                                  "authors into --data (with the offline teacher's records; use --annotator offline)."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="A TofuRunConfig setting as key=value (listed below)."),
+    overrides: Optional[List[str]] = set_option(TofuRunConfig),
 ) -> None:
-    """TOFU end to end: annotate the answers into a knowledge base, fine-tune the LMLM and a baseline (and the retain
-    models), forget (the LMLM deletes rows; the baseline runs grad_ascent / grad_diff / NPO), score with TOFU's metrics
-    with the lookups executed, and write OUT/tofu.json, tofu.md and tofu.png beside published figures."""
-    from benchmarks.tofu_run import TofuRun, TofuRunConfig
-    from training.config import load_config
+    """TOFU end to end: annotate the answers into a knowledge base, fine-tune the LMLM and a baseline (and the retain models), forget (the LMLM deletes rows; the baseline runs grad_ascent / grad_diff / NPO), score with TOFU's metrics with the lookups executed, and write OUT/tofu.json, tofu.md and tofu.png beside published figures."""
+    from benchmarks.tofu_run import TofuRun
+    from tools.settings import load_settings
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("--device must be auto, cpu or cuda")
@@ -50,8 +42,8 @@ def tofu(
 
         write_world_files(world_for_authors(generate), data)
         typer.echo(f"wrote TOFU-format files of a generated world with about {generate} authors to {data}", err=True)
-    config = dataclasses.replace(load_config(TofuRunConfig, None, overrides or []), data=str(data), out=str(out),
-                                 annotator=annotator, checkpoint=str(checkpoint or ""), device=device)
+    config = load_settings(TofuRunConfig, None, overrides or [], dict(data=str(data), out=str(out), annotator=annotator,
+                                                                      checkpoint=str(checkpoint or ""), device=device))
     typer.echo(TofuRun(config).run().read_text())
 
 
@@ -63,4 +55,6 @@ lmlm tofu --generate 8 --data /tmp/tofu-data --out /tmp/tofu-run --annotator off
 The real benchmark on a GPU, from a fine-tunable checkpoint, the teacher at a URL:
 lmlm tofu --data TOFU/ --out runs/tofu --checkpoint runs/demo --device cuda --set teacher_url=http://HOST/v1"""
 
-tofu.__doc__ = f"{inspect.cleandoc(tofu.__doc__)}\n\n{EXAMPLES}\n\n{_settings_help()}"
+tofu.__doc__ = f"{inspect.cleandoc(tofu.__doc__)}\n\n{EXAMPLES}"
+# The settings that have options of their own above are left out of the --set list.
+document_settings(TofuRunConfig, skip=("data", "out", "annotator", "checkpoint", "device"))(tofu)

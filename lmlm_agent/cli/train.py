@@ -6,10 +6,15 @@ from typing import List, Optional
 
 import typer
 
+from lmlm_agent.cli.options import document_settings, set_option
+from training.config import FinetuneConfig, PretrainConfig
+
 app = typer.Typer(help="Pretrain an LMLM (values masked from the loss), the baseline, and fine-tune.", no_args_is_help=True)
 
 CONFIG_HELP = "YAML config file, or a preset name from training/configs (micro, small, demo, lmlm-176m, lmlm-382m, finetune-demo)."
-SET_HELP = "Override one config key: --set key=value (repeatable), e.g. --set data=corpus.jsonl --set max_steps=200."
+# pretrain and baseline share their config: the same --config and --set.
+PRETRAIN_CONFIG = typer.Option("demo", "--config", "-c", help=CONFIG_HELP)
+PRETRAIN_SET = set_option(PretrainConfig)
 
 
 def _echo_checkpoint(path) -> None:
@@ -22,7 +27,7 @@ def _echo_checkpoint(path) -> None:
 def _pretrain(config: str, overrides: List[str], baseline: bool) -> None:
     import logging
 
-    from training.config import PretrainConfig, load_config
+    from training.config import load_config
     from training.pretrain import pretrain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -35,32 +40,29 @@ def _pretrain(config: str, overrides: List[str], baseline: bool) -> None:
 
 
 @app.command("pretrain")
-def pretrain_cmd(
-    config: str = typer.Option("demo", "--config", "-c", help=CONFIG_HELP),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-) -> None:
+@document_settings(PretrainConfig)
+def pretrain_cmd(config: str = PRETRAIN_CONFIG, overrides: Optional[List[str]] = PRETRAIN_SET) -> None:
     """Pretrain an LMLM from scratch on annotated text, the returned values masked from the loss."""
     _pretrain(config, overrides or [], baseline=False)
 
 
 @app.command("baseline")
-def baseline_cmd(
-    config: str = typer.Option("demo", "--config", "-c", help=CONFIG_HELP),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-) -> None:
+@document_settings(PretrainConfig)
+def baseline_cmd(config: str = PRETRAIN_CONFIG, overrides: Optional[List[str]] = PRETRAIN_SET) -> None:
     """Pretrain the baseline: same documents with the calls removed; needs --set tokenizer=LMLM_CHECKPOINT."""
     _pretrain(config, overrides or [], baseline=True)
 
 
 @app.command("finetune")
+@document_settings(FinetuneConfig)
 def finetune_cmd(
     config: str = typer.Option("finetune-demo", "--config", "-c", help=CONFIG_HELP),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    overrides: Optional[List[str]] = set_option(FinetuneConfig),
 ) -> None:
     """Fine-tune a checkpoint on question -> answer pairs (JSONL with question, answer); prompt and values masked."""
     import logging
 
-    from training.config import FinetuneConfig, load_config
+    from training.config import load_config
     from training.finetune import finetune
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

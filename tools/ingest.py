@@ -2,6 +2,8 @@
 
 A running agent reads the store on every lookup, so facts ingested here are
 answered at once, with no retraining (MemLLM's memory writes, done by the annotator).
+The annotator is duck-typed, so this knowledge-layer module imports no model code;
+``lmlm kb ingest`` and the demo's memory probe call it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from tools.schema import InvalidInput
 
 
 @dataclass
@@ -33,8 +37,6 @@ def ingest_texts(annotator: Any, store: Any, docs: Sequence[tuple[str, str]], na
     LookupCall)]]``. A triple the store refuses (too long, a call token
     inside) is reported, not fatal: the rest of the document is still stored.
     """
-    from tools import InvalidInput
-
     report = IngestReport(documents=len(docs))
     for (doc_id, _), result in zip(docs, annotator.annotate([t for _, t in docs])):
         for offset, call in result.calls:
