@@ -205,6 +205,7 @@ def get(
     entity_max_edits: Optional[int] = setting(LookupPolicy, "entity_max_edits"),
     relation_threshold: Optional[float] = setting(LookupPolicy, "relation_threshold"),
     relation_margin: Optional[float] = setting(LookupPolicy, "relation_margin"),
+    relation_same: Optional[float] = setting(LookupPolicy, "relation_same"),
     threshold: Optional[float] = setting(LookupPolicy, "threshold"),
     fallback: Optional[str] = setting(LookupPolicy, "fallback"),
     relation_match: Optional[str] = typer.Option(
@@ -224,7 +225,8 @@ def get(
     with _clear_errors():
         read_policy = load_settings(LookupPolicy, None, [], dict(
             name=policy, entity_threshold=entity_threshold, entity_max_edits=entity_max_edits,
-            relation_threshold=relation_threshold, relation_margin=relation_margin, threshold=threshold, fallback=fallback))
+            relation_threshold=relation_threshold, relation_margin=relation_margin, relation_same=relation_same,
+            threshold=threshold, fallback=fallback))
         store = _open(db, index, namespace, read_only=True, policy=read_policy, relation_match=relation_match)
         result = store.read(entity, relation)
     if as_json:
