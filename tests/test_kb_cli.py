@@ -191,3 +191,15 @@ def test_memllm_export_refuses_a_fact_the_dialect_cannot_spell(db: Path, tmp_pat
     out = tmp_path / "memory.txt"
     code, message = kb("export", str(out), "--format", "memllm", db=db, index=None)
     assert code == 1 and "cannot carry" in message and "export them as jsonl" in message and not out.exists()
+
+
+def test_kb_get_offers_every_lookup_policy_setting() -> None:
+    """A LookupPolicy field without a `kb get` option could not be tried from the command line."""
+    import dataclasses
+
+    from tools.lookup import LookupPolicy
+
+    # Typer reads the signature, not the dataclass, so a new field needs its parameter written out.
+    params = {p.name for p in __import__("typer").main.get_command(app).commands["kb"].commands["get"].params}
+    missing = {f.name for f in dataclasses.fields(LookupPolicy)} - params - {"name"}
+    assert not missing and "policy" in params, f"kb get lacks options for {sorted(missing)}"
