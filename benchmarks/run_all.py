@@ -82,7 +82,7 @@ def _names(csv: str) -> list[str]:
     return [n.strip() for n in csv.split(",") if n.strip()]
 
 
-def load_run(directory: str | Path, config: BenchConfig) -> Run:
+def load_bench_run(directory: str | Path, config: BenchConfig) -> Run:
     import torch
 
     from lmlm_agent.model import load_checkpoint
@@ -180,7 +180,7 @@ def abstention_reference(directory: str | Path, checkpoint: str | Path, config: 
     store: written to ``RUN/abstention_reference.json``, the reference of the 2-point claim."""
     from lmlm_agent.model import load_checkpoint
 
-    run = load_run(directory, config)
+    run = load_bench_run(directory, config)
     other = load_checkpoint(checkpoint)
     subject = Subject("lmlm-no-abstention", other.model, other.tokenizer, store=run.lmlm.store,
                       batch_size=config.batch_size, decoding=run.lmlm.decoding)

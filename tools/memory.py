@@ -238,7 +238,7 @@ class MemoryKnowledgeStore(KnowledgeStore):
     def _insert(self, ns: str, row: CleanTriple, now: Any) -> None:
         self._facts.last_id += 1
         fact = StoredFact(id=self._facts.last_id, entity=row.entity, relation=row.relation, value=row.value,
-                          source=row.source, namespace=ns, updated_at=now)
+                          source=row.source, namespace=ns, created_at=now, updated_at=now)
         self._facts.rows[fact.id] = fact
         self._facts.keys[fact.id] = row.pair
         self._facts.forgotten.get(ns, set()).discard(row.entity_key)

@@ -317,7 +317,15 @@ class StoredFact(FactRecord):
     """A fact as a backend holds it: what ``write`` returns and ``iter_facts`` lists (plain data, no database row)."""
 
     namespace: str
-    updated_at: datetime | None = Field(None, description="when the value was last written (None: the backend does not say)")
+    created_at: datetime | None = Field(None, description="when the fact was first written, naive UTC (None: the backend "
+                                        "does not say)")
+    updated_at: datetime | None = Field(None, description="when the value was last written, naive UTC (None: the backend "
+                                        "does not say)")
+
+    @property
+    def key(self) -> str:
+        """The normalised ``"entity relation"`` key (what exact match compares and the index embeds)."""
+        return normalise_key(self.entity, self.relation)
 
     def record(self) -> FactRecord:
         """The fact as a lookup or a receipt lists it."""
@@ -364,6 +372,12 @@ class LookupResult(BaseModel):
         """Nothing found for the query: :data:`UNKNOWN`, ``match`` ``miss``, or ``error`` when ``error`` is given."""
         return cls(found=False, value=UNKNOWN, entity=entity, relation=relation, match="miss" if error is None else "error",
                    rule=rule, error=error, namespace=namespace, query=normalise_key(entity, relation), **fields)
+
+    @classmethod
+    def hit(cls, entity: str, relation: str, value: str, **fields: object) -> LookupResult:
+        """A found value (``match`` ``exact`` unless given); a lookup without stored rows (an oracle) gives no ids."""
+        return cls(found=True, value=value, entity=entity, relation=relation, query=normalise_key(entity, relation),
+                   **{"match": "exact", **fields})
 
     @property
     def fact_ids(self) -> list[int]:

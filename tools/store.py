@@ -135,7 +135,7 @@ def _record(row: Any) -> FactRecord:
 def _stored(row: Any) -> StoredFact:
     """A ``kb_fact`` row as the plain record the protocol returns (the SQL row stays inside this module)."""
     return StoredFact(id=row.id, entity=row.entity, relation=row.relation, value=row.value, source=row.source,
-                      namespace=row.namespace, updated_at=row.updated_at)
+                      namespace=row.namespace, created_at=row.created_at, updated_at=row.updated_at)
 
 
 def _bump_generation(conn: Any) -> None:

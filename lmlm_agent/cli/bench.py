@@ -80,7 +80,7 @@ def _run_bench(name: str, run_dir: Path, overrides: Optional[List[str]], seeds: 
     from training.config import load_config
 
     config = load_config(run_all.BenchConfig, None, overrides or [])
-    run = run_all.load_run(run_dir, config)
+    run = run_all.load_bench_run(run_dir, config)
     if seeds > 1:
         typer.echo(run_all.bench_seeds(run, config, seeds).read_text())
     elif name == "all":
