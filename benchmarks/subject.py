@@ -25,7 +25,7 @@ from training.data import IGNORE_INDEX, qa_example
 
 
 @dataclass(frozen=True)
-class Answer:
+class ScoredAnswer:
     """An answer to score; ``value_offset`` is where the fact's value starts (-1: no call)."""
 
     text: str
