@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from tools.schema import ForgetReceipt, InvalidInput, LookupResult, StoredFact, WriteMode
 
@@ -62,39 +62,22 @@ class KnowledgeStore(Protocol):
 
     def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult: ...
 
-    def write(
-        self,
-        entity: str,
-        relation: str,
-        value: str,
-        source: str | None = None,
-        *,
-        namespace: str | None = None,
-        mode: WriteMode | None = None,
-    ) -> StoredFact: ...
+    def write(self, entity: str, relation: str, value: str, source: str | None = None, *,
+              namespace: str | None = None, mode: WriteMode | None = None) -> StoredFact: ...
 
-    def write_many(
-        self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
-    ) -> int: ...
+    def write_many(self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None,
+                   mode: WriteMode | None = None) -> int: ...
 
-    def upsert_many(
-        self, triples: Iterable[Triple], *, source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
-    ) -> WriteStats: ...
+    def upsert_many(self, triples: Iterable[Triple], *, source: str | None = None, namespace: str | None = None,
+                    mode: WriteMode | None = None) -> WriteStats: ...
 
-    def declare_multi_valued(
-        self, relations: Iterable[str], *, multi_valued: bool = True, namespace: str | None = None
-    ) -> list[str]: ...
+    def declare_multi_valued(self, relations: Iterable[str], *, multi_valued: bool = True,
+                             namespace: str | None = None) -> list[str]: ...
 
     def multi_valued(self, *, namespace: str | None = None) -> list[str]: ...
 
-    def delete(
-        self,
-        *,
-        fact_id: int | None = None,
-        entity: str | None = None,
-        relation: str | None = None,
-        namespace: str | None = None,
-    ) -> ForgetReceipt: ...
+    def delete(self, *, fact_id: int | None = None, entity: str | None = None, relation: str | None = None,
+               namespace: str | None = None) -> ForgetReceipt: ...
 
     def count(self, *, namespace: str | None = None) -> int: ...
 
@@ -107,6 +90,12 @@ class KnowledgeStore(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self:  # a backend that subclasses the protocol inherits these two
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 BackendFactory = Callable[..., KnowledgeStore]

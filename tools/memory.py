@@ -18,25 +18,9 @@ from typing import Any
 
 from tools.backends import KnowledgeStore, ReadOnlyStore, Triple, WriteStats
 from tools.lookup import EntityNames, LookupPolicy, PolicyName, make_policy, pick_relation
-from tools.schema import (
-    MAX_FIELD_CHARS,
-    VALUE_SEPARATOR,
-    CleanTriple,
-    ForgetReceipt,
-    InvalidInput,
-    LookupResult,
-    StoredFact,
-    WriteMode,
-    clean_field,
-    clean_namespace,
-    clean_row,
-    clean_selector,
-    clean_triple,
-    normalise_key,
-    normalise_text,
-    split_batch,
-    utcnow,
-)
+from tools.schema import (MAX_FIELD_CHARS, VALUE_SEPARATOR, CleanTriple, ForgetReceipt, InvalidInput, LookupResult,
+                          StoredFact, WriteMode, clean_field, clean_namespace, clean_row, clean_selector, clean_triple,
+                          normalise_key, normalise_text, query_keys, split_batch, utcnow)
 
 RELOOKUP_CAP = 20  # re-lookups listed in a forget receipt, as the SQL store
 
@@ -90,10 +74,8 @@ class MemoryKnowledgeStore(KnowledgeStore):
     # ------------------------------------------------------------------ reads
 
     def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult:
-        if not isinstance(entity, str) or not isinstance(relation, str):
-            raise InvalidInput("entity and relation must be strings")
+        ek, rk = query_keys(entity, relation)
         ns = self._ns(namespace)
-        ek, rk = normalise_text(entity), normalise_text(relation)
         query = dict(namespace=ns, policy=self.policy.name)
         if not ek or not rk:
             return LookupResult.miss(entity, relation, rule="empty_query", **query)
@@ -159,9 +141,8 @@ class MemoryKnowledgeStore(KnowledgeStore):
         if self.read_only:
             raise ReadOnlyStore("this store was opened read-only (read_only=True): writes and deletes are refused")
 
-    def declare_multi_valued(
-        self, relations: Iterable[str], *, multi_valued: bool = True, namespace: str | None = None
-    ) -> list[str]:
+    def declare_multi_valued(self, relations: Iterable[str], *, multi_valued: bool = True,
+                             namespace: str | None = None) -> list[str]:
         self._writable()
         ns = self._ns(namespace)
         cleaned = {normalise_text(r): r for r in (clean_field("relation", r, MAX_FIELD_CHARS) for r in relations)}
@@ -173,29 +154,19 @@ class MemoryKnowledgeStore(KnowledgeStore):
                 return list(new.values())
             return [declared.pop(k) for k in cleaned if k in declared]
 
-    def write(
-        self,
-        entity: str,
-        relation: str,
-        value: str,
-        source: str | None = None,
-        *,
-        namespace: str | None = None,
-        mode: WriteMode | None = None,
-    ) -> StoredFact:
+    def write(self, entity: str, relation: str, value: str, source: str | None = None, *,
+              namespace: str | None = None, mode: WriteMode | None = None) -> StoredFact:
         ns, row = self._ns(namespace), clean_triple(entity, relation, value, source)
         with self._facts.lock:
             self._upsert(ns, [row], mode)
             return next(f for f in self._pair(ns, row) if f.value == row.value)
 
-    def write_many(
-        self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
-    ) -> int:
+    def write_many(self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None,
+                   mode: WriteMode | None = None) -> int:
         return self.upsert_many(triples, source=source, namespace=namespace, mode=mode).written
 
-    def upsert_many(
-        self, triples: Iterable[Triple], *, source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
-    ) -> WriteStats:
+    def upsert_many(self, triples: Iterable[Triple], *, source: str | None = None, namespace: str | None = None,
+                    mode: WriteMode | None = None) -> WriteStats:
         ns = self._ns(namespace)
         rows = [clean_row(n, t, source) for n, t in enumerate(triples)]  # one bad triple stores nothing
         with self._facts.lock:
@@ -247,14 +218,8 @@ class MemoryKnowledgeStore(KnowledgeStore):
         del self._facts.rows[fact_id]
         del self._facts.keys[fact_id]
 
-    def delete(
-        self,
-        *,
-        fact_id: int | None = None,
-        entity: str | None = None,
-        relation: str | None = None,
-        namespace: str | None = None,
-    ) -> ForgetReceipt:
+    def delete(self, *, fact_id: int | None = None, entity: str | None = None, relation: str | None = None,
+               namespace: str | None = None) -> ForgetReceipt:
         self._writable()
         ns = self._ns(namespace)
         selector = clean_selector(fact_id, entity, relation)
@@ -290,10 +255,4 @@ class MemoryKnowledgeStore(KnowledgeStore):
 
     def close(self) -> None:
         """Nothing to release: the facts live as long as some view of them does."""
-
-    def __enter__(self) -> MemoryKnowledgeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from tools.backends import KnowledgeStore, ReadOnlyStore, Triple, WriteStats
-from tools.schema import ForgetReceipt, InvalidInput, LookupResult, StoredFact, WriteMode, clean_namespace
+from tools.schema import ForgetReceipt, InvalidInput, LookupResult, StoredFact, WriteMode, clean_namespace, query_keys
 
 PAGE = 1_000  # facts per listing request (the server's largest page)
 TIMEOUT_S = 30.0
@@ -71,8 +71,7 @@ class RemoteKnowledgeStore(KnowledgeStore):
         return response.json()
 
     def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult:
-        if not isinstance(entity, str) or not isinstance(relation, str):
-            raise InvalidInput("entity and relation must be strings")
+        query_keys(entity, relation)  # refuses non-strings before a request is made
         return LookupResult.model_validate(self._get(self._path(namespace, "lookup"), entity=entity, relation=relation))
 
     def _page(self, namespace: str | None, offset: int, limit: int) -> dict[str, Any]:
@@ -124,9 +123,3 @@ class RemoteKnowledgeStore(KnowledgeStore):
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> RemoteKnowledgeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -53,6 +53,13 @@ def normalise_key(entity: str, relation: str) -> str:
     return normalise_text(f"{entity} {relation}")
 
 
+def query_keys(entity: object, relation: object) -> tuple[str, str]:
+    """The normalised entity and relation of a read; any strings are a query (perhaps a miss), other types are refused."""
+    if not isinstance(entity, str) or not isinstance(relation, str):
+        raise InvalidInput("entity and relation must be strings")
+    return normalise_text(entity), normalise_text(relation)
+
+
 def storable(text: str) -> bool:
     """Whether both backends can hold ``text``: PostgreSQL refuses NUL, UTF-8 refuses lone surrogates."""
     if "\x00" in text:
@@ -301,10 +308,8 @@ class StoreMeta(SQLModel, table=True):
 # --------------------------------------------------------------------------- results
 
 
-class FactRecord(BaseModel):
+class FactRecord(BaseModel, frozen=True):
     """A detached copy of a row: one value of a lookup, or what a receipt lists after the row is gone."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: int
     entity: str

@@ -74,6 +74,7 @@ from tools.schema import (
     clean_triple,
     normalise_key,
     normalise_text,
+    query_keys,
     split_batch,
     storable,
     utcnow,
@@ -208,11 +209,9 @@ class SQLKnowledgeStore(KnowledgeStore):
 
     def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult:
         """Look a fact up with the store's policy; total for any strings (bad ones are misses)."""
-        if not isinstance(entity, str) or not isinstance(relation, str):
-            raise InvalidInput("entity and relation must be strings")
+        ek, rk = query_keys(entity, relation)
         ns = self._ns(namespace)
         key = normalise_key(entity, relation)
-        ek, rk = normalise_text(entity), normalise_text(relation)
         query = dict(entity=entity, relation=relation, namespace=ns, query=key, policy=self.policy.name)
         if not ek or not rk or not storable(key):
             return _miss(query, "empty_query")  # nothing stored can have this key
@@ -719,12 +718,6 @@ class SQLKnowledgeStore(KnowledgeStore):
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def __enter__(self) -> SQLKnowledgeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------- read and write helpers
