@@ -130,14 +130,10 @@ def open_store(db: str | Path | None = None, **options: Any) -> KnowledgeStore:
     ``postgresql+psycopg://...`` / ``postgresql://...`` (PostgreSQL), ``memory://`` (pure
     Python, this process only), ``http(s)://host:port`` (read-only, another ``lmlm serve``).
     ``options`` go to the backend (the SQL backend's are :func:`tools.store.open_sql_store`'s);
-    one a backend does not take is refused by it.
+    one a backend does not take is refused by it. Any other scheme is a SQLAlchemy URL for the
+    SQL backend (``mysql://...`` then fails naming the driver it lacks).
     """
-    scheme = scheme_of(db)
-    factory = _BACKENDS.get(scheme)
-    if factory is None:
-        raise InvalidInput(f"no knowledge backend for {scheme}:// (known: {', '.join(s + '://' for s in backends())}); "
-                           "tools.register_backend adds one")
-    return factory(db, **options)
+    return _BACKENDS.get(scheme_of(db), _sql)(db, **options)
 
 
 def _sql(db: str | Path | None, **options: Any) -> KnowledgeStore:
