@@ -68,6 +68,16 @@ class KnowledgeStoreConformance:
         assert miss.fact_id is None and miss.records == []
         assert (miss.entity, miss.relation) == ("Grace Hopper", "birth year")
 
+    def test_a_typo_in_the_entity_is_forgiven_but_never_leads_to_a_forgotten_one(
+        self, store: KnowledgeStore, writer: KnowledgeStore
+    ) -> None:
+        fact = writer.write("Geri Halliwell", "birthplace", "Watford")
+        writer.write("Geri Haliwall", "birthplace", "Leeds")  # also one edit from the typo below, but a shorter name
+        typo = store.read("Geri Haliwell", "birthplace")
+        assert (typo.value, typo.fact_id, typo.match, typo.rule) == ("Watford", fact.id, "semantic", "entity_fuzzy")
+        writer.delete(entity="Geri Halliwell")
+        assert store.read("Geri Haliwell", "birthplace").value == UNKNOWN  # not the neighbour's Leeds
+
     def test_known_entity_without_the_relation_is_unknown(self, store: KnowledgeStore, writer: KnowledgeStore) -> None:
         writer.write("Ada Lovelace", "birth year", "1815")
         assert store.read("Ada Lovelace", "shoe size").value == UNKNOWN
