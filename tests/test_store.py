@@ -573,6 +573,29 @@ def test_relations_by_meaning_without_an_index(tmp_path) -> None:
         assert s.read("Alan Turing", "place of birth").rule == "relation_unknown"
 
 
+def test_a_similar_relation_never_answers_for_a_deleted_or_missing_one(db: str, ns: str) -> None:
+    """Found by the demo's memory probe: with a person's birth date deleted, "birth date" was answered with
+    the birth place. Names the store holds apart (one person has both, with different values) never stand in
+    for each other; names that never meet on one entity still match ("place of birth" -> "birthplace")."""
+    s = open_store(db, index=False, relation_match="semantic", namespace=ns)
+    try:
+        s.write_many([("Ana Kell", "birth year", "1901"), ("Ana Kell", "death year", "1970"),
+                      ("Nevnor Tornor", "birth year", "1908"), ("Nevnor Tornor", "death year", "1980"),
+                      ("Ana Kell", "birth place", "Orl"), ("Alan Turing", "birthplace", "London")])
+        assert s.read("Nevnor Tornor", "year of birth").value == "1908"  # the relation by meaning
+        s.delete(entity="Nevnor Tornor", relation="birth year")
+        for entity, relation in (("Nevnor Tornor", "birth year"), ("Nevnor Tornr", "birth year"),
+                                 ("Nevnor Tornor", "year of birth")):
+            got = s.read(entity, relation)
+            assert (got.found, got.rule) == (False, "relation_absent"), (entity, relation, got.value, got.relation)
+        assert s.read("Nevnor Tornor", "year of death").value == "1980"  # its own relation still by meaning
+        assert s.read("Alan Turing", "place of birth").value == "London"  # "birthplace" never met "birth place"
+        s.write("Kalo Veri", "death year", "1950")  # never had a birth year: refused the same way
+        assert s.read("Kalo Veri", "birth year").rule == "relation_absent"
+    finally:
+        _cleanup(s, ns)
+
+
 def test_a_field_that_normalises_to_nothing_is_refused() -> None:
     """Found by hypothesis: relation "_" was stored under an empty key no lookup could reach."""
     with open_store(index=False) as s:

@@ -15,7 +15,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Callable, Literal, NamedTuple
 
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
@@ -269,6 +269,66 @@ def pick_relation(
     if runner_up is not None and score - runner_up < policy.relation_margin:
         return RelationMatch(best, score, "relation_ambiguous", True) if top1 else RelationMatch(None, score, "relation_ambiguous")
     return RelationMatch(best, score, "relation_semantic")
+
+
+class RelationVocabulary:
+    """Every relation name one namespace has held, and which names the store shows to be different relations.
+
+    Names are collected from rows with ids above the last one seen, so the vocabulary is
+    refreshed cheaply and keeps the names of deleted rows: a relation deleted for one entity
+    (or for all) is still a relation the namespace knows, and asking for it must not be
+    answered by a similar name. Two names are *distinct* when one entity holds both with
+    different values ("birth date" and "birth place" of one person); names that never meet
+    on one entity may be two spellings of one relation (annotators write both
+    "birthplace" and "place of birth") and stay free to match each other.
+    """
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.seen_id = 0
+        self._distinct: dict[tuple[str, str], bool | int] = {}  # True, or the generation a "not distinct" was read at
+        self._lock = threading.Lock()
+
+    def grow(self, names: set[str], up_to_id: int) -> None:
+        """Add the relation names of the rows read above :attr:`seen_id`, up to ``up_to_id``."""
+        with self._lock:
+            self.names |= names
+            self.seen_id = max(self.seen_id, up_to_id)
+
+    def distinct(self, a: str, b: str, generation: int, held_apart: Callable[[str, str], bool]) -> bool:
+        """Whether ``a`` and ``b`` are different relations; ``held_apart`` asks the store (cached: once
+        distinct, always distinct; "not distinct" only until the store changes)."""
+        pair = (min(a, b), max(a, b))
+        known = self._distinct.get(pair)
+        if known is True or (known is not None and known == generation):
+            return known is True
+        answer = held_apart(*pair)
+        with self._lock:
+            self._distinct[pair] = True if answer else generation
+        return answer
+
+
+VOCABULARY_RANK_LIMIT = 2000
+"""Most relation names a query is ranked against to find the relation it means; past it, only a query
+relation the namespace holds by name guards against a similar relation answering in its place."""
+
+
+def meant_elsewhere(relation_key: str, chosen: RelationMatch, vocabulary: RelationVocabulary,
+                    vectors: RelationVectors) -> str | None:
+    """The relation name of the namespace that ``relation_key`` means more closely than the entity's ``chosen``, if any.
+
+    The relation step picks among one entity's relations only; when the entity lacks the
+    relation asked (never had it, or it was deleted), the nearest of its own can be a
+    neighbour ("birth place" for "birth date"). The name the query means is its exact
+    name when the namespace holds it, else its nearest name in the whole vocabulary.
+    """
+    if relation_key in vocabulary.names:
+        return relation_key
+    names = sorted(vocabulary.names)
+    if not names or len(names) > VOCABULARY_RANK_LIMIT:
+        return None
+    best, score = vectors.rank(relation_key, names)[0]
+    return best if best != chosen.relation_key and chosen.score is not None and score > chosen.score else None
 
 
 RELATION_VECTORS = RelationVectors()

@@ -44,8 +44,11 @@ from tools.lookup import (
     Fallback,
     LookupPolicy,
     PolicyName,
+    RelationMatch,
     RelationVectors,
+    RelationVocabulary,
     make_policy,
+    meant_elsewhere,
     pick_relation,
 )
 from tools.schema import (
@@ -177,6 +180,7 @@ class SQLKnowledgeStore(KnowledgeStore):
         self.legacy_schema = legacy_schema  # opened read-only (create=False) on the previous schema: no writes
         self.read_only = read_only  # opened for reading only: every write and delete is refused
         self._names: dict[str, EntityNames] = {}
+        self._relations: dict[str, RelationVocabulary] = {}
         self._key: bytes | None = None  # kb_meta's audit key, read at the first write or fuzzy lookup
 
     def with_policy(self, policy: PolicyName | LookupPolicy, **settings: Any) -> SQLKnowledgeStore:
@@ -191,7 +195,8 @@ class SQLKnowledgeStore(KnowledgeStore):
         """The same database, index and caches, reading and writing ``namespace`` by default."""
         view = self.with_policy(self.policy)
         view.namespace = clean_namespace(namespace)
-        view._names, view._key = self._names, self._key  # the entity-name caches are per namespace already
+        # The entity-name and relation-vocabulary caches are per namespace already.
+        view._names, view._relations, view._key = self._names, self._relations, self._key
         return view
 
     @property
@@ -238,10 +243,38 @@ class SQLKnowledgeStore(KnowledgeStore):
         scores = dict(entity_score=entity.score, relation_score=relation.score)
         if relation.relation_key is None:
             return _miss(query, relation.rule, **scores)
+        if relation.rule == "relation_semantic" and self._answers_another_relation(ns, rk, relation):
+            return _miss(query, "relation_absent", **scores)
         approximate = [r for r in (entity.rule, relation.rule) if r not in ("entity_exact", "relation_exact")]
         match = "fallback" if relation.fallback else "semantic" if approximate else "exact"
         return _found(by_relation[relation.relation_key], query, match, "+".join(approximate) or "exact",
                       min(entity.score, relation.score), **scores)
+
+    def _answers_another_relation(self, ns: str, rk: str, relation: RelationMatch) -> bool:
+        """Whether the entity's semantically matched relation is a different relation from the one asked.
+
+        See :class:`~tools.lookup.RelationVocabulary`: the query means a relation the namespace
+        knows, and one entity holds both with different values, so they are not two names of one fact.
+        """
+        vocabulary = self._relations.setdefault(ns, RelationVocabulary())
+        with self.engine.connect() as conn:
+            # By primary key alone (a namespace condition would scan the namespace); other namespaces are skipped.
+            rows = conn.execute(select(FACTS.c.id, FACTS.c.namespace, FACTS.c.relation_key)
+                                .where(FACTS.c.id > vocabulary.seen_id)).all()
+            vocabulary.grow({r.relation_key for r in rows if r.namespace == ns}, max((r.id for r in rows), default=0))
+            meant = meant_elsewhere(rk, relation, vocabulary, self.relation_vectors)
+            if meant is None:
+                return False
+            generation = conn.execute(_GENERATION).scalar()
+
+            def held_apart(a: str, b: str) -> bool:
+                first, second = FACTS.alias("first"), FACTS.alias("second")
+                both = first.join(second, (second.c.namespace == first.c.namespace) & (second.c.entity_key == first.c.entity_key))
+                return conn.execute(select(first.c.id).select_from(both).where(
+                    first.c.namespace == ns, first.c.relation_key == a, second.c.relation_key == b,
+                    first.c.value != second.c.value).limit(1)).first() is not None
+
+            return vocabulary.distinct(meant, relation.relation_key, generation, held_apart)
 
     def _fuzzy_entity(self, conn: Any, ns: str, ek: str) -> EntityMatch:
         """The nearest stored name, from a cache rebuilt whenever any process inserted or deleted rows.
