@@ -104,3 +104,18 @@ def test_a_remote_store_takes_no_index_of_its_own(knowledge_server) -> None:
 
     with pytest.raises(InvalidInput, match="index"):
         RemoteKnowledgeStore(knowledge_server[0], index=":memory:")
+
+
+def test_the_decoder_reads_through_a_remote_store_and_records_a_dead_one_as_an_error(knowledge_server) -> None:
+    from lmlm_agent.decoding import resolve
+    from tools import UNKNOWN
+
+    url, backing = knowledge_server
+    ns = _namespace()
+    fact = backing.write("Ada Lovelace", "birth year", "1815", source="doc:1", namespace=ns)
+    with open_store(url, namespace=ns) as remote:
+        record = resolve(remote, "Ada Lovelace", "birth year")
+    assert (record.value, record.fact_id, record.match, record.source) == ("1815", fact.id, "exact", "doc:1")
+    with RemoteKnowledgeStore("http://127.0.0.1:1", timeout_s=2) as dead:  # nothing listens there
+        failed = resolve(dead, "Ada Lovelace", "birth year")
+    assert failed.match == "error" and failed.value == UNKNOWN and "ConnectError" in failed.error
