@@ -24,7 +24,7 @@ from benchmarks.cloze import is_hit
 from benchmarks.stats import compare, wilson
 from benchmarks.subject import Subject
 from benchmarks.world import RELATION_BY_NAME, QAItem
-from lmlm_agent.decoding import UNKNOWN
+from tools.schema import UNKNOWN
 from lmlm_agent.format import qa_prompt
 
 CORRECT, ABSTAIN, STATED, EMPTY = "correct", "abstain", "stated", "empty"  # stated: a value other than the gold one

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from benchmarks.stats import bootstrap
 from benchmarks.subject import Subject
-from lmlm_agent.decoding import UNKNOWN
+from tools.schema import UNKNOWN
 from benchmarks.world import RELATIONS, World
 
 GAMMA = 10  # FactScore's published length-penalty scale

@@ -82,7 +82,7 @@ def _names(csv: str) -> list[str]:
     return [n.strip() for n in csv.split(",") if n.strip()]
 
 
-def load_run(directory: str | Path, config: BenchConfig) -> Run:
+def load_bench_run(directory: str | Path, config: BenchConfig) -> Run:
     import torch
 
     from lmlm_agent.model import load_checkpoint
@@ -180,7 +180,7 @@ def abstention_reference(directory: str | Path, checkpoint: str | Path, config: 
     store: written to ``RUN/abstention_reference.json``, the reference of the 2-point claim."""
     from lmlm_agent.model import load_checkpoint
 
-    run = load_run(directory, config)
+    run = load_bench_run(directory, config)
     other = load_checkpoint(checkpoint)
     subject = Subject("lmlm-no-abstention", other.model, other.tokenizer, store=run.lmlm.store,
                       batch_size=config.batch_size, decoding=run.lmlm.decoding)
@@ -237,7 +237,7 @@ def bench_seeds(run: Run, config: BenchConfig, seeds: int) -> Path:
 def run_benchmark(name: str, directory: str | Path, config: BenchConfig, seeds: int = 1) -> Path:
     """``lmlm bench NAME --run DIR``: one benchmark (factscore, cloze, tofu) or all of them, over ``seeds``
     item samples when more than one; the Markdown report it wrote."""
-    run = load_run(directory, config)
+    run = load_bench_run(directory, config)
     if seeds > 1:
         return bench_seeds(run, config, seeds)
     if name == "all":

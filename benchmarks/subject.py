@@ -18,13 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from lmlm_agent.decoding import UNKNOWN, DecodingConfig, Store, interleaved_generate
+from lmlm_agent.decoding import DecodingConfig, interleaved_generate, resolve
 from lmlm_agent.format import LookupCall, insert_calls
+from tools.schema import Lookup
 from training.data import IGNORE_INDEX, qa_example
 
 
 @dataclass(frozen=True)
-class Answer:
+class ScoredAnswer:
     """An answer to score; ``value_offset`` is where the fact's value starts (-1: no call)."""
 
     text: str
@@ -38,7 +39,7 @@ class Subject:
     name: str
     model: Any
     tokenizer: Any
-    store: Store | None = None  # an LMLM's knowledge store (``.read(e, r).value``); None: a baseline
+    store: Lookup | None = None  # an LMLM's knowledge store (or any tools.Lookup); None: a baseline
     db_off: bool = False  # an LMLM whose every lookup returns "unknown" (the ablation)
     batch_size: int = 16
     decoding: dict[str, Any] = field(default_factory=dict)  # DecodingConfig fields for every generation
@@ -48,18 +49,17 @@ class Subject:
         return self.store is not None or self.db_off
 
     def lookup(self, entity: str, relation: str) -> str:
-        if self.db_off or self.store is None:
-            return UNKNOWN
-        return self.store.read(entity, relation).value
+        """The value this subject's runtime would splice in (the decoder's own ``resolve``)."""
+        return resolve(self.store, entity, relation, self.db_off).value
 
-    def answer_text(self, answer: Answer) -> str:
+    def answer_text(self, answer: ScoredAnswer) -> str:
         """The answer as this subject writes it: with its lookup call for an LMLM."""
         if not self.is_lmlm or answer.value_offset < 0:
             return answer.text
         call = LookupCall(answer.entity, answer.relation, self.lookup(answer.entity, answer.relation))
         return insert_calls(answer.text, [(answer.value_offset, call)])
 
-    def answer_nlls(self, questions: Sequence[str], answers: Sequence[Answer]) -> list[float]:
+    def answer_nlls(self, questions: Sequence[str], answers: Sequence[ScoredAnswer]) -> list[float]:
         """Mean NLL per answer token (EOS included, looked-up value tokens excluded)."""
         import torch
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.subject import Answer, Subject
+from benchmarks.subject import ScoredAnswer, Subject
 from benchmarks.world import QAItem, qa_prompt
 
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
@@ -135,9 +135,9 @@ class TofuResult:
         return d
 
 
-def _answers(item: QAItem) -> list[Answer]:
+def _answers(item: QAItem) -> list[ScoredAnswer]:
     offsets = item.value_offsets or [-1] * len(item.answers)
-    return [Answer(t, item.entity, item.relation, o) for t, o in zip(item.answers, offsets)]
+    return [ScoredAnswer(t, item.entity, item.relation, o) for t, o in zip(item.answers, offsets)]
 
 
 def evaluate_split(subject: Subject, split: str, items: Sequence[QAItem], config: TofuConfig) -> SplitResult:

@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks.forgetting import GRADIENT_METHODS, UnlearnConfig, unlearn
 from benchmarks.stats import CONFIDENCE, RESAMPLES
-from benchmarks.subject import Answer, Subject
+from benchmarks.subject import ScoredAnswer, Subject
 from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality, truth_ratio_score
 from benchmarks.tofu_config import TofuRunConfig
 from benchmarks.tofu_files import RECORDS_FILE, RETAIN_OF, QARow, load_eval_sets, load_train
@@ -192,7 +192,7 @@ class LookupSubject(Subject):
 
     placements: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
 
-    def answer_text(self, answer: Answer) -> str:
+    def answer_text(self, answer: ScoredAnswer) -> str:
         calls = self.placements.get(answer.text) if self.is_lmlm else None
         if not calls:
             return super().answer_text(answer)

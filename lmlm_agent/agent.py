@@ -26,11 +26,12 @@ from lmlm_agent.decoding import (
     InterleavedDecoder,
     LookupRecord,
     Prompt,
-    Store,
     TextStream,
 )
 from lmlm_agent.format import qa_prompt
 from lmlm_agent.model import load_checkpoint
+from tools.backends import KnowledgeStore
+from tools.schema import Lookup
 
 # Lookups whose value came from a stored fact; the others (miss, off, malformed, error) cite nothing.
 CITABLE = ("exact", "semantic", "fallback")
@@ -83,16 +84,6 @@ def chat_prompt(turns: Sequence[tuple[str, str]]) -> str:
     if not turns or turns[-1][0] != "user":
         lines.append(qa_prompt(""))
     return "\n".join(lines)
-
-
-class NamespacedLookup:
-    """A store read in one namespace (``tools`` stores take ``namespace=`` on ``read``)."""
-
-    def __init__(self, store: Any, namespace: str):
-        self.store, self.namespace = store, namespace
-
-    def read(self, entity: str, relation: str) -> Any:
-        return self.store.read(entity, relation, namespace=self.namespace)
 
 
 @dataclass
@@ -161,13 +152,13 @@ _LOADING = threading.Lock()
 class LMLMAgent:
     """A model, its tokenizer, a store (or none) and default decoding settings."""
 
-    def __init__(self, model, tokenizer, store: Store | None = None, db_off: bool = False, **config: Any):
+    def __init__(self, model, tokenizer, store: Lookup | None = None, db_off: bool = False, **config: Any):
         self.model, self.tokenizer, self.store = model, tokenizer, store
         self.config = DecodingConfig(db_off=db_off, **config)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, store: Store | str | Path | None = None, db_off: bool = False, device: str | None = None, **config: Any
+        cls, path: str | Path, store: Lookup | str | Path | None = None, db_off: bool = False, device: str | None = None, **config: Any
     ) -> LMLMAgent:
         """Load a checkpoint directory; ``store`` is a store object, or a path / URL given to ``tools.open_store``."""
         ckpt = load_checkpoint(path, device=device)
@@ -206,14 +197,17 @@ class LMLMAgent:
     def _config(self, overrides: dict[str, Any]) -> DecodingConfig:
         return dataclasses.replace(self.config, **overrides)
 
-    def lookup(self, namespace: str | None = None) -> Store | None:
-        """The store read in ``namespace`` (None: the store's own default)."""
+    def lookup(self, namespace: str | None = None) -> Lookup | None:
+        """The store read in ``namespace`` (None: the store's own default); a plain Lookup has no other namespace."""
         if self.store is None or namespace is None:
             return self.store
-        return NamespacedLookup(self.store, namespace)
+        if not isinstance(self.store, KnowledgeStore):
+            raise ValueError(f"{type(self.store).__name__} is a lookup of one namespace; namespace {namespace!r} needs a "
+                             "knowledge store (tools.open_store)")
+        return self.store.with_namespace(namespace)
 
     def decoder(
-        self, prompts: Sequence[str | Prompt], namespace: str | None = None, lookup: Store | None | str = "store", **overrides: Any
+        self, prompts: Sequence[str | Prompt], namespace: str | None = None, lookup: Lookup | None | str = "store", **overrides: Any
     ) -> InterleavedDecoder:
         """A decoder over ``prompts`` (one batch) to step yourself; ``lookup`` replaces the store (e.g. a tool route)."""
         route = self.lookup(namespace) if lookup == "store" else lookup

@@ -57,7 +57,9 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
 from lmlm_agent.agent import CHAT_STOP, LMLMAgent, RowFollower, chat_prompt, citations
-from lmlm_agent.decoding import UNKNOWN, GenerationOutput, Store
+from lmlm_agent.decoding import GenerationOutput
+from tools.schema import Lookup, LookupResult
+from tools.typed_tools import ToolError
 
 READ_TOOL = "kb_read"
 _FORCE_LOOKUP = {"any", "required", READ_TOOL}
@@ -86,29 +88,22 @@ def render_prompt(messages: Sequence[BaseMessage]) -> str:
     return chat_prompt(turns)
 
 
-class _ToolMiss:
-    """What a failed tool read gives the decoder: the published runtime's ``unknown``, with the error kept."""
-
-    def __init__(self, error: str):
-        self.error = error
-        self.value, self.fact_id, self.score, self.source, self.match = UNKNOWN, None, None, None, "error"
-
-
 class _ToolLookup:
-    """The decoder's lookups through a typed ``kb_read`` tool; its artifact is the LookupResult, or a ToolError (a miss)."""
+    """The decoder's lookups through a typed ``kb_read`` tool: its artifact is the LookupResult, or a ToolError (a miss)."""
 
     def __init__(self, tool: BaseTool):
         self.tool = tool
         self.namespace: str | None = None  # the namespace the tool read in, from its first answer
 
-    def read(self, entity: str, relation: str) -> Any:
+    def read(self, entity: str, relation: str) -> LookupResult:
         call = {"name": self.tool.name, "args": {"entity": entity, "relation": relation}, "id": "lookup", "type": "tool_call"}
         out = self.tool.invoke(call)
         artifact = getattr(out, "artifact", None)
-        if artifact is not None and hasattr(artifact, "value") and hasattr(artifact, "match"):
-            self.namespace = self.namespace or getattr(artifact, "namespace", None)
+        if isinstance(artifact, LookupResult):
+            self.namespace = self.namespace or artifact.namespace
             return artifact
-        return _ToolMiss(getattr(artifact, "message", None) or str(getattr(out, "content", out)))
+        error = artifact.message if isinstance(artifact, ToolError) else str(getattr(out, "content", out))
+        return LookupResult.miss(entity, relation, error=error)
 
 
 class ChatLMLM(BaseChatModel):
@@ -300,7 +295,7 @@ class ChatLMLM(BaseChatModel):
         if tool_choice not in (None, "auto", "none") and tool_choice not in _FORCE_LOOKUP:
             raise ValueError(f"tool_choice {tool_choice!r}: an LMLM can only call {READ_TOOL!r}")
         namespace = kwargs.get("namespace", self.namespace)
-        lookup: Store | None
+        lookup: Lookup | None
         if kwargs.get("read_tool") is not None:
             lookup = _ToolLookup(kwargs["read_tool"])
         else:
@@ -320,7 +315,7 @@ class ChatLMLM(BaseChatModel):
             db_off=self.db_off or runtime.config.db_off,
         )
         # A bound tool may read in a namespace of its own; it says which in its answers.
-        return decoder, lambda: getattr(lookup, "namespace", None) or namespace
+        return decoder, lambda: (lookup.namespace if isinstance(lookup, _ToolLookup) else None) or namespace
 
     def _metadata(self, cited: list[dict[str, Any]], out: GenerationOutput) -> dict[str, Any]:
         return {

@@ -45,23 +45,17 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from lmlm_agent.format import ParseError, clean_field, parse, strip_calls
 from lmlm_agent.tokenizer import call_token_ids
-from tools.schema import UNKNOWN
+from tools.schema import UNKNOWN, Lookup, LookupResult
 
 # The published decoding bias, in the order <|db_entity|>, <|db_relationship|>, <|db_return|>, <|db_end|>.
 PUBLISHED_CALL_BIAS = (4.0, 2.0, 2.0, 2.0)
-
-
-class Store(Protocol):
-    """What the runtime needs from the knowledge layer (``tools.KnowledgeStore`` is one)."""
-
-    def read(self, entity: str, relation: str) -> Any: ...
 
 
 class GrowingLayer(DynamicLayer):
@@ -224,32 +218,28 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return {i for i in ids if isinstance(i, int)}
 
 
-def resolve(lookup: Store | None, entity: str, relation: str, db_off: bool = False) -> LookupRecord:
-    """Ask the store, never raising: an exception from the store becomes an ``unknown`` with the error kept."""
+def resolve(lookup: Lookup | None, entity: str, relation: str, db_off: bool = False) -> LookupRecord:
+    """Ask the lookup, never raising: an exception from it becomes an ``unknown`` with the error kept."""
     if lookup is None or db_off:
         return LookupRecord(entity, relation, UNKNOWN, match="off")
     start = time.perf_counter()
     try:
         hit = lookup.read(entity, relation)
     except Exception as exc:  # a broken store must not kill a whole batch mid-generation
-        return LookupRecord(entity, relation, UNKNOWN, match="error", latency_s=time.perf_counter() - start, error=repr(exc))
+        hit = LookupResult.miss(entity, relation, error=repr(exc))
     return LookupRecord(
         entity,
         relation,
-        str(hit.value),
-        fact_id=getattr(hit, "fact_id", None),
-        score=getattr(hit, "score", None),
-        match=getattr(hit, "match", "exact"),
-        source=getattr(hit, "source", None),
+        hit.value,
+        fact_id=hit.fact_id,
+        score=hit.score,
+        match=hit.match,
+        source=hit.source,
         latency_s=time.perf_counter() - start,
-        values=_each_value(getattr(hit, "records", ())),
+        error=hit.error,
+        # A multi-valued answer cites each of its rows; a single value is the record itself.
+        values=tuple((r.id, r.value, r.source) for r in hit.records) if len(hit.records) > 1 else (),
     )
-
-
-def _each_value(records: Any) -> tuple[tuple[int, str, str | None], ...]:
-    """The rows of a multi-valued lookup (``tools.LookupResult.records``); nothing for a single value."""
-    rows = tuple((r.id, r.value, r.source) for r in records or ())
-    return rows if len(rows) > 1 else ()
 
 
 @dataclass
@@ -282,7 +272,7 @@ class _Row:
 class InterleavedDecoder:
     """The batched decoding loop; ``step()`` until it returns False, then ``outputs()``."""
 
-    def __init__(self, model, tokenizer, prompts: list[str | Prompt], lookup: Store | None, config: DecodingConfig):
+    def __init__(self, model, tokenizer, prompts: list[str | Prompt], lookup: Lookup | None, config: DecodingConfig):
         self.model, self.tokenizer, self.lookup, self.config = model, tokenizer, lookup, config
         self.call = call_token_ids(tokenizer)
         self.call_ids = list(self.call.all)
@@ -617,7 +607,7 @@ class InterleavedDecoder:
 
 
 def interleaved_generate(
-    model, tokenizer, prompts: str | list[str], lookup: Store | None = None, config: DecodingConfig | None = None
+    model, tokenizer, prompts: str | list[str], lookup: Lookup | None = None, config: DecodingConfig | None = None
 ) -> list[GenerationOutput]:
     """Generate for every prompt in one batch, looking calls up as the model writes them."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -678,7 +668,7 @@ class TextStream:
 
 
 def stream_generate(
-    model, tokenizer, prompt: str, lookup: Store | None = None, config: DecodingConfig | None = None, keep_calls: bool = False
+    model, tokenizer, prompt: str, lookup: Lookup | None = None, config: DecodingConfig | None = None, keep_calls: bool = False
 ) -> Iterator[str]:
     """Yield text pieces for one prompt as it decodes; their concatenation is the final text.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
-    from tools import SQLKnowledgeStore
+    from tools import KnowledgeStore
     from tools.io import Loaded
 
 FORMATS = ("auto", "jsonl", "lmlm-db", "annotated")
@@ -122,7 +122,7 @@ def annotated_rows(path: Path, data: Any, source: Optional[str]) -> Loaded:
     return loaded
 
 
-def export_memllm(store: SQLKnowledgeStore, path: Path) -> int:
+def export_memllm(store: KnowledgeStore, path: Path) -> int:
     """One ``({MEM_WRITE--> e>>r>>v})`` per fact; a fact the dialect cannot spell is refused before anything is written."""
     from lmlm_agent.format import render_memllm_write
     from tools import InvalidInput

@@ -417,7 +417,7 @@ class BatchScheduler:
 
 def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI app serving an :class:`~lmlm_agent.agent.LMLMAgent` (its model, tokenizer and store)."""
-    from tools import typed_tools
+    from tools import KnowledgeStore, typed_tools
 
     config = config or ServerConfig()
     store = agent.store
@@ -601,7 +601,7 @@ def create_app(agent: LMLMAgent, config: ServerConfig | None = None) -> FastAPI:
 
     def _lookup_namespace(namespace: str | None) -> str:
         """The namespace a generation's lookups read: the request's, else the store's own default."""
-        return namespace or getattr(store, "namespace", None) or "default"
+        return namespace or (store.namespace if isinstance(store, KnowledgeStore) else "default")
 
     def _namespace_name(job: Job) -> str:
         return _lookup_namespace(job.namespace)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 
 from lmlm_agent.tokenizer import call_token_ids, train_tokenizer
+from tools.schema import FactRecord, LookupResult
 
 # Two cores shared by several processes: more than one torch thread makes tiny models 10x slower here.
 torch.set_num_threads(1)
@@ -81,17 +81,8 @@ class ScriptedLM(torch.nn.Module):
         return script[len(written)] if len(written) < len(script) else self.eos
 
 
-@dataclass
-class Hit:
-    value: str
-    fact_id: int | None
-    score: float | None
-    match: str
-    source: str | None
-
-
 class DictStore:
-    """Exact lookups on a dict; records every query."""
+    """A :class:`tools.Lookup` of exact keys in a dict; records every query."""
 
     def __init__(self, facts: dict[tuple[str, str], str], delay_s: float = 0.0):
         self.facts = facts
@@ -99,13 +90,14 @@ class DictStore:
         self.queries: list[tuple[str, str]] = []
         self.delay_s = delay_s
 
-    def read(self, entity: str, relation: str) -> Hit:
+    def read(self, entity: str, relation: str) -> LookupResult:
         self.queries.append((entity, relation))
         time.sleep(self.delay_s)
         key = (entity, relation)
-        if key in self.facts:
-            return Hit(self.facts[key], self.ids[key], 1.0, "exact", f"test:{self.ids[key]}")
-        return Hit("unknown", None, None, "miss", None)
+        if key not in self.facts:
+            return LookupResult.miss(entity, relation)
+        record = FactRecord(id=self.ids[key], entity=entity, relation=relation, value=self.facts[key], source=f"test:{self.ids[key]}")
+        return LookupResult.hit(entity, relation, record.value, fact_id=record.id, score=1.0, source=record.source, records=[record])
 
 
 class BrokenStore:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lmlm_agent.format import LookupCall, render_call
-from training.annotation_eval import AgreementReport, agreement, normalise, score_document
+from tools.schema import normalise_text
+from training.annotation_eval import AgreementReport, agreement, score_document
 
 
 def call(e: str, r: str, v: str) -> LookupCall:
@@ -15,7 +16,7 @@ def call(e: str, r: str, v: str) -> LookupCall:
 
 
 def test_normalise() -> None:
-    assert normalise("  Yuan_Dynasty \n Emperors ") == "yuan dynasty emperors"
+    assert normalise_text("  Yuan_Dynasty \n Emperors ") == "yuan dynasty emperors"
 
 
 def test_multiset_matching_by_hand() -> None:

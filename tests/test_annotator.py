@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from lmlm_agent.format import render_call, strip_calls
-from training.annotation_eval import normalise
+from tools.schema import normalise_text
 from training.annotator import (
     CASE_DIGIT,
     CASE_LOWER,
@@ -183,7 +183,7 @@ def test_tiny_annotator_round_trips_every_document(tiny) -> None:
     assert results[4].annotated == BAD_INPUT[4]
     assert results[3].windows > 1 and results[3].calls  # split, annotated, re-joined
     for offset, call in results[3].calls:
-        assert normalise(BAD_INPUT[3][offset : offset + len(call.value)]) == normalise(call.value)  # "_" reads as a space
+        assert normalise_text(BAD_INPUT[3][offset : offset + len(call.value)]) == normalise_text(call.value)  # "_" reads as a space
 
 
 def test_corpus_run_is_resumable_and_fills_the_knowledge_base(tiny, tmp_path) -> None:
@@ -201,7 +201,7 @@ def test_corpus_run_is_resumable_and_fills_the_knowledge_base(tiny, tmp_path) ->
     fact = next(iter(store.iter_facts()))
     doc_id, at = fact.source.removeprefix("doc:").split("@")
     row = next(json.loads(x) for x in out.read_text().splitlines() if json.loads(x)["id"] == doc_id)
-    assert normalise(row["plain"][int(at) : int(at) + len(fact.value)]) == normalise(fact.value)
+    assert normalise_text(row["plain"][int(at) : int(at) + len(fact.value)]) == normalise_text(fact.value)
     assert all(strip_calls(json.loads(x)["text"]) == json.loads(x)["plain"] for x in out.read_text().splitlines()[:4])
     again = annotate_corpus(tiny, src, out, store)
     assert again.get("documents", 0) == 0 and again["skipped_done"] == 5

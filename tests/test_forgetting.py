@@ -5,13 +5,13 @@ import pytest
 from bench_setup import gold_store, micro_setup
 
 from benchmarks.forgetting import ForgettingResult, UnlearnConfig, copy_store, run_forgetting, unlearn
-from benchmarks.subject import Answer, Subject
+from benchmarks.subject import ScoredAnswer, Subject
 from benchmarks.tofu import TofuConfig
 
 
 def _forget_nll(model, tok, items):
     subject = Subject("m", model, tok)
-    return sum(subject.answer_nlls([q.question for q in items], [Answer(q.answer) for q in items])) / len(items)
+    return sum(subject.answer_nlls([q.question for q in items], [ScoredAnswer(q.answer) for q in items])) / len(items)
 
 
 @pytest.mark.parametrize("method", ["grad_ascent", "grad_diff", "npo"])

@@ -15,12 +15,24 @@ from lmlm_agent.model import build_model, save_checkpoint
 from lmlm_agent.tokenizer import call_token_ids, train_tokenizer
 from training.corpus import AnnotatedDocument, read_documents
 from training.data import encode, mask_labels
+from tools.schema import LookupResult
 from training.perplexity import OracleDatabase, _Stream, _token_nll, evaluate_perplexity
 
 
 @pytest.fixture(scope="module")
 def docs(annotations_dir):
     return read_documents(annotations_dir / "squad-eval100.gpt4o.json")[:4]
+
+
+class Answering:
+    """A lookup that answers every query with ``value`` (None: every query misses) and records the queries."""
+
+    def __init__(self, value: str | None):
+        self.value, self.asked = value, []
+
+    def read(self, entity: str, relation: str) -> LookupResult:
+        self.asked.append((entity, relation))
+        return LookupResult.miss(entity, relation) if self.value is None else LookupResult.hit(entity, relation, self.value)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +45,7 @@ def model_and_tokenizer(docs):
 def test_static_matches_the_training_loss(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     doc = AnnotatedDocument("d", "Born in <|db_entity|> Ada<|db_relationship|> birth year<|db_return|> 1815<|db_end|> 1815.", "")
-    report = evaluate_perplexity(model, tokenizer, [doc], "lmlm", lookup=lambda e, r: None)
+    report = evaluate_perplexity(model, tokenizer, [doc], "lmlm", lookup=Answering(None))
     ids = [tokenizer.eos_token_id] + encode([doc.annotated], tokenizer)[0]
     labels = [-100] + mask_labels(ids[1:], call_token_ids(tokenizer))
     with torch.no_grad():
@@ -45,9 +57,10 @@ def test_static_matches_the_training_loss(model_and_tokenizer):
 
 def test_lmlm_report_is_consistent(model_and_tokenizer, docs):
     model, tokenizer = model_and_tokenizer
-    asked = []
+    lookup = Answering("x")
+    asked = lookup.asked
     docs = docs[:2]  # an untrained model writes every query to the 32-token cap: keep it short
-    report = evaluate_perplexity(model, tokenizer, docs, "lmlm", lookup=lambda e, r: asked.append((e, r)) or "x")
+    report = evaluate_perplexity(model, tokenizer, docs, "lmlm", lookup=lookup)
     calls = sum(d.annotated.count("<|db_entity|>") for d in docs)
     # One query per annotated call; the database is asked only for those that parse (an
     # untrained model rarely writes entity<|db_relationship|>relation), and this one always answers.
@@ -82,7 +95,7 @@ def test_cached_stream_scores_like_one_forward(model_and_tokenizer, docs):
 
 def test_oracle_database_normalises_keys(docs):
     oracle = OracleDatabase([AnnotatedDocument("d", "<|db_entity|> Arsenal_F.C.<|db_relationship|> Founded<|db_return|> 1886<|db_end|> x", "")])
-    assert oracle("arsenal f.c.", " founded ") == "1886" and oracle("Arsenal", "Founded") is None
+    assert oracle.read("arsenal f.c.", " founded ").value == "1886" and not oracle.read("Arsenal", "Founded").found
 
 
 def test_cli_eval_perplexity(model_and_tokenizer, docs, annotations_dir, tmp_path):

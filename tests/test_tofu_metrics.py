@@ -7,7 +7,7 @@ import torch
 from bench_setup import gold_store, micro_setup
 from scipy.stats import hmean, ks_2samp
 
-from benchmarks.subject import Answer, Subject, sequence_nll
+from benchmarks.subject import ScoredAnswer, Subject, sequence_nll
 from benchmarks.tofu import (
     TofuConfig,
     evaluate_tofu,
@@ -82,7 +82,7 @@ def test_answer_nll_matches_a_manual_forward():
     world, tok, model = micro_setup()
     q = world.qa["retain"][0]
     subject = Subject("baseline", model, tok)
-    (nll,) = subject.answer_nlls([q.question], [Answer(q.answer)])
+    (nll,) = subject.answer_nlls([q.question], [ScoredAnswer(q.answer)])
     prompt = tok(f"Question: {q.question}\nAnswer:", add_special_tokens=False)["input_ids"]
     reply = tok(" " + q.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     with torch.no_grad():
@@ -95,12 +95,12 @@ def test_lmlm_answers_carry_the_looked_up_call():
     world, tok, model = micro_setup()
     q = world.qa["retain"][0]
     lmlm = Subject("lmlm", model, tok, store=gold_store(world))
-    text = lmlm.answer_text(Answer(q.answer, q.entity, q.relation, q.value_offsets[0]))
+    text = lmlm.answer_text(ScoredAnswer(q.answer, q.entity, q.relation, q.value_offsets[0]))
     assert f"{q.relation}<|db_return|> {q.value}<|db_end|> {q.value}" in text
     off = Subject("lmlm-db-off", model, tok, db_off=True)
-    assert "<|db_return|> unknown<|db_end|>" in off.answer_text(Answer(q.answer, q.entity, q.relation, q.value_offsets[0]))
+    assert "<|db_return|> unknown<|db_end|>" in off.answer_text(ScoredAnswer(q.answer, q.entity, q.relation, q.value_offsets[0]))
     # Batched and one-by-one scoring agree (padding does not leak into the loss).
-    answers = [Answer(a, q.entity, q.relation, o) for a, o in zip(q.answers, q.value_offsets)]
+    answers = [ScoredAnswer(a, q.entity, q.relation, o) for a, o in zip(q.answers, q.value_offsets)]
     batched = lmlm.answer_nlls([q.question] * len(answers), answers)
     single = [lmlm.answer_nlls([q.question], [a])[0] for a in answers]
     assert batched == pytest.approx(single, rel=1e-4)

@@ -18,7 +18,7 @@ from benchmarks.tofu_files import (
     world_for_authors,
     write_world_files,
 )
-from benchmarks.subject import Answer
+from benchmarks.subject import ScoredAnswer
 from benchmarks.tofu_run import (
     Annotated,
     AnnotationSummary,
@@ -181,10 +181,10 @@ def test_scoring_executes_lookups_before_and_after_deletion(tmp_path):
 
     def nlls(subject, items):
         answers = [a for q in items for a in q.answers]
-        return subject.answer_nlls([q.question for q in items for _ in q.answers], [Answer(a) for a in answers])
+        return subject.answer_nlls([q.question for q in items for _ in q.answers], [ScoredAnswer(a) for a in answers])
 
     forget, retain = qa["forget10"], qa["retain"][:6]
-    text = lmlm.answer_text(Answer(forget[0].answer))
+    text = lmlm.answer_text(ScoredAnswer(forget[0].answer))
     assert "<|db_return|>" in text and "unknown" not in text
     before = {"forget": nlls(lmlm, forget), "retain": nlls(lmlm, retain), "baseline": nlls(baseline, forget)}
     forgotten = working_copy(store, "exact")
@@ -192,7 +192,7 @@ def test_scoring_executes_lookups_before_and_after_deletion(tmp_path):
     assert receipt["verified"] and receipt["rows_removed"] == sum(len(annotations[r.answer].calls)
                                                                   for r in load_train(data, "forget10"))
     after_lmlm = LookupSubject("lmlm", model, tokenizer, store=forgotten, placements=lmlm.placements)
-    assert "<|db_return|> unknown<|db_end|>" in after_lmlm.answer_text(Answer(forget[0].answer))
+    assert "<|db_return|> unknown<|db_end|>" in after_lmlm.answer_text(ScoredAnswer(forget[0].answer))
     after = {"forget": nlls(after_lmlm, forget), "retain": nlls(after_lmlm, retain), "baseline": nlls(baseline, forget)}
     # Every forget answer now carries `unknown`: its probability changes; the retain answers' and the baseline's do not.
     assert all(abs(a - b) > 1e-6 for a, b in zip(before["forget"], after["forget"]))

@@ -20,6 +20,7 @@ import json
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select, update
 
+from tools.backends import KnowledgeStore
 from tools.schema import InvalidInput, StoreMeta, clean_triple, normalise_text
 from tools.store import SQLKnowledgeStore, retrying
 
@@ -239,7 +241,7 @@ def several_valued_relations(rows: Iterable[Row]) -> list[str]:
 
 
 def import_rows(
-    store: SQLKnowledgeStore,
+    store: KnowledgeStore,
     rows: Iterable[Row],
     rejected: Iterable[Rejection] = (),
     *,
@@ -369,7 +371,7 @@ _READERS: dict[str, Callable[[str | Path, str | None], Iterator[Row | Rejection]
 }
 
 
-def _export_records(store: SQLKnowledgeStore, namespace: str | None) -> Iterator[dict[str, Any]]:
+def _export_records(store: KnowledgeStore, namespace: str | None) -> Iterator[dict[str, Any]]:
     for fact in store.iter_facts(namespace=namespace):
         yield {
             "id": fact.id,
@@ -378,12 +380,16 @@ def _export_records(store: SQLKnowledgeStore, namespace: str | None) -> Iterator
             "relation": fact.relation,
             "value": fact.value,
             "source": fact.source,
-            "created_at": fact.created_at.isoformat() + "Z",
-            "updated_at": fact.updated_at.isoformat() + "Z",
+            "created_at": _utc_text(fact.created_at),
+            "updated_at": _utc_text(fact.updated_at),
         }
 
 
-def export_jsonl(store: SQLKnowledgeStore, path: str | Path, *, namespace: str | None = None) -> int:
+def _utc_text(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat() + "Z"  # stores keep naive UTC
+
+
+def export_jsonl(store: KnowledgeStore, path: str | Path, *, namespace: str | None = None) -> int:
     """Every row of the namespace, one JSON object per line (re-importable: extra keys are ignored)."""
     n = 0
     with Path(path).open("w", encoding="utf-8") as fh:
@@ -393,7 +399,7 @@ def export_jsonl(store: SQLKnowledgeStore, path: str | Path, *, namespace: str |
     return n
 
 
-def export_lmlm_database(store: SQLKnowledgeStore, path: str | Path, *, namespace: str | None = None) -> int:
+def export_lmlm_database(store: KnowledgeStore, path: str | Path, *, namespace: str | None = None) -> int:
     """The namespace in the published database format, for the reference implementation's tools."""
     triplets = [[f.entity, f.relation, f.value] for f in store.iter_facts(namespace=namespace)]
     data = {

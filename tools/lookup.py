@@ -69,6 +69,21 @@ class LookupPolicy:
                 raise InvalidInput(f"{name} must be within [0, 1], got {value}")
 
 
+def make_policy(policy: PolicyName | LookupPolicy, settings: dict[str, object]) -> LookupPolicy:
+    """A :class:`LookupPolicy` from a policy object, or from a name plus field values; unknown settings are refused."""
+    import dataclasses
+
+    from tools.schema import InvalidInput
+
+    fields = {f.name for f in dataclasses.fields(LookupPolicy)} - {"name"}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise InvalidInput(f"unknown lookup setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    if isinstance(policy, LookupPolicy):
+        return dataclasses.replace(policy, **settings)
+    return LookupPolicy(name=policy, **settings)
+
+
 class EntityMatch(NamedTuple):
     """The outcome of the entity step: the stored entity key (None on a miss), its similarity and the rule."""
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Column, DateTime, Index, Integer, Text, UniqueConstraint
@@ -30,7 +31,7 @@ NAMESPACE_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,64}")
 # A field holding a call token would corrupt the text a value is injected into.
 _CALL_TOKEN_RE = re.compile(r"<\|db_\w+\|>")
 
-MatchKind = Literal["exact", "semantic", "fallback", "miss"]
+MatchKind = Literal["exact", "semantic", "fallback", "miss", "error"]
 WriteMode = Literal["add", "replace"]
 VALUE_SEPARATOR = ", "
 """How the values of a multi-valued (entity, relation) are joined in ``LookupResult.value`` (the text spliced in)."""
@@ -50,6 +51,13 @@ def normalise_text(text: str) -> str:
 def normalise_key(entity: str, relation: str) -> str:
     """The lookup key ``"{entity} {relation}"``, normalised: what exact match compares and the index embeds."""
     return normalise_text(f"{entity} {relation}")
+
+
+def query_keys(entity: object, relation: object) -> tuple[str, str]:
+    """The normalised entity and relation of a read; any strings are a query (perhaps a miss), other types are refused."""
+    if not isinstance(entity, str) or not isinstance(relation, str):
+        raise InvalidInput("entity and relation must be strings")
+    return normalise_text(entity), normalise_text(relation)
 
 
 def storable(text: str) -> bool:
@@ -124,6 +132,56 @@ def clean_triple(entity: object, relation: object, value: object, source: object
         if not key:  # "_" normalises to nothing: such a row could never be looked up
             raise InvalidInput(f"{name} {raw!r} is only underscores once normalised; lookups could never find it")
     return CleanTriple(e, r, v, s, normalise_key(e, r), ek, rk)
+
+
+def clean_row(n: int, triple: object, source: str | None) -> CleanTriple:
+    """Triple ``#n`` of a bulk write, ``(entity, relation, value[, source])``, validated (its own source wins)."""
+    if isinstance(triple, str | bytes) or not isinstance(triple, Sequence) or len(triple) not in (3, 4):
+        raise InvalidInput(f"triple #{n}: expected (entity, relation, value[, source]), got {triple!r:.80}")
+    row_source = triple[3] if len(triple) == 4 and triple[3] is not None else source
+    try:
+        return clean_triple(triple[0], triple[1], triple[2], row_source)
+    except InvalidInput as exc:
+        raise InvalidInput(f"triple #{n}: {exc}") from None
+
+
+def split_batch(
+    rows: Sequence[CleanTriple], mode: WriteMode | None, multi_valued: Collection[str]
+) -> tuple[list[tuple[CleanTriple, bool]], int]:
+    """A bulk write's rows as ``(row, add)`` per distinct value to add or pair to replace, and how many repeat another.
+
+    ``add`` when ``mode`` is ``"add"`` or (``mode`` None) the relation key is in ``multi_valued``;
+    of an added pair every distinct value is kept, of a replaced pair the batch's last value wins.
+    """
+    added: dict[tuple[str, str, str], CleanTriple] = {}
+    replaced: dict[tuple[str, str], CleanTriple] = {}
+    for r in rows:
+        if mode == "add" or (mode is None and r.relation_key in multi_valued):
+            added.setdefault((*r.pair, r.value), r)
+        else:
+            replaced[r.pair] = r  # the last value of the batch wins
+    todo = [(r, True) for r in added.values()] + [(r, False) for r in replaced.values()]
+    return todo, len(rows) - len(added) - len(replaced)
+
+
+def clean_selector(fact_id: int | None, entity: str | None, relation: str | None) -> dict[str, int | str]:
+    """What a delete selects, validated: ``{"fact_id"}``, ``{"entity"}`` or ``{"entity", "relation"}``.
+
+    Ambiguous or unbounded requests are refused instead of guessed.
+    """
+    if fact_id is not None:
+        if entity is not None or relation is not None:
+            raise InvalidInput("delete takes fact_id alone, or entity with an optional relation")
+        if isinstance(fact_id, bool) or not isinstance(fact_id, int) or fact_id < 1:
+            raise InvalidInput(f"fact_id must be a positive integer, got {fact_id!r}")
+        return {"fact_id": fact_id}
+    if entity is None:
+        what = "relation alone would delete across every entity" if relation is not None else "nothing was selected"
+        raise InvalidInput(f"delete needs fact_id, entity, or entity and relation ({what})")
+    selector: dict[str, int | str] = {"entity": clean_field("entity", entity, MAX_FIELD_CHARS)}
+    if relation is not None:
+        selector["relation"] = clean_field("relation", relation, MAX_FIELD_CHARS)
+    return selector
 
 
 def utcnow() -> datetime:
@@ -250,7 +308,7 @@ class StoreMeta(SQLModel, table=True):
 # --------------------------------------------------------------------------- results
 
 
-class FactRecord(BaseModel):
+class FactRecord(BaseModel, frozen=True):
     """A detached copy of a row: one value of a lookup, or what a receipt lists after the row is gone."""
 
     id: int
@@ -260,12 +318,32 @@ class FactRecord(BaseModel):
     source: str | None = None
 
 
+class StoredFact(FactRecord):
+    """A fact as a backend holds it: what ``write`` returns and ``iter_facts`` lists (plain data, no database row)."""
+
+    namespace: str
+    created_at: datetime | None = Field(None, description="when the fact was first written, naive UTC (None: the backend "
+                                        "does not say)")
+    updated_at: datetime | None = Field(None, description="when the value was last written, naive UTC (None: the backend "
+                                        "does not say)")
+
+    @property
+    def key(self) -> str:
+        """The normalised ``"entity relation"`` key (what exact match compares and the index embeds)."""
+        return normalise_key(self.entity, self.relation)
+
+    def record(self) -> FactRecord:
+        """The fact as a lookup or a receipt lists it."""
+        return FactRecord(id=self.id, entity=self.entity, relation=self.relation, value=self.value, source=self.source)
+
+
 class LookupResult(BaseModel):
     """What a lookup returns, with the provenance needed to cite or audit the injected value.
 
     ``found`` is true when stored values are returned (``match`` ``exact``, ``semantic`` or
-    ``fallback``); on a ``miss`` the value is :data:`UNKNOWN` and ``entity``/``relation``
-    echo the query. ``match`` is ``exact`` only when both the entity and the relation matched
+    ``fallback``); on a ``miss`` (nothing stored) or an ``error`` (the lookup itself failed,
+    ``error`` says how) the value is :data:`UNKNOWN` and ``entity``/``relation`` echo the
+    query: see :meth:`miss`. ``match`` is ``exact`` only when both the entity and the relation matched
     after normalisation; ``semantic`` means some step was approximate, and ``rule`` says which.
 
     A multi-valued (entity, relation) returns every value: ``records`` in id order (each with
@@ -283,18 +361,45 @@ class LookupResult(BaseModel):
     score: float | None = None
     match: MatchKind
     source: str | None = None
-    namespace: str
+    namespace: str = ""
     query: str = Field(description="the normalised key that was looked up")
     records: list[FactRecord] = Field(default_factory=list, description="every value returned, in id order")
     policy: str = Field("entity", description="the read policy: 'entity' (entity first) or 'published'")
     rule: str = Field("", description="the step that decided, e.g. exact, entity_fuzzy+relation_semantic, entity_unknown")
     entity_score: float | None = Field(None, description="entity policy: 1.0 exact, else the fuzzy name similarity")
     relation_score: float | None = Field(None, description="entity policy: 1.0 exact, else the relation-name cosine")
+    error: str | None = Field(None, description="match 'error': why the lookup failed (a store down, a refused tool call)")
+
+    @classmethod
+    def miss(
+        cls, entity: str, relation: str, *, rule: str = "unknown", error: str | None = None, namespace: str = "", **fields: object
+    ) -> LookupResult:
+        """Nothing found for the query: :data:`UNKNOWN`, ``match`` ``miss``, or ``error`` when ``error`` is given."""
+        return cls(found=False, value=UNKNOWN, entity=entity, relation=relation, match="miss" if error is None else "error",
+                   rule=rule, error=error, namespace=namespace, query=normalise_key(entity, relation), **fields)
+
+    @classmethod
+    def hit(cls, entity: str, relation: str, value: str, **fields: object) -> LookupResult:
+        """A found value (``match`` ``exact`` unless given); a lookup without stored rows (an oracle) gives no ids."""
+        return cls(found=True, value=value, entity=entity, relation=relation, query=normalise_key(entity, relation),
+                   **{"match": "exact", **fields})
 
     @property
     def fact_ids(self) -> list[int]:
         """The ids of every value returned (cite or forget each)."""
         return [r.id for r in self.records]
+
+
+@runtime_checkable
+class Lookup(Protocol):
+    """What every layer reads facts through: the decoder, perplexity, benchmarks, chat model and server.
+
+    ``read`` is total: a miss, or a failure of the lookup itself, is a :class:`LookupResult`
+    (:meth:`LookupResult.miss`), never an exception and never None. Every
+    :class:`~tools.backends.KnowledgeStore` is one (reading its own namespace).
+    """
+
+    def read(self, entity: str, relation: str) -> LookupResult: ...
 
 
 class DiskScan(BaseModel):

@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from tools.backends import KnowledgeStore, ReadOnlyStore, Triple, WriteStats
 from tools.lookup import (
     RELATION_VECTORS,
     EntityMatch,
@@ -46,6 +47,7 @@ from tools.lookup import (
     RelationMatch,
     RelationVectors,
     RelationVocabulary,
+    make_policy,
     meant_elsewhere,
     pick_relation,
 )
@@ -64,14 +66,19 @@ from tools.schema import (
     InvalidInput,
     LookupResult,
     RelationDecl,
+    StoredFact,
     StoreMeta,
     Tombstone,
     WriteMode,
     clean_field,
     clean_namespace,
+    clean_row,
+    clean_selector,
     clean_triple,
     normalise_key,
     normalise_text,
+    query_keys,
+    split_batch,
     storable,
     utcnow,
     value_slot,
@@ -79,8 +86,6 @@ from tools.schema import (
 
 if TYPE_CHECKING:
     from tools.index import SemanticIndex
-
-Triple = Sequence[Any]  # (entity, relation, value) or (entity, relation, value, source)
 
 TOP_K = 5
 SQL_CHUNK = 2_000  # keys per statement: far below SQLite's and PostgreSQL's parameter limits
@@ -122,65 +127,6 @@ _BY_PAIRS = select(*_ROW, FACTS.c.entity_key, FACTS.c.relation_key, FACTS.c.valu
 _GENERATION = select(META.c.value).where(META.c.name == GENERATION)
 
 
-@runtime_checkable
-class KnowledgeStore(Protocol):
-    """What the runtime, the typed tools and the benchmarks need from a knowledge base."""
-
-    namespace: str
-
-    def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult: ...
-
-    def write(
-        self,
-        entity: str,
-        relation: str,
-        value: str,
-        source: str | None = None,
-        *,
-        namespace: str | None = None,
-        mode: WriteMode | None = None,
-    ) -> Fact: ...
-
-    def write_many(
-        self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
-    ) -> int: ...
-
-    def delete(
-        self,
-        *,
-        fact_id: int | None = None,
-        entity: str | None = None,
-        relation: str | None = None,
-        namespace: str | None = None,
-    ) -> ForgetReceipt: ...
-
-    def count(self, *, namespace: str | None = None) -> int: ...
-
-    def iter_facts(self, *, namespace: str | None = None) -> Iterator[Fact]: ...
-
-    def namespaces(self) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class WriteStats:
-    """What a bulk write did.
-
-    ``duplicates``: rows of the batch that repeat another (the same value of a multi-valued
-    pair, or an earlier value of a single-valued pair, which the later one supersedes);
-    ``removed``: stored values a replace dropped (a single-valued write over several values).
-    """
-
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-    removed: int = 0
-
-    @property
-    def written(self) -> int:
-        return self.inserted + self.updated
-
-
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -190,6 +136,12 @@ def _record(row: Any) -> FactRecord:
     return FactRecord(id=row.id, entity=row.entity, relation=row.relation, value=row.value, source=row.source)
 
 
+def _stored(row: Any) -> StoredFact:
+    """A ``kb_fact`` row as the plain record the protocol returns (the SQL row stays inside this module)."""
+    return StoredFact(id=row.id, entity=row.entity, relation=row.relation, value=row.value, source=row.source,
+                      namespace=row.namespace, created_at=row.created_at, updated_at=row.updated_at)
+
+
 def _bump_generation(conn: Any) -> None:
     """Tell every entity-name cache (in any process) that entities may have come or gone."""
     stamp = uuid.uuid4().hex
@@ -197,7 +149,7 @@ def _bump_generation(conn: Any) -> None:
         conn.execute(insert(META).values(name=GENERATION, value=stamp))
 
 
-class SQLKnowledgeStore:
+class SQLKnowledgeStore(KnowledgeStore):
     """A :class:`KnowledgeStore` on any SQLAlchemy engine (SQLite file or memory, PostgreSQL).
 
     ``policy`` is a :class:`~tools.lookup.LookupPolicy` or its name, with its fields as keyword
@@ -222,7 +174,7 @@ class SQLKnowledgeStore:
         self.engine = engine
         self.index = index
         self.namespace = clean_namespace(namespace)
-        self.policy = _policy(policy, settings)
+        self.policy = make_policy(policy, settings)
         self.relation_vectors = (RELATION_VECTORS if index is not None else None) if relation_vectors == "auto" else relation_vectors
         self.top_k = top_k
         self.legacy_schema = legacy_schema  # opened read-only (create=False) on the previous schema: no writes
@@ -239,6 +191,14 @@ class SQLKnowledgeStore:
             read_only=self.read_only, **settings,
         )
 
+    def with_namespace(self, namespace: str) -> SQLKnowledgeStore:
+        """The same database, index and caches, reading and writing ``namespace`` by default."""
+        view = self.with_policy(self.policy)
+        view.namespace = clean_namespace(namespace)
+        # The entity-name and relation-vocabulary caches are per namespace already.
+        view._names, view._relations, view._key = self._names, self._relations, self._key
+        return view
+
     @property
     def threshold(self) -> float:
         return self.policy.threshold
@@ -254,11 +214,9 @@ class SQLKnowledgeStore:
 
     def read(self, entity: str, relation: str, *, namespace: str | None = None) -> LookupResult:
         """Look a fact up with the store's policy; total for any strings (bad ones are misses)."""
-        if not isinstance(entity, str) or not isinstance(relation, str):
-            raise InvalidInput("entity and relation must be strings")
+        ek, rk = query_keys(entity, relation)
         ns = self._ns(namespace)
         key = normalise_key(entity, relation)
-        ek, rk = normalise_text(entity), normalise_text(relation)
         query = dict(entity=entity, relation=relation, namespace=ns, query=key, policy=self.policy.name)
         if not ek or not rk or not storable(key):
             return _miss(query, "empty_query")  # nothing stored can have this key
@@ -372,19 +330,22 @@ class SQLKnowledgeStore:
         return _found(pair or [row], query, "semantic" if semantic else "fallback",
                       "published_semantic" if semantic else "published_fallback", hit.similarity)
 
-    def get(self, fact_id: int, *, namespace: str | None = None) -> Fact | None:
-        """The row with this id in the namespace, or None (another namespace's id is not visible)."""
+    def get(self, fact_id: int, *, namespace: str | None = None) -> StoredFact | None:
+        """The fact with this id in the namespace, or None (another namespace's id is not visible)."""
         with self.engine.connect() as conn:
             row = conn.execute(select(FACTS).where(FACTS.c.namespace == self._ns(namespace), FACTS.c.id == fact_id)).first()
-        return None if row is None else Fact(**row._mapping)
+        return None if row is None else _stored(row)
 
     def count(self, *, namespace: str | None = None) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(FACTS).where(FACTS.c.namespace == self._ns(namespace))).scalar_one()
 
-    def iter_facts(self, *, namespace: str | None = None, batch_size: int = 1_000) -> Iterator[Fact]:
-        """All rows of the namespace in id order, paged by id so a million rows never sit in memory."""
-        ns, last = self._ns(namespace), 0
+    def iter_facts(self, *, namespace: str | None = None, batch_size: int = 1_000) -> Iterator[StoredFact]:
+        """All facts of the namespace in id order, paged by id so a million rows never sit in memory."""
+        return map(_stored, self._rows(self._ns(namespace), batch_size))
+
+    def _rows(self, ns: str, batch_size: int = 1_000) -> Iterator[Any]:
+        last = 0
         while True:
             with self.engine.connect() as conn:
                 page = conn.execute(
@@ -392,7 +353,7 @@ class SQLKnowledgeStore:
                 ).all()
             if not page:
                 return
-            yield from (Fact(**r._mapping) for r in page)
+            yield from page
             last = page[-1].id
 
     def namespaces(self) -> list[str]:
@@ -456,8 +417,8 @@ class SQLKnowledgeStore:
         *,
         namespace: str | None = None,
         mode: WriteMode | None = None,
-    ) -> Fact:
-        """Store one value; returns its row.
+    ) -> StoredFact:
+        """Store one value; returns it as stored.
 
         ``mode``: ``"replace"`` (the pair ends with this one value), ``"add"`` (kept beside
         the pair's other values), or None: ``add`` for a relation declared multi-valued in the
@@ -466,7 +427,7 @@ class SQLKnowledgeStore:
         ns = self._ns(namespace)
         row = clean_triple(entity, relation, value, source)
         _, [stored] = self._upsert(ns, [row], mode, echo=True)
-        return Fact(**stored._mapping)
+        return _stored(stored)
 
     def write_many(
         self, triples: Iterable[Triple], source: str | None = None, namespace: str | None = None, mode: WriteMode | None = None
@@ -488,22 +449,12 @@ class SQLKnowledgeStore:
         (single-valued) pair wins, and every distinct value of an added one is kept.
         """
         ns = self._ns(namespace)
-        rows = [self._clean_row(n, t, source) for n, t in enumerate(triples)]
+        rows = [clean_row(n, t, source) for n, t in enumerate(triples)]
         return self._upsert(ns, rows, mode)[0]
-
-    @staticmethod
-    def _clean_row(n: int, triple: Triple, source: str | None) -> CleanTriple:
-        if isinstance(triple, str | bytes) or not isinstance(triple, Sequence) or len(triple) not in (3, 4):
-            raise InvalidInput(f"triple #{n}: expected (entity, relation, value[, source]), got {triple!r:.80}")
-        row_source = triple[3] if len(triple) == 4 and triple[3] is not None else source
-        try:
-            return clean_triple(triple[0], triple[1], triple[2], row_source)
-        except InvalidInput as exc:
-            raise InvalidInput(f"triple #{n}: {exc}") from None
 
     def _writable(self) -> None:
         if self.read_only:
-            raise InvalidInput("this store was opened read-only (read_only=True): writes and deletes are refused")
+            raise ReadOnlyStore("this store was opened read-only (read_only=True): writes and deletes are refused")
         if self.legacy_schema:
             raise InvalidInput(
                 "this database has a previous schema (one value per entity and relation, or no index journal) and was "
@@ -529,15 +480,7 @@ class SQLKnowledgeStore:
             multi = set() if mode is not None else set(
                 conn.execute(select(RELATIONS.c.relation_key).where(RELATIONS.c.namespace == ns)).scalars()
             )
-            added: dict[tuple[str, str, str], CleanTriple] = {}
-            replaced: dict[tuple[str, str], CleanTriple] = {}
-            for r in rows:
-                if mode == "add" or (mode is None and r.relation_key in multi):
-                    added.setdefault((*r.pair, r.value), r)
-                else:
-                    replaced[r.pair] = r  # the last value of the batch wins
-            plan.duplicates = len(rows) - len(added) - len(replaced)
-            todo = [(r, True) for r in added.values()] + [(r, False) for r in replaced.values()]
+            todo, plan.duplicates = split_batch(rows, mode, multi)
             for chunk in _chunks(todo, SQL_CHUNK):
                 found = conn.execute(_BY_PAIRS, {"ns": ns, "pairs": list({r.pair for r, _ in chunk})})
                 existing: dict[tuple[str, str], list[Any]] = {}
@@ -765,22 +708,14 @@ class SQLKnowledgeStore:
 
     @staticmethod
     def _selector(fact_id: int | None, entity: str | None, relation: str | None) -> tuple[Any, dict[str, int | str]]:
-        """The WHERE clause of a delete; refuses ambiguous or unbounded requests instead of guessing."""
-        if fact_id is not None:
-            if entity is not None or relation is not None:
-                raise InvalidInput("delete takes fact_id alone, or entity with an optional relation")
-            if isinstance(fact_id, bool) or not isinstance(fact_id, int) or fact_id < 1:
-                raise InvalidInput(f"fact_id must be a positive integer, got {fact_id!r}")
-            return FACTS.c.id == fact_id, {"fact_id": fact_id}
-        if entity is None:
-            what = "relation alone would delete across every entity" if relation is not None else "nothing was selected"
-            raise InvalidInput(f"delete needs fact_id, entity, or entity and relation ({what})")
-        e = clean_field("entity", entity, MAX_FIELD_CHARS)
-        if relation is None:
-            return FACTS.c.entity_key == normalise_text(e), {"entity": e}
-        r = clean_field("relation", relation, MAX_FIELD_CHARS)
-        pair = (FACTS.c.entity_key == normalise_text(e)) & (FACTS.c.relation_key == normalise_text(r))
-        return pair, {"entity": e, "relation": r}
+        """The WHERE clause of a delete (see :func:`~tools.schema.clean_selector`)."""
+        selector = clean_selector(fact_id, entity, relation)
+        if "fact_id" in selector:
+            return FACTS.c.id == selector["fact_id"], selector
+        condition = FACTS.c.entity_key == normalise_text(str(selector["entity"]))
+        if "relation" in selector:
+            condition = condition & (FACTS.c.relation_key == normalise_text(str(selector["relation"])))
+        return condition, selector
 
     # ------------------------------------------------------------------ index upkeep
 
@@ -793,7 +728,7 @@ class SQLKnowledgeStore:
         if self.index is None:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
-        done = {ns: self.index.rebuild(ns, ((f.id, f.key) for f in self.iter_facts(namespace=ns))) for ns in targets}
+        done = {ns: self.index.rebuild(ns, ((f.id, f.key) for f in self._rows(ns))) for ns in targets}
         self.index.compact([])  # the replaced collections' files
         self.apply_index_ops()  # journal entries older than the rebuild are already in it; applying them is harmless
         return done
@@ -821,27 +756,8 @@ class SQLKnowledgeStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> SQLKnowledgeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 # --------------------------------------------------------------------------- read and write helpers
-
-
-def _policy(policy: PolicyName | LookupPolicy, settings: dict[str, Any]) -> LookupPolicy:
-    """A :class:`LookupPolicy` from a policy object, or from a name plus field values; unknown settings are refused."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(LookupPolicy)} - {"name"}
-    unknown = sorted(set(settings) - fields)
-    if unknown:
-        raise InvalidInput(f"unknown lookup setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    if isinstance(policy, LookupPolicy):
-        return dataclasses.replace(policy, **settings)
-    return LookupPolicy(name=policy, **settings)
 
 
 def _miss(query: dict[str, Any], rule: str, **scores: float | None) -> LookupResult:
@@ -1024,6 +940,10 @@ def make_engine(db: str | Path | None, *, create: bool = True, read_only: bool =
         _sqlite_transactions(engine, wal=False)
         return engine
     text_ = str(db)
+    if text_ in ("sqlite://", "sqlite:///:memory:"):
+        return make_engine(None)
+    if text_.startswith("sqlite:///"):
+        text_ = text_.removeprefix("sqlite:///")  # a file: made, opened and guarded as a bare path is
     if "://" not in text_:
         path = Path(text_).expanduser().resolve()
         if create:
@@ -1230,9 +1150,9 @@ def default_index_location(db: str | Path | None, engine: Engine) -> str:
     """In memory beside an in-memory database, ``<name>.chroma/`` beside a SQLite file, ``runs/kb-index`` otherwise."""
     from tools.index import EPHEMERAL
 
-    if db is None:
-        return EPHEMERAL
     path = sqlite_file(engine)
+    if db is None or (path is None and engine.url.get_backend_name() == "sqlite"):
+        return EPHEMERAL
     if path is not None:
         return str(path.with_name(path.stem + ".chroma"))
     return str(DEFAULT_SERVER_INDEX.resolve())
@@ -1246,7 +1166,7 @@ def sqlite_file(engine: Engine) -> Path | None:
     return Path(database.removeprefix("file:"))
 
 
-def open_store(
+def open_sql_store(
     db: str | Path | None = None,
     *,
     index: str | Path | None | Literal[False] = None,
@@ -1258,7 +1178,8 @@ def open_store(
     index_wait_s: float | None = None,
     **settings: Any,
 ) -> SQLKnowledgeStore:
-    """Open a knowledge store (creating it, unless ``create=False``).
+    """Open a SQL knowledge store (creating it, unless ``create=False``); ``tools.open_store`` calls it for
+    paths and ``sqlite://`` / ``postgresql://`` URLs.
 
     ``index``: None for the default location, a directory, ``":memory:"``, an ``http(s)://``
     Chroma server, or False: no index and no embedder (Chroma and the model are never
@@ -1288,7 +1209,7 @@ def open_store(
     A writable open (``create=True``) with an index first applies the index changes a
     crashed writer left journalled.
     """
-    lookup = _policy(policy, settings)
+    lookup = make_policy(policy, settings)
     if relation_match not in (None, "semantic", "exact"):
         raise InvalidInput(f"relation_match must be 'semantic', 'exact' or None, got {relation_match!r}")
     semantic_relations = relation_match == "semantic" or (relation_match is None and index is not False)

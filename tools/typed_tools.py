@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tools.schema import MAX_FIELD_CHARS, MAX_SOURCE_CHARS, MAX_VALUE_CHARS, FactRecord, ForgetReceipt, InvalidInput, LookupResult
-from tools.store import KnowledgeStore
+from tools.backends import KnowledgeStore
 
 if TYPE_CHECKING:
     from langchain_core.tools import StructuredTool
@@ -127,8 +127,7 @@ def write(store: KnowledgeStore, /, **raw: Any) -> WriteResult | ToolError:
         fact = store.write(a.entity, a.relation, a.value, a.source, namespace=a.namespace, mode=a.mode)
         previous = stored.get(fact.id)
         action = "inserted" if previous is None else "unchanged" if previous == fact.value else "updated"
-        record = FactRecord(id=fact.id, entity=fact.entity, relation=fact.relation, value=fact.value, source=fact.source)
-        return WriteResult(action=action, fact=record, namespace=fact.namespace, previous_value=previous)
+        return WriteResult(action=action, fact=fact.record(), namespace=fact.namespace, previous_value=previous)
 
     return _guarded("kb_write", WriteArgs, body, raw)
 

@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lmlm_agent.format import LookupCall, list_calls
+from tools.schema import normalise_text
 
 KEYS = ("value", "entity_value", "triple")
 
 
-def normalise(s: str) -> str:
-    return " ".join(s.lower().replace("_", " ").split())
-
-
 def call_key(call: LookupCall, key: str) -> tuple[str, ...]:
-    e, r, v = normalise(call.entity), normalise(call.relation), normalise(call.value or "")
+    e, r, v = normalise_text(call.entity), normalise_text(call.relation), normalise_text(call.value or "")
     return {"value": (v,), "entity_value": (e, v), "triple": (e, r, v)}[key]
 
 
@@ -114,4 +111,4 @@ def agreement(pairs: Iterable[tuple[str, str]]) -> AgreementReport:
     return report
 
 
-__all__ = ["KEYS", "normalise", "call_key", "Counts", "score_document", "AgreementReport", "agreement"]
+__all__ = ["KEYS", "call_key", "Counts", "score_document", "AgreementReport", "agreement"]

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from lmlm_agent.format import LookupCall
-from training.annotation_eval import normalise
+from tools.schema import normalise_text
 from training.annotator_data import Grounded, ground, name_spans, title_span
 from training.annotators import Annotation, config_from, finish, screen
 
@@ -278,9 +278,9 @@ def window_examples(
         cands = sorted(mentions | _name_candidates(w, g.text))
         values, gold = [], []
         for f, (s, e) in facts:
-            values.append((s, e, relation_ids.get(normalise(f.relation), IGNORE)))
-            want = normalise(f.entity)
-            gold.append([normalise(_surface(g.text, w, c)) == want for c in cands])
+            values.append((s, e, relation_ids.get(normalise_text(f.relation), IGNORE)))
+            want = normalise_text(f.entity)
+            gold.append([normalise_text(_surface(g.text, w, c)) == want for c in cands])
         dist, count = _candidate_features(w, g.text, [(s, e) for s, e, _ in values], cands)
         spans, widths, _ = _value_spans(w, max_words)
         chosen = {(s, e) for s, e, _ in values}
@@ -304,8 +304,8 @@ def window_examples(
 def _candidate_features(w: Window, text: str, values: list[tuple[int, int]], cands: list[tuple[int, int]]):
     """Per value and candidate: (distance bucket, count bucket). The title is its own bucket; a name said
     often in the window is more likely the paragraph's subject, which a 4-layer span vector cannot count."""
-    names = Counter(normalise(_surface(text, w, c)) for c in cands)
-    count = [min(N_COUNT, names[normalise(_surface(text, w, c))]) - 1 for c in cands]
+    names = Counter(normalise_text(_surface(text, w, c)) for c in cands)
+    count = [min(N_COUNT, names[normalise_text(_surface(text, w, c))]) - 1 for c in cands]
     dist = [[_distance_bucket(vs, cs, (cs, ce) == w.title) for cs, ce in cands] for vs, _ in values]
     return dist, count
 
@@ -523,7 +523,7 @@ def train_annotator(documents: Iterable[tuple[str, str]], config: AnnotatorConfi
         if g is not None:
             grounded.append(g)
     report.documents, report.grounding = len(grounded), dict(stats)
-    rel_counts = Counter(normalise(f.relation) for g in grounded for f in g.facts)
+    rel_counts = Counter(normalise_text(f.relation) for g in grounded for f in g.facts)
     relations = sorted(rel_counts)
     report.relations = len(relations)
 
@@ -799,7 +799,7 @@ class Annotator:
                     cs, ce = cands[j]
                     entity = _field(text[w.spans[cs][0] : w.spans[ce][1]])
                     value = _field(text[start:end])
-                    if value and entity and normalise(entity) != normalise(value):
+                    if value and entity and normalise_text(entity) != normalise_text(value):
                         calls.append((start, LookupCall(entity, self.relations[r], value)))
             out.append(calls)
         return out

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from training.annotation_eval import normalise
+from tools.schema import normalise_text
 from training.teacher import check_answer
 
 # A document of the published data begins "Title_with_underscores: ...".
@@ -63,7 +63,7 @@ def name_spans(text: str) -> list[tuple[int, int]]:
 
 def find_spans(text: str, name: str) -> list[tuple[int, int]]:
     """Whole-word occurrences of ``name`` in ``text``, blind to case, ``_`` and whitespace runs."""
-    words = normalise(name).split()
+    words = normalise_text(name).split()
     if not words:
         return []
     # The searched copy has the text's length, so match offsets are text offsets.
@@ -93,7 +93,7 @@ def ground(text: str, annotated: str, stats: Counter) -> Grounded | None:
             stats["values_overlapping"] += 1
             continue
         named = find_spans(text, call.entity)
-        if title and normalise(text[title[0] : title[1]]) == normalise(call.entity):
+        if title and normalise_text(text[title[0] : title[1]]) == normalise_text(call.entity):
             named.append(title)
         stats["entities_not_in_text"] += not named
         mentions.update(named)

@@ -130,7 +130,7 @@ def with_abstentions(annotated: Sequence[str], share: float, seed: int = 0) -> l
     The loss mask is unchanged: the returned ``unknown`` is masked, the repeated one trained.
     Only calls whose value the text repeats right after the call are changed.
     """
-    from lmlm_agent.decoding import UNKNOWN
+    from tools.schema import UNKNOWN
 
     rng = random.Random(seed)
     out = []

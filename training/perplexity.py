@@ -23,32 +23,26 @@ counted; with no lookups its three perplexities coincide.
 from __future__ import annotations
 
 import math
-import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from lmlm_agent.format import DB_ENTITY, DB_RETURN, extract_triples, parse, strip_calls
 from lmlm_agent.tokenizer import call_token_ids
 from training.corpus import AnnotatedDocument
-from tools.schema import UNKNOWN
+from tools.schema import UNKNOWN, Lookup, LookupResult, normalise_text
 from training.data import call_block_mask, encode, value_mask
 
-Lookup = Callable[[str, str], "str | None"]
 MAX_QUERY_TOKENS = 32
 
 
-def _norm(field_text: str) -> str:
-    return re.sub(r"\s+", " ", field_text.replace("_", " ")).strip().lower()
-
-
 def _key(entity: str, relation: str) -> tuple[str, str]:
-    return _norm(entity), _norm(relation)
+    return normalise_text(entity), normalise_text(relation)
 
 
 class OracleDatabase:
-    """The triples of the held-out annotations, read by normalised (entity, relation); first value wins."""
+    """A :class:`tools.Lookup` of the held-out annotations' triples by normalised (entity, relation); first value wins."""
 
     def __init__(self, documents: Sequence[AnnotatedDocument]):
         self.facts: dict[tuple[str, str], str] = {}
@@ -56,8 +50,9 @@ class OracleDatabase:
             for entity, relation, value in extract_triples(doc.annotated):
                 self.facts.setdefault(_key(entity, relation), value)
 
-    def __call__(self, entity: str, relation: str) -> str | None:
-        return self.facts.get(_key(entity, relation))
+    def read(self, entity: str, relation: str) -> LookupResult:
+        value = self.facts.get(_key(entity, relation))
+        return LookupResult.miss(entity, relation) if value is None else LookupResult.hit(entity, relation, value)
 
 
 @dataclass
@@ -257,9 +252,9 @@ def _dynamic_window(model, tokenizer, call, ids: list[int], in_block: list[bool]
         stream.feed([call.ret])
         tally.queries += 1
         pending = parse(DB_ENTITY + tokenizer.decode(query) + DB_RETURN).pending
-        value = lookup(pending.entity, pending.relation) if pending else None
-        tally.hits += value is not None
-        stream.feed(encode([" " + (value if value is not None else UNKNOWN)], tokenizer)[0] + [call.end])
+        answer = lookup.read(pending.entity, pending.relation) if pending else None
+        tally.hits += answer is not None and answer.found
+        stream.feed(encode([" " + (answer.value if answer is not None else UNKNOWN)], tokenizer)[0] + [call.end])
         # Skip the gold call block; the text after it is scored against the model's own lookup.
         i = next((k + 1 for k in range(j, len(ids)) if ids[k] == call.end), len(ids))
 

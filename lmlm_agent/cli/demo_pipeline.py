@@ -348,12 +348,7 @@ class DemoRun:
 
         store = open_store(self.directory / "kb.sqlite", index=False)
         held_out = [d for d in read_documents(self.directory / "corpus" / "annotated.jsonl") if d.id in self._eval_ids]
-
-        def lookup(entity: str, relation: str) -> str | None:
-            hit = store.read(entity, relation)
-            return hit.value if hit.found else None
-
-        reports = [evaluate_checkpoint(self.directory / "lmlm", held_out, lookup),
+        reports = [evaluate_checkpoint(self.directory / "lmlm", held_out, store),
                    evaluate_checkpoint(self.directory / "baseline", held_out)]
         rows = [r.to_dict() for r in reports]
         (self.directory / "perplexity.json").write_text(json.dumps(rows, indent=1))
@@ -365,10 +360,10 @@ class DemoRun:
 
     def benchmarks(self) -> str:
         """factual precision (FactScore, cloze), DB-off, and forgetting: row deletion vs gradient unlearning."""
-        from benchmarks.run_all import BenchConfig, bench_all, load_run
+        from benchmarks.run_all import BenchConfig, bench_all, load_bench_run
 
         config = BenchConfig(**{**self.size.bench, "threads": self.threads, "seed": self.seed})
-        bench_all(load_run(self.directory, config), config)
+        bench_all(load_bench_run(self.directory, config), config)
         self.results["bench"] = json.loads((self.directory / "bench" / "summary.json").read_text())
         held = [c for c in self.results["bench"]["claims"] if c["holds"]]
         return f"{len(held)} of {len(self.results['bench']['claims'])} claims hold at p < 0.05"

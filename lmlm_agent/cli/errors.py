@@ -22,10 +22,11 @@ EXIT_USER_ERROR = 2
 # one of them is reported with that name (the URL, path or index location the user gave).
 OPENED = {
     ("store.py", "make_engine"): ("database", "db"),
-    ("store.py", "open_store"): ("database", "db"),
+    ("store.py", "open_sql_store"): ("database", "db"),
+    ("backends.py", "open_store"): ("database", "db"),
     ("index.py", "make_client"): ("semantic index", "location"),
 }
-DATABASE_HINT = "give a SQLite file path or a postgresql:// URL"
+DATABASE_HINT = "give a SQLite file path, a postgresql:// URL, memory:// or an http(s):// lmlm serve"
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

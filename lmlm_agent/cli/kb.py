@@ -23,7 +23,7 @@ from tools.lookup import LookupPolicy
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from tools import SQLKnowledgeStore
+    from tools import KnowledgeStore, SQLKnowledgeStore
 
 app = typer.Typer(
     help="The knowledge base: import, add, get, delete, multi-valued, stats, check, export, rebuild-index.", no_args_is_help=True
@@ -63,7 +63,7 @@ def _clear_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _open(db: str, index: Optional[str], namespace: str, **kwargs: Any) -> SQLKnowledgeStore:
+def _open(db: str, index: Optional[str], namespace: str, **kwargs: Any) -> KnowledgeStore:
     import os
 
     from tools import open_store
@@ -76,6 +76,16 @@ def _open(db: str, index: Optional[str], namespace: str, **kwargs: Any) -> SQLKn
         except ValueError:
             raise typer.BadParameter(f"{INDEX_WAIT_ENV} must be a number of seconds, got {os.environ[INDEX_WAIT_ENV]!r}") from None
     return open_store(db, index=False if off else index, namespace=namespace, **kwargs)
+
+
+def _open_sql(db: str, index: Optional[str], namespace: str, **kwargs: Any) -> SQLKnowledgeStore:
+    """A store this command needs SQL of (its semantic index, resumable imports, index checks)."""
+    from tools import InvalidInput, SQLKnowledgeStore
+
+    store = _open(db, index, namespace, **kwargs)
+    if not isinstance(store, SQLKnowledgeStore):
+        raise InvalidInput(f"{db}: this command works on a SQL store (a SQLite file or a postgresql:// URL)")
+    return store
 
 
 def _print_json(data: Any) -> None:
@@ -119,12 +129,13 @@ def import_(
         if kind == "annotated":
             loaded = annotated_rows(path, data, source)
             store = _open(db, index, namespace)
-            with console.status(f"writing {len(loaded.rows):,} rows" + (" and embedding their keys" if store.index else "")):
+            embedding = " and embedding their keys" if store.describe()["index"] else ""
+            with console.status(f"writing {len(loaded.rows):,} rows{embedding}"):
                 report = import_rows(store, loaded.rows, loaded.rejected, namespace=namespace, detect_multi_valued=multi_valued)
         else:
             with console.status(f"reading {path.name} (counting rows, finding several-valued relations)"):
                 scan = scan_file(path, kind, source)
-            store = _open(db, index, namespace)
+            store = _open_sql(db, index, namespace)
             report = _import_with_progress(store, path, kind, scan, namespace, source, multi_valued, resume, console)
     if as_json:
         _print_json(report.model_dump())
@@ -334,7 +345,7 @@ def stats(
     from rich.table import Table
 
     with _clear_errors():
-        store = _open(db, index, "default")
+        store = _open_sql(db, index, "default")
         names = sorted(set(store.namespaces()) | set(store.index.namespaces() if store.index else []))
         rows = [
             {"namespace": ns, "facts": store.count(namespace=ns),
@@ -370,7 +381,7 @@ def check(
     from rich.table import Table
 
     with _clear_errors():
-        store = _open(db, index, namespace or "default")
+        store = _open_sql(db, index, namespace or "default")
         report = store.check_index(namespace=namespace, repair=repair)
     drift = any(r["missing"] or r["stale"] or r["pending"] for r in report)
     if as_json:
@@ -423,7 +434,7 @@ def rebuild_index(
 ) -> None:
     """Re-embed the semantic index from the SQL rows: built beside the live index and swapped in (a kill keeps the old)."""
     with _clear_errors():
-        store = _open(db, index, namespace or "default")
+        store = _open_sql(db, index, namespace or "default")
         with _console().status("embedding keys"):
             done = store.rebuild_index(namespace)
     for ns, n in done.items():
