@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools import KnowledgeStore, backends, open_store
+from tools import KnowledgeStore, open_store, registered_backends
 from tools.conformance import KnowledgeStoreConformance
 from tools.remote import RemoteKnowledgeStore
 
@@ -73,7 +73,7 @@ class TestRemote(KnowledgeStoreConformance):
 
 def test_every_registered_scheme_has_a_suite_above() -> None:
     tested = {"sqlite", "postgresql", "postgresql+psycopg", "postgres", "memory", "http", "https"}
-    assert set(backends()) == tested
+    assert set(registered_backends()) == tested
 
 
 def test_a_bare_path_and_a_sqlite_url_open_the_same_file(tmp_path) -> None:

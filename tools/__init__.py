@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tools.backends import KnowledgeStore, ReadOnlyStore, WriteStats, backends, open_store, register_backend
+    from tools.backends import KnowledgeStore, ReadOnlyStore, WriteStats, open_store, register_backend, registered_backends
     from tools.lookup import LookupPolicy
     from tools.schema import (
         UNKNOWN,
@@ -39,8 +39,8 @@ _HOME = {
     "LookupPolicy": "tools.lookup",
     **dict.fromkeys(("UNKNOWN", "FactRecord", "ForgetReceipt", "InvalidInput", "Lookup", "LookupResult", "StoredFact",
                      "normalise_key", "normalise_text"), "tools.schema"),
-    **dict.fromkeys(("KnowledgeStore", "ReadOnlyStore", "WriteStats", "backends", "open_store", "register_backend"),
-                    "tools.backends"),
+    **dict.fromkeys(("KnowledgeStore", "ReadOnlyStore", "WriteStats", "open_store", "register_backend",
+                     "registered_backends"), "tools.backends"),
     "SQLKnowledgeStore": "tools.store",
 }
 

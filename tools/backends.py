@@ -111,7 +111,7 @@ def register_backend(scheme: str, factory: BackendFactory) -> None:
     _BACKENDS[scheme] = factory
 
 
-def backends() -> list[str]:
+def registered_backends() -> list[str]:
     """The schemes :func:`open_store` can open."""
     return sorted(_BACKENDS)
 
