@@ -119,3 +119,20 @@ def test_the_decoder_reads_through_a_remote_store_and_records_a_dead_one_as_an_e
     with RemoteKnowledgeStore("http://127.0.0.1:1", timeout_s=2) as dead:  # nothing listens there
         failed = resolve(dead, "Ada Lovelace", "birth year")
     assert failed.match == "error" and failed.value == UNKNOWN and "ConnectError" in failed.error
+
+
+def test_kb_get_reads_a_remote_store_and_refuses_a_policy_it_cannot_apply(knowledge_server) -> None:
+    """`lmlm kb get --db http://...`: the command line opens any backend by URL."""
+    from typer.testing import CliRunner
+
+    from lmlm_agent.cli import app
+
+    url, backing = knowledge_server
+    ns = _namespace()
+    backing.with_namespace(ns).write("Ada Lovelace", "birth year", "1815")
+    runner = CliRunner()
+    got = runner.invoke(app, ["kb", "get", "ada lovelace", "birth year", "--db", url, "-n", ns, "--json"])
+    assert got.exit_code == 0, got.output
+    assert '"value": "1815"' in got.output
+    refused = runner.invoke(app, ["kb", "get", "Ada Lovelace", "birth year", "--db", url, "-n", ns, "--policy", "published"])
+    assert refused.exit_code == 1 and "server's policy" in refused.output

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from tools.backends import KnowledgeStore, ReadOnlyStore, Triple, WriteStats
+from tools.lookup import LookupPolicy
 from tools.schema import ForgetReceipt, InvalidInput, LookupResult, StoredFact, WriteMode, clean_namespace, query_keys
 
 PAGE = 1_000  # facts per listing request (the server's largest page)
@@ -38,13 +39,18 @@ class RemoteKnowledgeStore(KnowledgeStore):
         create: bool = False,
         read_only: bool = True,
         index: bool | None = None,
+        policy: str | LookupPolicy | None = None,
+        relation_match: str | None = None,
         _client: httpx.Client | None = None,
     ) -> None:
-        # create / read_only / index are open_store options of the other backends: a remote store never creates
-        # anything, always only reads, and its server decides how it matches (index=False asks nothing of it).
+        # create / read_only / index / policy / relation_match are open_store options of the other backends: a
+        # remote store never creates anything, always only reads, and its server decides how it matches, so
+        # only values that ask nothing of it are taken (index=False, the default policy).
         del create, read_only
         if index not in (None, False):
             raise InvalidInput("a remote store reads with its server's index and policy; give no index")
+        if policy not in (None, "entity", LookupPolicy()) or relation_match is not None:
+            raise InvalidInput("a remote store reads with its server's policy; set the policy on the server")
         self.url = url.rstrip("/")
         self.namespace = clean_namespace(namespace)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
