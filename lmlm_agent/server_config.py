@@ -53,7 +53,9 @@ class ServerConfig:
     store: str | None = field(
         default=None,
         metadata={"help": "Knowledge base: a SQLite path or a database URL (postgresql://...), opened as it is (never "
-                          "created). Default: the run's kb.sqlite. Replicas that give the same URL share one store."},
+                          "created); http(s)://host:port reads another `lmlm serve`'s knowledge (read-only); any "
+                          "scheme tools.register_backend added. Default: the run's kb.sqlite. Replicas that give "
+                          "the same URL share one store."},
     )
     index: str | None = field(
         default=None,
