@@ -142,6 +142,12 @@ class DecodingConfig:
         default=(), metadata={"help": "finish a row once its written text contains one of these; the text ends before it"})
     force_lookup_start: bool = field(default=False, metadata={"help": "the answer starts with <|db_entity|> (cloze: the model must name the query)"})
     db_off: bool = field(default=False, metadata={"help": "every lookup returns 'unknown' (the ablation)"})
+    abstain_on_unknown: bool = field(
+        default=False,
+        metadata={"help": "after a lookup the store answers 'unknown' (a miss or a deleted row; never under db_off), the "
+                  "text goes on with ' unknown': the model repeats what the database said, as its corpus repeats every "
+                  "looked-up value, instead of stating a value from its weights (docs/runtime.md, abstention)"},
+    )
     logprobs: int | None = field(
         default=None,
         metadata={"help": "record each written token's log-probability under the model (before penalties and bias) "
@@ -477,6 +483,8 @@ class InterleavedDecoder:
         row.lookups.append(record)
         value = clean_field(record.value)
         injected = self.tokenizer.encode(" " + value, add_special_tokens=False) + [self.call.end]
+        if self.config.abstain_on_unknown and record.value == UNKNOWN and record.match != "off":
+            injected += self.tokenizer.encode(" " + UNKNOWN, add_special_tokens=False)
         row.ids.extend(injected)
         row.injected += len(injected)
         row.written_from = len(row.ids)
