@@ -101,6 +101,7 @@ def test_abstain_on_unknown_repeats_the_miss_and_leaves_hits_and_db_off_alone(to
     abstain = DecodingConfig(abstain_on_unknown=True)
     (miss,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore({}), abstain)
     assert miss.raw_text.startswith(" plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown")
+    assert not miss.raw_text[len(" plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown"):][:1].isalnum()
     (hit,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore(FACTS), abstain)
     assert hit.raw_text == KO
     (off,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore(FACTS), DecodingConfig(
