@@ -108,8 +108,10 @@ def forgetting_claims(result: dict | None) -> list[Claim]:
     return out
 
 
-def abstention_claims(result: dict | None, reference: dict | None = None) -> list[Claim]:
-    """``reference``: the same benchmark on an LMLM trained without abstentions (the 2-point check)."""
+def abstention_claims(result: dict | None, references: dict[str, dict] | None = None) -> list[Claim]:
+    """``references``: what abstaining is compared with, by what it is: ``"training"``, the same benchmark on an
+    LMLM trained without abstentions; ``"decoding"``, the same LMLM decoding without ``abstain_on_unknown``.
+    Each gives the 2-point check: correct answers before deletion, paired on the same questions."""
     if not result:
         return []
     c = result["abstain_vs_stated"]
@@ -117,13 +119,15 @@ def abstention_claims(result: dict | None, reference: dict | None = None) -> lis
                  "abstain share - stated share", c["difference"]["value"], c["difference"]["low"],
                  c["difference"]["high"], result["n"], c["alternative_p"], c["alternative_p"] < ALPHA,
                  f"abstain {fmt(result['abstain_after']['value'])}, state {fmt(result['stated_after']['value'])}")]
-    if reference:
+    labels = {"training": ("abstention training", "without - with abstention training"),
+              "decoding": ("abstaining on unknown (decoding)", "without - with abstain_on_unknown, same weights")}
+    for kind, reference in (references or {}).items():
         ours = [float(x["verdict_before"] == "correct") for x in result["answers"]]
         theirs = [float(x["verdict_before"] == "correct") for x in reference["answers"]]
         drop = compare(theirs, ours).difference
-        out.append(_tested("abstention training costs <= 2 points of correct answers before deletion",
-                           "correct share without - with abstention training", drop,
-                           compare([x + 0.02 for x in ours], theirs).alternative_p))
+        what, measure = labels[kind]
+        out.append(_tested(f"{what} costs <= 2 points of correct answers before deletion",
+                           f"correct share {measure}", drop, compare([x + 0.02 for x in ours], theirs).alternative_p))
     return out
 
 

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 
 def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
     if isinstance(x, float):
         if math.isinf(x):
             return "∞" if x > 0 else "-∞"
@@ -41,29 +43,39 @@ def write_outputs(directory: Path, name: str, data: dict, markdown: str, figure=
     return paths
 
 
-def _figure(ncols: int, width: float = 4.5):
+def pyplot():
+    """matplotlib.pyplot on the file-only backend (runs have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, ncols, figsize=(width * ncols, 3.6), squeeze=False)
+    return plt
 
 
-def interval(estimate: dict) -> str:
-    """``value [low, high]`` of an Estimate's dict."""
+def _figure(ncols: int, width: float = 4.5):
+    return pyplot().subplots(1, ncols, figsize=(width * ncols, 3.6), squeeze=False)
+
+
+def interval(estimate: dict | None) -> str:
+    """``value [low, high]`` of an Estimate's dict ("" without one)."""
+    if not estimate:
+        return ""
     return f"{fmt(estimate['value'])} [{fmt(estimate['low'])}, {fmt(estimate['high'])}]"
+
+
+def error_bars(heights: Sequence[float], lows: Sequence[float | None], highs: Sequence[float | None]) -> list[list[float]]:
+    """matplotlib's ``yerr`` (below, above) from interval bounds; a missing or infinite bound draws no bar."""
+    clean = lambda x, h: h if x is None or math.isnan(x) or math.isinf(x) else x  # noqa: E731
+    return [[max(0.0, h - clean(lo, h)) for h, lo in zip(heights, lows)],
+            [max(0.0, clean(hi, h) - h) for h, hi in zip(heights, highs)]]
 
 
 def _bars(ax, labels: Sequence[str], values: Sequence[float], title: str, ylim: float | None = 1.0,
           lows: Sequence[float] | None = None, highs: Sequence[float] | None = None) -> None:
     """Bars with 95 % intervals as error bars (where given)."""
     heights = [0 if math.isnan(v) else v for v in values]
-    errors = None
-    if lows is not None and highs is not None:
-        clean = lambda x: 0.0 if x is None or math.isnan(x) or math.isinf(x) else x  # noqa: E731
-        errors = [[max(0.0, h - clean(lo)) for h, lo in zip(heights, lows)],
-                  [max(0.0, clean(hi) - h) for h, hi in zip(heights, highs)]]
+    errors = error_bars(heights, lows, highs) if lows is not None and highs is not None else None
     ax.bar(range(len(values)), heights, color="#4c72b0", yerr=errors, capsize=4)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_title(title)
@@ -168,10 +180,8 @@ def forgetting_figure(result: dict):
             heights = [0 if math.isnan(v) else v for v in values]
             errors = None
             if key == "forget_quality":
-                lows = [by_method[m]["forget_quality_low"] if m in by_method else math.nan for m in methods]
-                highs = [by_method[m]["forget_quality_high"] if m in by_method else math.nan for m in methods]
-                errors = [[0 if math.isnan(lo) else max(0, h - lo) for h, lo in zip(heights, lows)],
-                          [0 if math.isnan(hi) else max(0, hi - h) for h, hi in zip(heights, highs)]]
+                errors = error_bars(heights, [by_method[m]["forget_quality_low"] if m in by_method else None for m in methods],
+                                    [by_method[m]["forget_quality_high"] if m in by_method else None for m in methods])
             ax.bar([j + i * width for j in range(len(methods))], heights, width, label=split, yerr=errors, capsize=3)
         ax.set_xticks([j + width * (len(splits) - 1) / 2 for j in range(len(methods))], methods,
                       rotation=25, ha="right")
@@ -183,8 +193,13 @@ def forgetting_figure(result: dict):
 
 # --------------------------------------------------------------------------- abstention
 
-def abstention_markdown(result: dict) -> str:
+def abstention_markdown(result: dict, references: dict[str, dict] | None = None) -> str:
+    """``references``: the 2-point check's (``run_all.bench_abstention``), each a row beside the LMLM's."""
     examples = [(a["question"], a["value"], a["before"], a["after"], a["verdict_after"]) for a in result["answers"][:5]]
+    names = {"decoding": "the same LMLM without abstain_on_unknown", "training": "an LMLM trained without abstentions"}
+    rows = [(name, interval(r["correct_before"]), interval(r["abstain_after"]), interval(r["stated_after"]),
+             interval(r["correct_after"]))
+            for name, r in [("the LMLM", result)] + [(names[k], r) for k, r in (references or {}).items()]]
     return "\n".join([
         "# Abstention after a deletion",
         "",
@@ -192,9 +207,8 @@ def abstention_markdown(result: dict) -> str:
         "deleted. Abstain: the answer says `unknown`; stated: it states a value (an empty answer is neither). "
         "Wilson 95 % intervals.",
         "",
-        table(["before: correct", "after: abstain", "after: states a value", "after: still the gold value"],
-              [(interval(result["correct_before"]), interval(result["abstain_after"]),
-                interval(result["stated_after"]), interval(result["correct_after"]))]),
+        table(["model", "before: correct", "after: abstain", "after: states a value", "after: still the gold value"],
+              rows),
         "",
         table(["question", "gold", "answer before", "answer after deletion", "after"], examples),
         "",

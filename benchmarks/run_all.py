@@ -11,7 +11,7 @@ A run directory (what ``lmlm demo`` writes) holds::
                      with the store less forget10's rows) as reference, the held-out-people
                      proxy becoming a second column
     RUN/abstention_reference.json   optional: the abstention benchmark of an LMLM trained
-                     without abstentions (what the 2-point claim compares with)
+                     without abstentions (what the training 2-point claim compares with)
 
 Three subjects are measured: ``lmlm`` (its store), ``lmlm-db-off`` (every lookup
 ``unknown``) and ``baseline``. Results land in ``RUN/bench/`` as JSON, Markdown and PNG;
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import claims, report
@@ -49,6 +49,7 @@ class BenchConfig:
     factscore_tokens: int = field(default=256, metadata={"help": "Greedy tokens per bio."})
     gamma: int = field(default=0, metadata={"help": "FactScore length-penalty scale: 0 = the world's median facts per person; 10 = published."})
     abstention_questions: int = field(default=200, metadata={"help": "Forget10 questions asked before and after deleting their people (0: skip)."})
+    abstain_on_unknown: bool = field(default=True, metadata={"help": "The LMLM decodes with DecodingConfig.abstain_on_unknown: after a lookup answers `unknown` its text says `unknown` (never for the DB-off ablation); the abstention benchmark then also runs without it, the 2-point check's reference."})
     cloze_items: int = field(default=200, metadata={"help": "Cloze facts."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "Decoding repetition penalty for bios and cloze (published: 1.2, which also penalises copying a just-injected value; TOFU's ROUGE always uses 1.0)."})
     batch_size: int = field(default=16, metadata={"help": "Prompts or answers per forward pass."})
@@ -97,17 +98,19 @@ def load_bench_run(directory: str | Path, config: BenchConfig) -> Run:
     store = open_store(directory / "kb.sqlite", create=False,
                        **({} if config.semantic_index else {"index": False, "relation_match": config.relation_match}))
     common = dict(batch_size=config.batch_size, decoding={"repetition_penalty": config.repetition_penalty})
+    lmlm_decoding = {**common["decoding"], "abstain_on_unknown": config.abstain_on_unknown}
     world = World.load(directory / "world")
     retain = None
     if all((directory / "retain" / name / "config.json").exists() for name in ("lmlm", "baseline")):
         r_lmlm, r_base = load_checkpoint(directory / "retain" / "lmlm"), load_checkpoint(directory / "retain" / "baseline")
         retain_store = copy_store(store, without=world.splits["forget10"])
-        retain = (Subject("lmlm-retain", r_lmlm.model, r_lmlm.tokenizer, store=retain_store, **common),
+        retain = (Subject("lmlm-retain", r_lmlm.model, r_lmlm.tokenizer, store=retain_store,
+                          batch_size=config.batch_size, decoding=lmlm_decoding),
                   Subject("baseline-retain", r_base.model, r_base.tokenizer, **common))
     return Run(
         directory,
         world,
-        Subject("lmlm", lmlm.model, lmlm.tokenizer, store=store, **common),
+        Subject("lmlm", lmlm.model, lmlm.tokenizer, store=store, batch_size=config.batch_size, decoding=lmlm_decoding),
         Subject("lmlm-db-off", lmlm.model, lmlm.tokenizer, db_off=True, **common),
         Subject("baseline", baseline.model, baseline.tokenizer, **common),
         retain,
@@ -167,17 +170,27 @@ def bench_tofu_files(run: Run, config: BenchConfig, tofu: TofuConfig) -> dict:
     return results
 
 
-def bench_abstention(run: Run, config: BenchConfig) -> dict:
-    """The LMLM on forget10's questions before and after deleting those people's rows."""
-    items = run.world.qa["forget10"]
-    result = evaluate_abstention(run.lmlm, items, AbstentionConfig(questions=config.abstention_questions)).to_dict()
-    report.write_outputs(run.out, "abstention", {"config": asdict(config), **result}, report.abstention_markdown(result))
-    return result
+def bench_abstention(run: Run, config: BenchConfig) -> tuple[dict, dict[str, dict]]:
+    """The LMLM on forget10's questions before and after deleting those people's rows, and the references of
+    the 2-point check: the same LMLM without ``abstain_on_unknown`` (when it decodes with it) and
+    ``RUN/abstention_reference.json`` (an LMLM trained without abstentions, when the run has one)."""
+    items, abstention = run.world.qa["forget10"], AbstentionConfig(questions=config.abstention_questions)
+    result = evaluate_abstention(run.lmlm, items, abstention).to_dict()
+    references = {}
+    if run.lmlm.decoding.get("abstain_on_unknown"):
+        plain = replace(run.lmlm, decoding={**run.lmlm.decoding, "abstain_on_unknown": False})
+        references["decoding"] = evaluate_abstention(plain, items, abstention).to_dict()
+    trained = run.directory / "abstention_reference.json"
+    if trained.exists():
+        references["training"] = json.loads(trained.read_text())
+    report.write_outputs(run.out, "abstention", {"config": asdict(config), **result, "references": references},
+                         report.abstention_markdown(result, references))
+    return result, references
 
 
 def abstention_reference(directory: str | Path, checkpoint: str | Path, config: BenchConfig) -> dict:
     """The abstention benchmark on another LMLM checkpoint (one trained without abstentions) with the run's
-    store: written to ``RUN/abstention_reference.json``, the reference of the 2-point claim."""
+    store: written to ``RUN/abstention_reference.json``, the reference of the training 2-point claim."""
     from lmlm_agent.model import load_checkpoint
 
     run = load_bench_run(directory, config)
@@ -190,20 +203,18 @@ def abstention_reference(directory: str | Path, checkpoint: str | Path, config: 
     return result
 
 
-def run_claims(run: Run, factscore: list[dict], cloze: list[dict], forgetting: dict | None,
-               abstention: dict | None) -> list[claims.Claim]:
-    reference_file = run.directory / "abstention_reference.json"
-    reference = json.loads(reference_file.read_text()) if reference_file.exists() else None
+def run_claims(factscore: list[dict], cloze: list[dict], forgetting: dict | None, abstention: dict | None,
+               abstention_references: dict[str, dict]) -> list[claims.Claim]:
     return (claims.factscore_claims(factscore) + claims.cloze_claims(cloze) + claims.forgetting_claims(forgetting)
-            + claims.abstention_claims(abstention, reference))
+            + claims.abstention_claims(abstention, abstention_references))
 
 
 def bench_all(run: Run, config: BenchConfig) -> Path:
     """Every benchmark, then ``report.md``: the claims table followed by each benchmark's report."""
     factscore, cloze, tofu = bench_factscore(run, config), bench_cloze(run, config), bench_tofu(run, config)
     forgetting = tofu if "rows" in tofu else None  # None: tofu_data scored TOFU's own sets instead
-    abstention = bench_abstention(run, config) if config.abstention_questions else None
-    checked = run_claims(run, factscore, cloze, forgetting, abstention)
+    abstention, references = bench_abstention(run, config) if config.abstention_questions else (None, {})
+    checked = run_claims(factscore, cloze, forgetting, abstention, references)
     report.write_outputs(run.out, "claims", {"claims": [c.to_dict() for c in checked]}, claims.markdown(checked))
     names = ["claims", "factscore", "cloze", "tofu"] + (["abstention"] if abstention else [])
     (run.out / "report.md").write_text("\n".join((run.out / f"{name}.md").read_text() for name in names))
@@ -219,8 +230,6 @@ def bench_seeds(run: Run, config: BenchConfig, seeds: int) -> Path:
     """``bench_all`` with item-sampling and unlearning seeds seed, seed+1, ... into RUN/bench/seed-<k>/, then
     RUN/bench/claims_over_seeds.md: each claim's mean over the seeds with a t interval (the models are the
     run's: retraining with other seeds is ``lmlm demo --seeds``)."""
-    from dataclasses import replace
-
     per_seed = []
     for k in range(seeds):
         seeded = replace(config, seed=config.seed + k)

@@ -136,6 +136,12 @@ class DecodingConfig:
         default=(), metadata={"help": "finish a row once its written text contains one of these; the text ends before it"})
     force_lookup_start: bool = field(default=False, metadata={"help": "the answer starts with <|db_entity|> (cloze: the model must name the query)"})
     db_off: bool = field(default=False, metadata={"help": "every lookup returns 'unknown' (the ablation)"})
+    abstain_on_unknown: bool = field(
+        default=False,
+        metadata={"help": "after a lookup the store answers 'unknown' (a miss or a deleted row; never under db_off), the "
+                  "text goes on with ' unknown': the model repeats what the database said, as its corpus repeats every "
+                  "looked-up value, instead of stating a value from its weights (docs/runtime.md, abstention)"},
+    )
     logprobs: int | None = field(
         default=None,
         metadata={"help": "record each written token's log-probability under the model (before penalties and bias) "
@@ -263,6 +269,7 @@ class _Row:
     top_logprobs: int | None = None  # None: record no log-probabilities
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    word_ended: bool = False  # the runtime just wrote a whole word (abstain_on_unknown): the next token starts a new one
 
     @property
     def stop_window(self) -> int:
@@ -421,11 +428,21 @@ class InterleavedDecoder:
             scores[:, self.call_ids] += self.call_bias
         if self.banned_pad is not None:
             scores[:, self.banned_pad] = float("-inf")
+        ended = [i for i, slot in enumerate(slots) if self.rows[self.active[slot]].word_ended]
+        if ended:  # a model that never wrote "unknown" as text would go on with a value's word pieces ("unknownayor")
+            scores[torch.tensor(ended, device=self.device)[:, None], self._word_pieces()[None, :]] = float("-inf")
         spent = [i for i, slot in enumerate(slots) if len(self.rows[self.active[slot]].lookups) >= cfg.max_lookups]
         if spent:  # no new call, and no <|db_return|> that would count as one
             scores[spent, self.call.entity] = float("-inf")
             scores[spent, self.call.ret] = float("-inf")
         return scores
+
+    def _word_pieces(self) -> torch.Tensor:
+        """Ids of the tokens that continue a word (their text starts with a letter or digit: no leading space)."""
+        if not hasattr(self, "_continuations"):
+            ids = [i for i in range(len(self.tokenizer)) if self.tokenizer.decode([i])[:1].isalnum()]
+            self._continuations = torch.tensor(ids, dtype=torch.long, device=self.device)
+        return self._continuations
 
     def _choose(self, scores: torch.Tensor, slots: list[int]) -> list[int]:
         """Greedy for rows at temperature 0; the others sample, each with its own temperature and top_p."""
@@ -467,6 +484,9 @@ class InterleavedDecoder:
         row.lookups.append(record)
         value = clean_field(record.value)
         injected = self.tokenizer.encode(" " + value, add_special_tokens=False) + [self.call.end]
+        if self.config.abstain_on_unknown and record.value == UNKNOWN and record.match != "off":
+            injected += self.tokenizer.encode(" " + UNKNOWN, add_special_tokens=False)
+            row.word_ended = True
         row.ids.extend(injected)
         row.injected += len(injected)
         row.written_from = len(row.ids)
@@ -533,6 +553,7 @@ class InterleavedDecoder:
     def _accept(self, row: _Row, token: int) -> None:
         """Append the chosen token (and, after <|db_return|>, the looked-up value) or finish the row."""
         row.generated += 1
+        row.word_ended = False
         if token in self.eos_ids:
             row.finish_reason = "eos"
             return

@@ -61,7 +61,8 @@ def test_abstention_claims_with_a_reference():
 
     result = {"n": 50, "abstain_after": {"value": 0.8}, "stated_after": {"value": 0.2}, "answers": answers(40),
               "abstain_vs_stated": {"difference": {"value": 0.6, "low": 0.4, "high": 0.8}, "alternative_p": 0.001}}
-    abstains, cost = claims.abstention_claims(result, {"answers": answers(40)})
+    abstains, cost = claims.abstention_claims(result, {"training": {"answers": answers(40)}})
     assert abstains.holds and cost.value == 0 and cost.p_value < 0.05 and cost.holds
-    _, cost = claims.abstention_claims(result, {"answers": answers(48)})  # 16 points fewer correct answers
-    assert cost.value == pytest.approx(0.16) and not cost.holds
+    assert cost.claim.startswith("abstention training costs")
+    _, cost = claims.abstention_claims(result, {"decoding": {"answers": answers(48)}})  # 16 points fewer correct
+    assert cost.value == pytest.approx(0.16) and not cost.holds and "(decoding)" in cost.claim

@@ -97,6 +97,18 @@ def test_miss_and_broken_store_never_raise(tok):
     assert broken.text == " plays for Japan."
 
 
+def test_abstain_on_unknown_repeats_the_miss_and_leaves_hits_and_db_off_alone(tok):
+    abstain = DecodingConfig(abstain_on_unknown=True)
+    (miss,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore({}), abstain)
+    assert miss.raw_text.startswith(" plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown")
+    assert not miss.raw_text[len(" plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown"):][:1].isalnum()
+    (hit,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore(FACTS), abstain)
+    assert hit.raw_text == KO
+    (off,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore(FACTS), DecodingConfig(
+        abstain_on_unknown=True, db_off=True))
+    assert off.text == " plays for Japan."  # the ablation measures the weights: nothing is said for them
+
+
 MALFORMED = {
     "stray return": " a <|db_return|> b",
     "empty entity": " x <|db_entity|><|db_relationship|> team<|db_return|> y",

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmlm_agent.cli import app
-from lmlm_agent.cli.demo_pipeline import DemoRun
+from benchmarks.demo import DemoRun
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +54,10 @@ def test_report_has_the_results_table_and_the_next_steps(run) -> None:
     assert [s["stage"] for s in memory["steps"]] == ["before ingest", "after ingest", "after delete"]
     ingested_rows = {f["fact_id"] for f in memory["ingest"]["facts"]}
     assert memory["deleted_rows"] == len(ingested_rows)  # the delete removed exactly what was ingested
-    # Misspelled or rephrased, the deleted fact is not found, nor anyone else's in its place.
+    # Misspelled or rephrased, the deleted fact is not found, nor another relation's or person's in its place.
     assert [p["query"] for p in memory["probes"]] == ["exact", "typo'd entity", "paraphrased relation", "typo'd and paraphrased"]
     assert all(p["right"] and p["value"] != memory["new_value"] for p in memory["probes"]), memory["probes"]
-    assert "neither the deleted value nor another's fact" in report
+    assert "unknown, never another fact in its place" in report
 
 
 def test_kb_ingest_command(run, tmp_path) -> None:
@@ -90,7 +90,7 @@ def test_server_over_the_run(run) -> None:
 
 
 def test_resume_refuses_other_settings(run) -> None:
-    from lmlm_agent.cli.demo_pipeline import SettingsMismatch
+    from benchmarks.demo import SettingsMismatch
 
     with pytest.raises(SettingsMismatch, match="other settings"):
         DemoRun(run, "small").run(resume=True)  # the tiny run's annotator and models are no small ones

@@ -1,4 +1,7 @@
-"""`lmlm demo`: the end-to-end demo on the generated world (what `make demo` runs)."""
+"""`lmlm demo`: the end-to-end demo on the generated world (what `make demo` runs).
+
+Parses the options and calls ``benchmarks.demo.DemoRun``; the stages and the report live there.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +41,10 @@ def demo(
     """
     from rich.console import Console
 
+    from benchmarks.demo import SIZES, DemoRun, SettingsMismatch
+    from benchmarks.demo_report import headline_table
+
     console = Console(highlight=False)
-    from lmlm_agent.cli.demo_pipeline import SIZES, DemoRun, SettingsMismatch
 
     if size not in SIZES:
         raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
@@ -66,8 +71,6 @@ def demo(
     except SettingsMismatch as exc:
         raise typer.BadParameter(str(exc)) from None
     minutes = (time.perf_counter() - started) / 60
-    from lmlm_agent.cli.demo_pipeline import headline_table
-
     console.rule("done")
     console.print(f"Demo finished in {minutes:.1f} min. Report: [bold]{report}[/bold]\n")
     console.print(headline_table(pipeline.results), markup=False, soft_wrap=True)

@@ -2,7 +2,8 @@
 
     world -> offline teacher (OpenAI API on loopback) -> distilled annotator
           -> annotated corpus + knowledge base -> LMLM + baseline pretraining
-          -> references: retain models without forget10 (TOFU's reference), an LMLM without abstentions
+          -> references: retain models without forget10 (TOFU's reference); an LMLM without abstentions when
+             the LMLM's training data has some (``abstention_share`` > 0)
           -> perplexity, factual precision, DB-off, forgetting (deletion vs gradient unlearning), abstention
           -> more seeds (optional) -> memory writes (ingest / delete) -> report.md with PNG plots
 
@@ -19,46 +20,58 @@ measures is written into the run directory as it goes (the layout that
 An interrupted run continues with ``run(resume=True)`` (``lmlm demo --resume``):
 the costly stages it finished (annotator, corpus, models) are loaded, not redone.
 
-Only the front door imports this module: it reaches every package.
+It reaches every package (benchmarks may import all layers); ``lmlm demo`` parses its options and calls
+``DemoRun(...).run()``. The report (``report.md``, the headline table, plots) is ``benchmarks.demo_report``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.demo_report import cpu_seconds, machine, perplexity_plot, render_report, summary_plot
+
 SEED = 0
-REFERENCE_MODELS = ("retain/lmlm", "retain/baseline", "no_abstention/lmlm")
+RETAIN_MODELS = ("retain/lmlm", "retain/baseline")
+NO_ABSTENTION_MODEL = "no_abstention/lmlm"
+
+
+def _help(text: str, **default: Any) -> Any:
+    """A field with its help text in ``metadata["help"]`` (as the project's other config dataclasses)."""
+    return field(metadata={"help": text}, **default)
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How big each stage is; ``small`` is the default and fits 15 minutes on a shared 2-core CPU."""
+    """How big each stage is; ``small`` is the default and fits 15 minutes on 2 idle CPU cores."""
 
-    entities: int  # people, places, organisations and works of the generated world
-    teacher_docs: int  # biographies the teacher annotates: the annotator's training set
-    annotator_eval_docs: int  # held-out biographies the annotator is scored on
-    annotator_layers: int  # MiniLM layers kept in the annotator; all but the last are frozen (cheap steps)
-    annotator_steps: int
-    preset: str  # training/configs/<preset>.yaml: model size and optimiser
-    pretrain_steps: int
-    context_length: int
-    batch_size: int
-    eval_docs: int  # held-out documents for perplexity (never trained on)
-    bench: dict[str, Any] = field(default_factory=dict)  # benchmarks.run_all.BenchConfig fields
-    annotator_batch: int = 8
-    annotator_calibration_docs: int = 20  # of the teacher's documents, held out to choose the annotator's value bias
-    annotator_max_length: int = 128  # tokens per window: a generated biography fits in one
-    vocab_size: int = 4096  # of the BPE both models share; the output layer is a large share of a small model's cost
-    abstention_share: float = 0.05  # of the LMLM's training calls answered `unknown` (training.data.with_abstentions)
-    references: bool = True  # train the retain models and the LMLM without abstentions (the claims' references)
-
+    entities: int = _help("People, places, organisations and works of the generated world.")
+    teacher_docs: int = _help("Documents the teacher annotates (3/4 biographies, 1/4 QA drills): the annotator's training set.")
+    annotator_eval_docs: int = _help("Held-out biographies the annotator is scored on.")
+    annotator_layers: int = _help("MiniLM layers kept in the annotator; all but the last are frozen (cheap steps).")
+    annotator_steps: int = _help("Optimizer steps of the annotator's distillation.")
+    preset: str = _help("training/configs/<preset>.yaml: model size and optimiser of the LMLM and the baseline.")
+    pretrain_steps: int = _help("Optimizer steps of each pretrained model (LMLM, baseline, the references).")
+    context_length: int = _help("Tokens per training row.")
+    batch_size: int = _help("Rows per optimizer step.")
+    eval_docs: int = _help("Held-out documents for perplexity (never trained on).")
+    bench: dict[str, Any] = _help("benchmarks.run_all.BenchConfig fields: the benchmarks' sizes.", default_factory=dict)
+    annotator_batch: int = _help("Windows per annotator step.", default=8)
+    annotator_calibration_docs: int = _help(
+        "Of the teacher's documents, held out to choose the annotator's value bias.", default=20)
+    annotator_max_length: int = _help("Tokens per annotator window: a generated biography fits in one.", default=128)
+    vocab_size: int = _help("Of the BPE both models share; the output layer is a large share of a small model's cost.",
+                            default=4096)
+    abstention_share: float = _help(
+        "Of the LMLM's training calls answered `unknown` (training.data.with_abstentions); above 0 the references "
+        "stage also trains an LMLM without them (the training 2-point check). The benchmarks' LMLM abstains after a "
+        "miss at decoding either way (BenchConfig.abstain_on_unknown).", default=0.05)
+    references: bool = _help("Train the claims' references: the retain models (and the LMLM without abstentions).",
+                             default=True)
 
 SIZES: dict[str, DemoSize] = {
     # A minute on a laptop: checks the plumbing, not the science (the models barely train).
@@ -69,11 +82,16 @@ SIZES: dict[str, DemoSize] = {
                    unlearn_steps=1, factscore_people=2, factscore_tokens=16, cloze_items=3, batch_size=8,
                    abstention_questions=3, relation_match="exact"),
     ),
+    # Abstention at decoding, not in the data (abstention_share 0): the LMLM is its own reference for the 2-point
+    # check, and the references stage trains only the retain pair (the LMLM without abstentions cost 2.5 min).
+    # FactScore asks for every person's bio (124 at 250 entities): at 60 the precision ratio's interval was
+    # as wide as its margin over 2x.
     "small": DemoSize(
         entities=250, teacher_docs=120, annotator_eval_docs=20, annotator_layers=3, annotator_steps=250, annotator_calibration_docs=10,
         preset="small", pretrain_steps=600, context_length=128, batch_size=16, vocab_size=1024, eval_docs=30,
+        abstention_share=0.0,
         bench=dict(tofu_questions=200, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",
-                   unlearn_steps=10, factscore_people=60, factscore_tokens=128, cloze_items=300, batch_size=16,
+                   unlearn_steps=10, factscore_people=124, factscore_tokens=128, cloze_items=300, batch_size=16,
                    abstention_questions=200),
     ),
     "medium": DemoSize(  # 850 entities: forget10 holds 34 authors and 205 questions
@@ -98,17 +116,29 @@ class SettingsMismatch(ValueError):
 @dataclass
 class StageTiming:
     name: str
-    seconds: float
+    seconds: float  # wall
     note: str = ""
+    cpu_seconds: float = 0.0  # of this process and its children: on a shared machine, the measure of the work
+
+
+def forgotten(result: Any, name: str, relation: str, deleted: str) -> bool:
+    """Whether a lookup of ``name``'s deleted ``relation`` answers as it should after the delete: ``unknown``, or
+    ``name``'s own row of that very relation without the deleted value. A value of another relation (a similar
+    relation of the same person, matched by meaning) or of another person, given in its place, is not."""
+    from tools.schema import normalise_text
+
+    if not result.found:
+        return True
+    same = lambda a, b: normalise_text(a) == normalise_text(b)  # noqa: E731
+    return same(result.entity, name) and same(result.relation, relation) and deleted not in (r.value for r in result.records)
 
 
 def _forgotten_probes(kb: Path, name: str, relation: str, deleted: str, rng: random.Random) -> list[dict[str, Any]]:
     """Lookups of a deleted fact as a user might misspell or rephrase them, with the entity policy at full strength
-    (typo'd names, relations by meaning). ``right``: ``unknown``, or this person's row and not the deleted value;
-    ``answered_relation`` shows when a similar relation of the same person answered in its place."""
+    (typo'd names, relations by meaning). ``right``: :func:`forgotten`; ``answered_relation`` names the relation that
+    answered, so a substitution (another relation of the same person) shows in the report."""
     from benchmarks.kb_lookup import WORLD_PARAPHRASES, one_edit
     from tools import open_store
-    from tools.schema import normalise_text
 
     typo, paraphrase = one_edit(name, rng), WORLD_PARAPHRASES.get(relation, relation)
     queries = {"exact": (name, relation), "typo'd entity": (typo, relation), "paraphrased relation": (name, paraphrase),
@@ -118,13 +148,10 @@ def _forgotten_probes(kb: Path, name: str, relation: str, deleted: str, rng: ran
         results = {kind: reader.read(e, r) for kind, (e, r) in queries.items()}
     finally:
         reader.close()
-    def right(res: Any) -> bool:
-        return not res.found or (normalise_text(res.entity) == normalise_text(name) and
-                                 deleted not in (r.value for r in res.records))
 
     return [{"query": kind, "entity": queries[kind][0], "relation": queries[kind][1], "found": res.found,
              "value": res.value, "match": res.match, "answered_relation": res.relation if res.found else None,
-             "right": right(res)} for kind, res in results.items()]
+             "right": forgotten(res, name, relation, deleted)} for kind, res in results.items()]
 
 
 @dataclass
@@ -163,9 +190,9 @@ class DemoRun:
                 self.timings.append(previous[name])
                 self.announce(f"      kept from the interrupted run ({previous[name].seconds:.1f} s then)")
                 continue
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), cpu_seconds()
             note = getattr(self, name)() or ""
-            self.timings.append(StageTiming(name, time.perf_counter() - t0, note))
+            self.timings.append(StageTiming(name, time.perf_counter() - t0, note, cpu_seconds() - cpu0))
             self.announce(f"      done in {self.timings[-1].seconds:.1f} s{'  (' + note + ')' if note else ''}")
             self._save_state()
         return self.directory / "report.md"
@@ -193,8 +220,8 @@ class DemoRun:
         if name == "pretrain" and all((d / k / "lmlm.json").exists() for k in ("lmlm", "baseline")):
             self.results["pretrain"] = _training_summary(d)
             return True
-        if name == "references" and all((d / k / "lmlm.json").exists() for k in REFERENCE_MODELS):
-            return (d / "abstention_reference.json").exists()
+        if name == "references" and all((d / k / "lmlm.json").exists() for k in RETAIN_MODELS):
+            return not self.size.abstention_share or (d / "abstention_reference.json").exists()
         return False  # cheap stages (or unfinished ones) run again
 
     def _save_state(self) -> None:
@@ -322,7 +349,7 @@ class DemoRun:
         return f"{len(train)} documents; final loss LMLM {loss['lmlm']:.2f}, baseline {loss['baseline']:.2f}"
 
     def references(self) -> str:
-        """the claims' references: retain models (same recipe without forget10's people) and an LMLM without abstentions."""
+        """the claims' references: retain models (same recipe without forget10's people), an LMLM without abstentions."""
         from benchmarks.run_all import BenchConfig, abstention_reference
         from training.pretrain import pretrain, train_pair
 
@@ -331,14 +358,16 @@ class DemoRun:
         forget = set(self._world.splits["forget10"])
         retain_docs = self._training_documents(without=forget)
         train_pair(self._pretrain_config(), retain_docs, self.directory / "retain")
+        note = f"retain pair on {len(retain_docs)} documents (without {len(forget)} people)"
+        if not self.size.abstention_share:  # the LMLM's data has no abstentions: it is its own reference
+            return note
         # The LMLM's own tokenizer, so that the two differ only in the abstentions of the data.
         plain = self._pretrain_config(abstention_share=0.0, tokenizer=str(self.directory / "lmlm"),
-                                      output_dir=str(self.directory / "no_abstention" / "lmlm"))
+                                      output_dir=str(self.directory / NO_ABSTENTION_MODEL))
         pretrain(plain, self._training_documents())
         config = BenchConfig(**{**self.size.bench, "threads": self.threads, "seed": self.seed})
-        reference = abstention_reference(self.directory, self.directory / "no_abstention" / "lmlm", config)
-        return (f"retain pair on {len(retain_docs)} documents (without {len(forget)} people); LMLM without abstentions: "
-                f"{reference['correct_before']['value']:.3f} correct before deletion")
+        reference = abstention_reference(self.directory, self.directory / NO_ABSTENTION_MODEL, config)
+        return f"{note}; LMLM without abstentions: {reference['correct_before']['value']:.3f} correct before deletion"
 
     def perplexity(self) -> str:
         """perplexity of both models on held-out documents (static, dynamic with the KB, normalised)."""
@@ -353,7 +382,7 @@ class DemoRun:
         rows = [r.to_dict() for r in reports]
         (self.directory / "perplexity.json").write_text(json.dumps(rows, indent=1))
         (self.directory / "perplexity.md").write_text(markdown(reports))
-        _perplexity_plot(rows, self.directory / "perplexity.png")
+        perplexity_plot(rows, self.directory / "perplexity.png")
         self.results["perplexity"] = rows
         lm, base = rows
         return f"LMLM {lm['normalised_ppl']:.1f} (normalised) vs baseline {base['static_ppl']:.1f}"
@@ -433,16 +462,14 @@ class DemoRun:
         (self.directory / "memory.json").write_text(json.dumps(self.results["memory"], indent=1, default=str))
         right = sum(p["right"] for p in probes)
         return (f"{ingested.written} facts ingested, {self.results['memory']['deleted_rows']} deleted; after the delete "
-                f"{right} of {len(probes)} lookups (exact, typo'd, paraphrased) return neither it nor another's fact")
+                f"{right} of {len(probes)} lookups (exact, typo'd, paraphrased) return neither it nor another fact in its place")
 
     def report(self) -> str:
         """write report.md and summary.png."""
-        _summary_plot(self.results, self.directory / "summary.png")
+        summary_plot(self.results, self.directory / "summary.png")
         (self.directory / "report.md").write_text(render_report(self))
         return str(self.directory / "report.md")
 
-
-# --------------------------------------------------------------------------- report
 
 
 def _training_summary(directory: Path) -> dict[str, dict[str, Any]]:
@@ -452,239 +479,9 @@ def _training_summary(directory: Path) -> dict[str, dict[str, Any]]:
     return {k: {f: m.get(f) for f in keys} for k, m in metas.items()}
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its children: on a shared machine, the honest measure of the work."""
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def machine() -> str:
-    import os
-
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores visible, {gpu}, torch {torch.__version__}"
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
 def _triple_f1(scores: dict[str, Any]) -> float | None:
     """F1 of whole (entity, relation, value) calls: the strictest agreement the annotator report gives."""
     return (scores.get("scores", {}).get("triple") or {}).get("f1")
 
 
-def _iv(estimate: dict | None) -> str:
-    """``value [low, high]`` of an Estimate's dict."""
-    if not estimate:
-        return ""
-    return f"{_fmt(estimate['value'])} [{_fmt(estimate['low'])}, {_fmt(estimate['high'])}]"
-
-
-def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(measure, LMLM, LMLM with the database off, baseline): the demo's measures, each with its 95 % interval."""
-    rows: list[tuple[str, str, str, str]] = []
-    ppl = results.get("perplexity")
-    if ppl:
-        lm, base = ppl
-        rows.append(("perplexity, held-out text (normalised for LMLM)", _fmt(lm["normalised_ppl"], 2), "", _fmt(base["static_ppl"], 2)))
-        rows.append(("perplexity, dynamic (model writes its own lookups)", _fmt(lm["dynamic_ppl"], 2), "", _fmt(base["dynamic_ppl"], 2)))
-    bench = results.get("bench") or {}
-    factscore = {r["subject"]: r for r in bench.get("factscore", [])}
-    if factscore:
-        gamma = next(iter(factscore.values()))["gamma"]
-        for key, label in (("score", f"FactScore (γ = {gamma}, the world's median facts per person)"),
-                           ("precision", "FactScore precision (supported share)"),
-                           ("facts", "facts per bio"), ("supported", "supported facts per bio")):
-            by = {k: _iv(r["intervals"][key]) for k, r in factscore.items()}
-            rows.append((label, by.get("lmlm", ""), by.get("lmlm-db-off", ""), by.get("baseline", "")))
-    cloze = {r["subject"]: _iv(r["hit_interval"]) for r in bench.get("cloze", [])}
-    if cloze:
-        rows.append(("cloze hit@5 (T-REx style)", cloze.get("lmlm", ""), cloze.get("lmlm-db-off", ""), cloze.get("baseline", "")))
-    tofu = bench.get("tofu") or []
-    for split in dict.fromkeys(r["split"] for r in tofu):
-        by = {r["method"]: r for r in tofu if r["split"] == split}
-        delete = by.get("lmlm-delete")
-        gradient = [r for m, r in by.items() if m not in ("lmlm-delete", "lmlm before", "baseline before")]
-        if delete:
-            quality = lambda r: f"{_fmt(r['forget_quality'])} [{_fmt(r['forget_quality_low'])}, {_fmt(r['forget_quality_high'])}]"  # noqa: E731
-            rows.append((f"{split}: forget quality, {delete['forget_items']} questions (LMLM: delete rows; baseline: "
-                         f"{', '.join(r['method'] for r in gradient)})",
-                         quality(delete), "", " / ".join(quality(r) for r in gradient)))
-            rows.append((f"{split}: forget quality against never-seen people (proxy)", _fmt(delete["forget_quality_proxy"]),
-                         "", " / ".join(_fmt(r["forget_quality_proxy"]) for r in gradient)))
-            before = by.get("lmlm before", {}).get("model_utility")
-            base_before = by.get("baseline before", {}).get("model_utility")
-            rows.append((f"{split}: model utility after forgetting (before: {_fmt(before)} / {_fmt(base_before)})",
-                         _fmt(delete["model_utility"]), "", " / ".join(_fmt(r["model_utility"]) for r in gradient)))
-    abstention = bench.get("abstention")
-    if abstention:
-        rows.append(("after deleting forget10: answers that abstain / state a value",
-                     f"{_iv(abstention['abstain_after'])} / {_iv(abstention['stated_after'])}", "", ""))
-        rows.append(("before deleting: correct answers", _iv(abstention["correct_before"]), "", ""))
-    return rows
-
-
-def headline_table(results: dict[str, Any]) -> str:
-    """The measures (with 95 % intervals), then the claims: value, interval, p and whether each holds."""
-    from benchmarks import claims
-
-    lines = ["| measure | LMLM | LMLM, DB off | baseline |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline_rows(results)]
-    checked = results.get("claims") or (results.get("bench") or {}).get("claims")
-    if checked:
-        lines += ["", claims.markdown([claims.Claim(**c) for c in checked], "Claims").split("\n", 2)[2]]
-    return "\n".join(lines)
-
-
-def render_report(demo: DemoRun) -> str:
-    r, size = demo.results, demo.size
-    wall = sum(t.seconds for t in demo.timings)
-    pre = r.get("pretrain", {})
-    parts = [
-        f"# LMLM demo: {demo.directory.name}",
-        "",
-        f"Size `{demo.size_name}`: {size.entities} entities, `{size.preset}` models "
-        f"({_fmt((pre.get('lmlm') or {}).get('parameters'))} parameters), {size.pretrain_steps} steps each "
-        f"of {size.batch_size} x {size.context_length} tokens, {size.abstention_share:.0%} of the LMLM's training "
-        f"calls answered `unknown`; seed {demo.seed}, {demo.seed_count} seed(s). Machine: {machine()}. "
-        f"Wall time {wall / 60:.1f} min, CPU time {cpu_seconds() / 60:.1f} min.",
-        "",
-        "## Results",
-        "",
-        f"Seed {demo.seed}; every measure with its 95 % interval over the items (bootstrap, Wilson for shares). "
-        "The claims below are "
-        + (f"over {demo.seed_count} seeds: mean, t interval over the seeds, the largest p, held on every seed."
-           if demo.seed_count > 1 else "on this seed: paired comparisons on the same items, one-sided permutation tests."),
-        "",
-        headline_table(r),
-        "",
-        "![summary](summary.png)  ![perplexity](perplexity.png)",
-        "",
-        "Benchmark details, with plots: [bench/report.md](bench/report.md) "
-        "(`bench/factscore.png`, `bench/cloze.png`, `bench/tofu.png`).",
-        "",
-        "## Pipeline",
-        "",
-        "| stage | seconds | result |",
-        "|---|---|---|",
-        *[f"| {t.name} | {t.seconds:.1f} | {t.note} |" for t in demo.timings if t.name != "report"],
-        "",
-    ]
-    annot = r.get("annotator")
-    if annot:
-        parts += [
-            "## Annotator (distilled from the teacher)",
-            "",
-            f"Calls on {annot['documents']} held-out biographies against the teacher's "
-            "(details: [annotator/annotation_eval.md](annotator/annotation_eval.md)).",
-            "",
-            "| match on | precision | recall | F1 |",
-            "|---|---|---|---|",
-            *[f"| {key} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} |"
-              for key, v in annot["scores"].items()],
-            "",
-        ]
-    mem = r.get("memory")
-    if mem:
-        parts += [
-            "## Memory writes",
-            "",
-            f"Question: *{mem['question']}* (the corpus says {mem['gold']}). Ingested through the annotator: "
-            f"\"{mem['ingested_text']}\" ({mem['ingest']['written']} facts), a value the model never saw; "
-            f"then deleted ({mem['deleted_rows']} rows) and the corpus's row restored.",
-            "",
-            "| step | answer | lookups (entity, relation, value, match) |",
-            "|---|---|---|",
-            *[f"| {s['stage']} | {s['answer'] or '(empty)'} | {'; '.join(', '.join(map(str, x)) for x in s['lookups']) or '-'} |"
-              for s in mem["steps"]],
-            "",
-            "After the delete, the store asked directly (entity policy, typo'd names and relations by meaning):",
-            "",
-            "| lookup | entity | relation | value | match | answered by relation | neither the deleted value nor another's fact |",
-            "|---|---|---|---|---|---|---|",
-            *[f"| {p['query']} | {p['entity']} | {p['relation']} | {p['value']} | {p['match']} | "
-              f"{p.get('answered_relation') or '-'} | {'yes' if p['right'] else 'NO'} |" for p in mem.get("probes", [])],
-            "A relation other than the one asked ('answered by relation') means a similar relation of the same person "
-            "answered in place of the deleted one: a known limit of matching relations by meaning (issue 14).",
-            "",
-        ]
-    parts += [
-        "## Use this run",
-        "",
-        "```",
-        f"lmlm chat --run {demo.directory}",
-        f"lmlm serve --run {demo.directory}      # OpenAI-compatible API on http://127.0.0.1:8000/v1",
-        f"lmlm bench all --run {demo.directory}  # the benchmarks at full size",
-        "```",
-        "",
-    ]
-    return "\n".join(parts)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _perplexity_plot(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    measures = ("static_ppl", "normalised_ppl", "dynamic_ppl")
-    width = 0.38
-    for i, row in enumerate(rows):
-        ax.bar([j + i * width for j in range(len(measures))], [row[m] for m in measures], width, label=row["kind"])
-    ax.set_xticks([j + width / 2 for j in range(len(measures))], ["static", "normalised", "dynamic"])
-    ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title("held-out text")
-    ax.legend()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _error_bars(values: list[float], lows: list[float], highs: list[float]) -> list[list[float]]:
-    clean = lambda x, v: v if x is None or math.isnan(x) or math.isinf(x) else x  # noqa: E731
-    return [[max(0.0, v - clean(lo, v)) for v, lo in zip(values, lows)],
-            [max(0.0, clean(hi, v) - v) for v, hi in zip(values, highs)]]
-
-
-def _summary_plot(results: dict[str, Any], path: Path) -> None:
-    """FactScore and cloze for the three subjects, and forgetting: deletion vs gradient unlearning (95 % intervals)."""
-    plt = _plt()
-    bench = results.get("bench") or {}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, key, title in ((axes[0], "factscore", "FactScore"), (axes[1], "cloze", "cloze hit@5")):
-        rows = bench.get(key, [])
-        estimates = [r["intervals"]["score"] if key == "factscore" else r["hit_interval"] for r in rows]
-        values = [0 if e["value"] is None or math.isnan(e["value"]) else e["value"] for e in estimates]
-        ax.bar([r["subject"] for r in rows], values, color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)],
-               yerr=_error_bars(values, [e["low"] for e in estimates], [e["high"] for e in estimates]), capsize=4)
-        ax.set_ylim(0, 1)
-        ax.set_title(title)
-    tofu = [r for r in bench.get("tofu", []) if "before" not in r["method"]]
-    labels = [f"{r['method']}\n{r['split']}" for r in tofu]
-    x = range(len(tofu))
-    quality = [r["forget_quality"] for r in tofu]
-    axes[2].bar([i - 0.2 for i in x], quality, 0.4, label="forget quality",
-                yerr=_error_bars(quality, [r["forget_quality_low"] for r in tofu], [r["forget_quality_high"] for r in tofu]),
-                capsize=3)
-    axes[2].bar([i + 0.2 for i in x], [r["model_utility"] for r in tofu], 0.4, label="model utility")
-    axes[2].set_xticks(list(x), labels, fontsize=8)
-    axes[2].set_ylim(0, 1)
-    axes[2].set_title("forgetting")
-    axes[2].legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-__all__ = ["DemoRun", "DemoSize", "SIZES", "headline_table", "render_report"]
+__all__ = ["DemoRun", "DemoSize", "SIZES", "SettingsMismatch"]
