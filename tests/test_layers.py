@@ -22,7 +22,7 @@ FORBIDDEN = {
 FRONT_DOOR = {
     "lmlm_agent/cli/annotate.py": ({"training"}, "makes, runs and scores annotators (training.annotator_run)"),
     "lmlm_agent/cli/bench.py": ({"benchmarks"}, "runs the benchmarks (benchmarks.run_all, kb_lookup, *_speed)"),
-    "lmlm_agent/cli/demo_pipeline.py": ({"training", "benchmarks"}, "the demo's stages, until they move to a library module"),
+    "lmlm_agent/cli/demo.py": ({"benchmarks"}, "runs the demo's stages (benchmarks.demo) and prints its table"),
     "lmlm_agent/cli/evaluate.py": ({"training"}, "perplexity of checkpoints (training.perplexity)"),
     "lmlm_agent/cli/kb.py": ({"training"}, "`kb ingest` loads an annotator of any kind (training.annotators)"),
     "lmlm_agent/cli/teacher.py": ({"training"}, "serves and queries the teacher (training.teacher, teacher_server)"),
