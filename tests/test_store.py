@@ -125,6 +125,24 @@ def test_write_many_upserts_and_counts(store: SQLKnowledgeStore) -> None:
     assert store.count() == len(PEOPLE) + 1
 
 
+def test_bulk_insert_keeps_input_order_and_a_taken_key_is_a_retryable_integrity_error(store: SQLKnowledgeStore) -> None:
+    """The insert path of every write (COPY on PostgreSQL): ids ascend in input order, audit rows follow, and a
+    unique key already taken surfaces as SQLAlchemy's IntegrityError (what ``retrying`` retries), not the driver's."""
+    from sqlalchemy.exc import IntegrityError
+
+    from tools.store import insert_facts, write_transaction
+
+    rows = [(f"Person {i}", "birth year", str(1900 + i)) for i in range(30)]
+    store.write_many(rows, source="seed")
+    facts = list(store.iter_facts())
+    assert [(f.entity, f.value) for f in facts] == [(e, v) for e, _, v in rows]  # id order is input order
+    assert len(store.audit(limit=100)) == 30 and store.audit()[0].fact_id == facts[-1].id
+    taken = {c.name: getattr(facts[0], c.name) for c in Fact.__table__.columns if c.name != "id"}
+    with pytest.raises(IntegrityError), write_transaction(store.engine) as conn:
+        insert_facts(conn, [taken])
+    assert store.count() == 30
+
+
 def test_one_bad_triple_stores_nothing(store: SQLKnowledgeStore) -> None:
     store.write("Ada Lovelace", "birth year", "1815")
     with pytest.raises(InvalidInput, match=r"triple #2: entity must not be empty"):
