@@ -194,14 +194,16 @@ def import_command(src: Path, db: str, namespace: str) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     if child.returncode != 0:
         raise RuntimeError(f"`lmlm kb import` failed ({child.returncode}): {stdout[-500:]} {stderr[-2000:]}")
-    return {"report": json.loads(stdout), "seconds": seconds, "peak_rss_mb": _child_peak_rss_mb()}
+    return {"report": json.loads(stdout), "seconds": seconds, "peak_rss_mb": _peak_rss_mb("children")}
 
 
-def _child_peak_rss_mb() -> float:
-    """The largest resident set of any child this process has waited for (Linux reports KiB)."""
+def _peak_rss_mb(whose: str) -> float:
+    """The largest resident set so far of this process (``self``: index build and lookups, every size so far) or
+    of any child it has waited for (``children``: the imports); Linux reports KiB."""
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    who = resource.RUSAGE_SELF if whose == "self" else resource.RUSAGE_CHILDREN
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
 def _drop_namespace(db: str, namespace: str) -> None:
@@ -220,8 +222,9 @@ def _drop_namespace(db: str, namespace: str) -> None:
 
 
 def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str = "sqlite", pg_url: str | None = None,
-               index_limit: int = 100_000) -> dict[str, Any]:
-    """Import ``n`` triples into a fresh store, build the index (up to ``index_limit``), then compare the policies."""
+               index_limit: int = 100_000, index_threads: int | None = None) -> dict[str, Any]:
+    """Import ``n`` triples into a fresh store, build the index (up to ``index_limit``, with ``index_threads``
+    torch threads; None: every core), then compare the policies."""
     import uuid
 
     rng = random.Random(seed + n)
@@ -246,9 +249,10 @@ def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str =
         index_build = None
         if indexed:
             start = time.perf_counter()
-            keys = store.rebuild_index()[namespace]
+            keys = store.rebuild_index(threads=index_threads)[namespace]
             seconds = time.perf_counter() - start
-            index_build = {"keys": keys, "seconds": round(seconds, 3), "keys_per_s": round(keys / seconds)}
+            index_build = {"keys": keys, "seconds": round(seconds, 3), "keys_per_s": round(keys / seconds),
+                           "threads": index_threads or os.cpu_count()}
         stored = {e for e, _, _ in triples}
         unknown: list[str] = []
         while len(unknown) < queries:
@@ -264,6 +268,7 @@ def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str =
                        "peak_rss_mb": imported["peak_rss_mb"], "inserted": imported["report"]["inserted"]},
             "index_build": index_build,
             "policies": compare_policies(store, sets, POLICIES if indexed else ("entity",)),
+            "bench_peak_rss_mb": _peak_rss_mb("self"),
         }
         store.close()
     finally:
@@ -410,13 +415,15 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["sizes"]:
         imp, built = r["import"], r["index_build"]
-        index_line = (f"index build {built['keys_per_s']:,} keys/s ({built['seconds']:,} s; the index serves the "
-                      "published policy only)" if built else "no index built at this size (entity policy only)")
+        index_line = (f"index build {built['keys_per_s']:,} keys/s ({built['seconds']:,} s, {built.get('threads', 1)} "
+                      "torch threads; the index serves the published policy only)" if built
+                      else "no index built at this size (entity policy only)")
         lines += [
             f"## {r['backend']}: {r['triples']:,} triples ({r['entities']:,} entities)",
             "",
             f"`lmlm kb import` (JSONL, streamed, no index): {imp['rows_per_s']:,} rows/s ({imp['seconds']:,} s), "
-            f"peak RSS {imp['peak_rss_mb']:,} MB; {index_line}.",
+            f"peak RSS {imp['peak_rss_mb']:,} MB; {index_line}. Benchmark process peak RSS so far "
+            f"{r.get('bench_peak_rss_mb', 0):,} MB.",
             "",
             *_policy_table(r["policies"]),
             "",
@@ -444,9 +451,20 @@ def _markdown(report: dict[str, Any]) -> str:
         "store with a stored relation (right = 'unknown'). Absent: a stored entity with a relation nobody has "
         "(right = 'unknown'). The entity policy caches the embedding of each relation string, so a repeated query "
         "relation costs no model call; the 'not cached' row drops that cache before each lookup.",
-        f"Load average (1 min) before / after: {report['load_before']} / {report['load_after']}.",
+        f"Load average (1 min) before / after: {report['load_before']} / {report['load_after']}."
+        + ("" if report.get("finished", True) else " **Partial: the run was stopped or is still going; "
+           f"done so far: {len(report['sizes'])} store(s).**"),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _save(out: Path, report: dict[str, Any]) -> None:
+    """The report so far as JSON and Markdown, each written beside and renamed over the last (never half a file)."""
+    report["load_after"] = round(os.getloadavg()[0], 2)
+    for suffix, body in (("json", json.dumps(report, indent=1) + "\n"), ("md", _markdown(report))):
+        tmp = out / f".{NAME}.{suffix}.tmp"
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, out / f"{NAME}.{suffix}")
 
 
 def write_markdown(out_dir: str | Path) -> Path:
@@ -468,40 +486,41 @@ def run(
     backends: Sequence[str] = ("sqlite",),
     pg_url: str | None = None,
     index_limit: int = 100_000,
+    index_threads: int | None = None,
     keep_stores: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Benchmark each size (and a published-format database of ``world_entities``; 0 skips it), write
-    ``kb_lookup.json`` and ``kb_lookup.md`` into ``out_dir``."""
+    """Benchmark each size (and a published-format database of ``world_entities``; 0 skips it), writing
+    ``kb_lookup.json`` and ``kb_lookup.md`` into ``out_dir`` after each store (``finished`` false until the end)."""
     import torch
 
     torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="kb-bench-", dir=out))
-    load_before = round(os.getloadavg()[0], 2)
-    try:
-        results = []
-        for backend in backends:
-            for n in sizes:
-                progress(f"{backend}: {n:,} triples")
-                results.append(bench_size(n, workdir, queries=queries, seed=seed, backend=backend, pg_url=pg_url,
-                                          index_limit=index_limit))
-        progress("published-format database")
-        published = bench_published_database(world_entities, workdir, queries=queries, seed=seed) if world_entities else None
-    finally:
-        if not keep_stores:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report = {
+    report: dict[str, Any] = {
         "benchmark": NAME,
         "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "threads": threads,
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 2),
+        "load_before": round(os.getloadavg()[0], 2),
         "targets": TARGETS,
-        "sizes": results,
-        "published_database": published,
+        "sizes": [],
+        "published_database": None,
+        "finished": False,
     }
-    (out / f"{NAME}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    write_markdown(out)
+    try:
+        for backend in backends:
+            for n in sizes:
+                progress(f"{backend}: {n:,} triples")
+                report["sizes"].append(bench_size(n, workdir, queries=queries, seed=seed, backend=backend, pg_url=pg_url,
+                                                  index_limit=index_limit, index_threads=index_threads))
+                _save(out, report)  # a long run that is stopped keeps the figures of every store it finished
+        if world_entities:
+            progress("published-format database")
+            report["published_database"] = bench_published_database(world_entities, workdir, queries=queries, seed=seed)
+        report["finished"] = True
+        _save(out, report)
+    finally:
+        if not keep_stores:
+            shutil.rmtree(workdir, ignore_errors=True)
     return report
