@@ -222,9 +222,9 @@ def _drop_namespace(db: str, namespace: str) -> None:
 
 
 def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str = "sqlite", pg_url: str | None = None,
-               index_limit: int = 100_000, index_threads: int | None = None) -> dict[str, Any]:
-    """Import ``n`` triples into a fresh store, build the index (up to ``index_limit``, with ``index_threads``
-    torch threads; None: every core), then compare the policies."""
+               index_limit: int = 100_000, index_workers: int = 1) -> dict[str, Any]:
+    """Import ``n`` triples into a fresh store, build the index (up to ``index_limit``, embedded by
+    ``index_workers`` processes), then compare the policies."""
     import uuid
 
     rng = random.Random(seed + n)
@@ -249,10 +249,10 @@ def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str =
         index_build = None
         if indexed:
             start = time.perf_counter()
-            keys = store.rebuild_index(threads=index_threads)[namespace]
+            keys = store.rebuild_index(workers=index_workers)[namespace]
             seconds = time.perf_counter() - start
             index_build = {"keys": keys, "seconds": round(seconds, 3), "keys_per_s": round(keys / seconds),
-                           "threads": index_threads or os.cpu_count()}
+                           "workers": index_workers}
         stored = {e for e, _, _ in triples}
         unknown: list[str] = []
         while len(unknown) < queries:
@@ -415,8 +415,8 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["sizes"]:
         imp, built = r["import"], r["index_build"]
-        index_line = (f"index build {built['keys_per_s']:,} keys/s ({built['seconds']:,} s, {built.get('threads', 1)} "
-                      "torch threads; the index serves the published policy only)" if built
+        index_line = (f"index build {built['keys_per_s']:,} keys/s ({built['seconds']:,} s, {built.get('workers', 1)} "
+                      "embedding process(es); the index serves the published policy only)" if built
                       else "no index built at this size (entity policy only)")
         lines += [
             f"## {r['backend']}: {r['triples']:,} triples ({r['entities']:,} entities)",
@@ -486,7 +486,7 @@ def run(
     backends: Sequence[str] = ("sqlite",),
     pg_url: str | None = None,
     index_limit: int = 100_000,
-    index_threads: int | None = None,
+    index_workers: int = 1,
     keep_stores: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
@@ -513,7 +513,7 @@ def run(
             for n in sizes:
                 progress(f"{backend}: {n:,} triples")
                 report["sizes"].append(bench_size(n, workdir, queries=queries, seed=seed, backend=backend, pg_url=pg_url,
-                                                  index_limit=index_limit, index_threads=index_threads))
+                                                  index_limit=index_limit, index_workers=index_workers))
                 _save(out, report)  # a long run that is stopped keeps the figures of every store it finished
         if world_entities:
             progress("published-format database")

@@ -596,3 +596,24 @@ def test_a_field_that_normalises_to_nothing_is_refused() -> None:
             with pytest.raises(InvalidInput, match="only underscores"):
                 s.write(entity, relation, "0")
         assert s.count() == 0
+
+
+@pytest.mark.slow
+def test_a_build_embedded_by_two_worker_processes_equals_one_built_in_process(tmp_path) -> None:
+    """Each worker embeds a shard of every step; the shards come back in order, so every id keeps its own vector."""
+    import numpy as np
+
+    store = open_store(tmp_path / "kb.sqlite", relation_match="exact")
+    store.write_many(PEOPLE + [(f"Person {i}", "birthplace", f"Town {i}") for i in range(25)])
+
+    def vectors() -> dict[str, np.ndarray]:
+        with store.index.session() as client:
+            got = client.get_collection(store.index.collection_name(store.namespace)).get(include=["embeddings"])
+        return dict(zip(got["ids"], got["embeddings"], strict=True))
+
+    store.rebuild_index(workers=1)
+    alone = vectors()
+    store.rebuild_index(workers=2)
+    shared = vectors()
+    assert sorted(alone) == sorted(shared) and len(alone) == len(PEOPLE) + 25
+    assert all(np.allclose(alone[i], shared[i], atol=1e-4) for i in alone)

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 
 import chromadb
+import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
@@ -69,11 +70,6 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
     def __call__(self, input: Documents) -> Embeddings:
         return list(load_minilm().encode(list(input), batch_size=256, normalize_embeddings=True, convert_to_numpy=True))
 
-    def embed_bulk(self, input: Documents, threads: int) -> Embeddings:
-        """Many keys at once (an index build) with ``threads`` torch threads: worth it for thousands of keys."""
-        with intra_op_threads(threads):
-            return self(input)
-
     def embed_query(self, input: Documents) -> Embeddings:
         """A lookup embeds one short key: a second thread gains little there and spins on a busy machine."""
         with intra_op_threads(1):
@@ -92,6 +88,37 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> MiniLMEmbedding:
         return MiniLMEmbedding()
+
+
+def _embed_in_worker(keys: list[str]) -> Any:
+    """One shard of a build step, in a worker process (one torch thread, its own MiniLM)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return np.asarray(MiniLMEmbedding()(keys), dtype=np.float32)
+
+
+@contextmanager
+def _step_embedder(embedding: MiniLMEmbedding, workers: int) -> Iterator[Callable[[list[str]], Any]]:
+    """What embeds a build step: ``embedding`` itself, or ``workers`` processes each embedding a shard of it.
+
+    Processes rather than torch threads: on the shared 2-core machine two intra-op threads spin
+    waiting for each other and built at half the one-thread speed (docs/knowledge.md); single-
+    threaded processes never wait for one another.
+    """
+    if workers <= 1:
+        yield lambda keys: np.asarray(embedding(keys), dtype=np.float32)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def embed(keys: list[str]) -> Any:
+            size = -(-len(keys) // workers)
+            shards = [keys[i : i + size] for i in range(0, len(keys), size)]
+            return np.concatenate(list(pool.map(_embed_in_worker, shards)))
+
+        yield embed
 
 
 class Hit(NamedTuple):
@@ -412,41 +439,41 @@ class SemanticIndex:
         namespace: str,
         rows_after: Callable[[int], Iterable[tuple[int, str]]],
         *,
-        threads: int | None = None,
+        workers: int = 1,
         progress: Callable[[int], None] | None = None,
     ) -> int:
         """Embed the namespace's ``(fact_id, key)`` rows into a new collection beside the live one, then swap it in.
 
         ``rows_after(last_id)``: the rows with a larger id, in id order. The build goes in steps
-        of :data:`BUILD_STEP` keys, each embedded outside the directory lock with ``threads``
-        torch threads (default: every core) and then inserted under it with the last id as the
-        step's mark, so readers and writers wait only for an insert, a kill loses at most one
-        step and the next build resumes after the mark. Index changes made meanwhile go into
+        of :data:`BUILD_STEP` keys, each embedded outside the directory lock (by ``workers``
+        processes, each a shard; 1: in this process) and then inserted under it with the last id
+        as the step's mark, so readers and writers wait only for an insert, a kill loses at most
+        one step and the next build resumes after the mark. Index changes made meanwhile go into
         both collections (:meth:`add`, :meth:`delete`), so rows the build has passed stay right.
         The live collection serves queries until the swap. ``progress`` gets each step's key
         count. Returns the number of keys in the new collection.
         """
         name, building = self.collection_name(namespace), self.collection_name(namespace) + BUILDING
-        threads = threads or os.cpu_count() or 1
         with self.session(write=True) as client:
             col = self._building(client, namespace)
             if col is None:
                 col = client.create_collection(building, metadata={**self._metadata(namespace), BUILT_TO: 0},
                                                embedding_function=self._embedding)
             after = int((col.metadata or {}).get(BUILT_TO, 0))
-        for step in _batches(rows_after(after), BUILD_STEP):
-            ids, keys = [str(i) for i, _ in step], [k for _, k in step]
-            vectors = self._embedding.embed_bulk(keys, threads)
-            with self.session(write=True) as client:
-                col = self._building(client, namespace)
-                if col is None:
-                    raise IndexBusy(f"the build of {namespace!r} was finished or dropped by another process meanwhile")
-                for start in range(0, len(ids), BATCH):
-                    col.upsert(ids=ids[start : start + BATCH], documents=keys[start : start + BATCH],
-                               embeddings=vectors[start : start + BATCH])
-                col.modify(metadata={**self._label(namespace), BUILT_TO: step[-1][0]})
-            if progress is not None:
-                progress(len(step))
+        with _step_embedder(self._embedding, workers) as embed:
+            for step in _batches(rows_after(after), BUILD_STEP):
+                ids, keys = [str(i) for i, _ in step], [k for _, k in step]
+                vectors = embed(keys)
+                with self.session(write=True) as client:
+                    col = self._building(client, namespace)
+                    if col is None:
+                        raise IndexBusy(f"the build of {namespace!r} was finished or dropped by another process meanwhile")
+                    for start in range(0, len(ids), BATCH):
+                        col.upsert(ids=ids[start : start + BATCH], documents=keys[start : start + BATCH],
+                                   embeddings=vectors[start : start + BATCH])
+                    col.modify(metadata={**self._label(namespace), BUILT_TO: step[-1][0]})
+                if progress is not None:
+                    progress(len(step))
         with self.session(write=True) as client:
             self._collections.pop(namespace, None)
             col = self._building(client, namespace)

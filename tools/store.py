@@ -755,7 +755,7 @@ class SQLKnowledgeStore:
     # ------------------------------------------------------------------ index upkeep
 
     def rebuild_index(
-        self, namespace: str | None = None, *, threads: int | None = None, progress: Callable[[int], None] | None = None
+        self, namespace: str | None = None, *, workers: int = 1, progress: Callable[[int], None] | None = None
     ) -> dict[str, int]:
         """Re-embed the index from the SQL rows: of one namespace, or of every namespace either side knows.
 
@@ -763,13 +763,13 @@ class SQLKnowledgeStore:
         killed continues where it stopped (see :meth:`~tools.index.SemanticIndex.rebuild`).
         Lookups go on meanwhile: the entity policy never needs the index, the published one
         reads the old collection (or, on a first build, answers exact pairs and says
-        ``index_building`` for the rest). ``threads``: torch threads of the embedder (default:
-        every core); ``progress`` gets the number of keys of each step.
+        ``index_building`` for the rest). ``workers``: embedding processes (each one torch thread
+        and its own MiniLM; 1 embeds in this process); ``progress`` gets the number of keys of each step.
         """
         if self.index is None:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
-        done = {ns: self.index.rebuild(ns, lambda after, ns=ns: self._keys_after(ns, after), threads=threads,
+        done = {ns: self.index.rebuild(ns, lambda after, ns=ns: self._keys_after(ns, after), workers=workers,
                                        progress=progress) for ns in targets}
         self.index.compact([])  # the replaced collections' files
         self.apply_index_ops()  # changes journalled during the build (applied to both collections, or pending)
