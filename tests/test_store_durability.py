@@ -187,6 +187,29 @@ def test_kill_9_mid_build_resumes_and_lookups_answer_meanwhile(tmp_path: Path, c
     assert published.read("Person 30", "place of birth").rule != "index_building"
 
 
+def test_a_row_deleted_while_its_build_step_is_embedded_stays_out_of_the_new_index(tmp_path: Path, monkeypatch) -> None:
+    """The delete's index change is applied (to both collections) before the step is inserted: the step must
+    ask SQL again, under the lock, or it would put the deleted key back."""
+    db = tmp_path / "kb.sqlite"
+    store = open_store(db, relation_match="exact")
+    other = open_store(db, relation_match="exact")  # another writer, while the build embeds
+    store.write_many([(f"Person {i}", "birthplace", f"Town {i}") for i in range(30)])
+    deleted: list[int] = []
+
+    def embed_while_someone_deletes(self: object, input: list[str]) -> list:
+        if len(input) == 30 and not deleted:  # the build's step, not the delete's own index change
+            deleted.extend(r.id for r in other.delete(entity="Person 4").removed)
+        return cheap_embedding_module.embed(self, input)
+
+    from tools.index import MiniLMEmbedding
+
+    monkeypatch.setattr(MiniLMEmbedding, "__call__", embed_while_someone_deletes)
+    monkeypatch.setattr(MiniLMEmbedding, "embed_query", cheap_embedding_module.embed)
+    assert store.rebuild_index() == {"default": 29} and len(deleted) == 1
+    [report] = store.check_index()
+    assert (report["facts"], report["indexed"], report["stale"]) == (29, 29, 0)
+
+
 def test_a_first_open_never_leaves_a_file_without_tables(tmp_path: Path) -> None:
     db = tmp_path / "kb.sqlite"
     db.touch()  # what an older version left when killed at its first open

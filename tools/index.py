@@ -439,6 +439,7 @@ class SemanticIndex:
         namespace: str,
         rows_after: Callable[[int], Iterable[tuple[int, str]]],
         *,
+        still_stored: Callable[[list[int]], set[int]] = set,
         workers: int = 1,
         progress: Callable[[int], None] | None = None,
     ) -> int:
@@ -449,7 +450,10 @@ class SemanticIndex:
         processes, each a shard; 1: in this process) and then inserted under it with the last id
         as the step's mark, so readers and writers wait only for an insert, a kill loses at most
         one step and the next build resumes after the mark. Index changes made meanwhile go into
-        both collections (:meth:`add`, :meth:`delete`), so rows the build has passed stay right.
+        both collections (:meth:`add`, :meth:`delete`), so rows the build has passed stay right;
+        ``still_stored(ids)`` (which of them SQL still has) is asked under the lock before each
+        insert, so a row deleted while its step was being embedded is not inserted after its
+        removal was applied (the default, ``set``, keeps every row: for callers without SQL).
         The live collection serves queries until the swap. ``progress`` gets each step's key
         count. Returns the number of keys in the new collection.
         """
@@ -462,15 +466,17 @@ class SemanticIndex:
             after = int((col.metadata or {}).get(BUILT_TO, 0))
         with _step_embedder(self._embedding, workers) as embed:
             for step in _batches(rows_after(after), BUILD_STEP):
-                ids, keys = [str(i) for i, _ in step], [k for _, k in step]
-                vectors = embed(keys)
+                vectors = embed([k for _, k in step])
                 with self.session(write=True) as client:
                     col = self._building(client, namespace)
                     if col is None:
                         raise IndexBusy(f"the build of {namespace!r} was finished or dropped by another process meanwhile")
-                    for start in range(0, len(ids), BATCH):
-                        col.upsert(ids=ids[start : start + BATCH], documents=keys[start : start + BATCH],
-                                   embeddings=vectors[start : start + BATCH])
+                    stored = still_stored([i for i, _ in step])
+                    kept = [n for n, (i, _) in enumerate(step) if i in stored]
+                    for start in range(0, len(kept), BATCH):
+                        part = kept[start : start + BATCH]
+                        col.upsert(ids=[str(step[n][0]) for n in part], documents=[step[n][1] for n in part],
+                                   embeddings=vectors[part])
                     col.modify(metadata={**self._label(namespace), BUILT_TO: step[-1][0]})
                 if progress is not None:
                     progress(len(step))

@@ -769,7 +769,8 @@ class SQLKnowledgeStore:
         if self.index is None:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
-        done = {ns: self.index.rebuild(ns, lambda after, ns=ns: self._keys_after(ns, after), workers=workers,
+        done = {ns: self.index.rebuild(ns, lambda after, ns=ns: self._keys_after(ns, after),
+                                       still_stored=lambda ids, ns=ns: self._stored_ids(ns, ids), workers=workers,
                                        progress=progress) for ns in targets}
         self.index.compact([])  # the replaced collections' files
         self.apply_index_ops()  # changes journalled during the build (applied to both collections, or pending)
@@ -785,6 +786,12 @@ class SQLKnowledgeStore:
                 return
             yield from ((r.id, r.key) for r in rows)
             after = rows[-1].id
+
+    def _stored_ids(self, ns: str, ids: list[int]) -> set[int]:
+        """Which of ``ids`` the namespace still has."""
+        with self.engine.connect() as conn:
+            return {i for chunk in _chunks(ids, SQL_CHUNK) for i in conn.execute(
+                select(FACTS.c.id).where(FACTS.c.namespace == ns, FACTS.c.id.in_(chunk))).scalars()}
 
     def index_building(self, *, namespace: str | None = None) -> int | None:
         """The last fact id an unfinished index build of the namespace embedded, or None when none is under way."""
