@@ -230,11 +230,16 @@ def _drop_namespace(db: str, namespace: str) -> None:
 
     from tools.store import make_engine
 
+    from tools.schema import StoreMeta
+
     engine = make_engine(db, create=False)
+    meta = StoreMeta.__table__
     with engine.begin() as conn:
         for table in SQLModel.metadata.sorted_tables:
             if "namespace" in table.c:
                 conn.execute(delete(table).where(table.c.namespace == namespace))
+        # the resume mark an interrupted import leaves (tools.io: "import:<namespace>:<file>:<digest>")
+        conn.execute(delete(meta).where(meta.c.name.startswith(f"import:{namespace}:", autoescape=True)))
     engine.dispose()
 
 
