@@ -205,18 +205,37 @@ def import_command(src: Path, db: str, namespace: str) -> dict[str, Any]:
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    stdout, stderr = child.communicate()
+    peak_kib = 0
+    while True:
+        try:
+            stdout, stderr = child.communicate(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            peak_kib = max(peak_kib, _high_water_kib(child.pid))
     seconds = time.perf_counter() - start
     if child.returncode != 0:
         raise RuntimeError(f"`lmlm kb import` failed ({child.returncode}): {stdout[-500:]} {stderr[-2000:]}")
-    return {"report": json.loads(stdout), "seconds": seconds, "peak_rss_mb": _child_peak_rss_mb()}
+    return {"report": json.loads(stdout), "seconds": seconds, "peak_rss_mb": round(peak_kib / 1024, 1)}
 
 
-def _child_peak_rss_mb() -> float:
-    """The largest resident set of any child this process has waited for (Linux reports KiB)."""
+def _high_water_kib(pid: int) -> int:
+    """The peak resident set of a running process since its exec (Linux ``VmHWM``; 0 once it has exited).
+
+    Not ``getrusage(RUSAGE_CHILDREN)``: that counts the memory of this process, which the child shares
+    between fork and exec (an import after a 100k index build reported 1.3 GB, the benchmark's own size).
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
+def _peak_rss_mb() -> float:
+    """The largest resident set so far of this process (index builds and lookups of every size so far; Linux: KiB)."""
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _drop_namespace(db: str, namespace: str) -> None:
@@ -226,17 +245,23 @@ def _drop_namespace(db: str, namespace: str) -> None:
 
     from tools.store import make_engine
 
+    from tools.schema import StoreMeta
+
     engine = make_engine(db, create=False)
+    meta = StoreMeta.__table__
     with engine.begin() as conn:
         for table in SQLModel.metadata.sorted_tables:
             if "namespace" in table.c:
                 conn.execute(delete(table).where(table.c.namespace == namespace))
+        # the resume mark an interrupted import leaves (tools.io: "import:<namespace>:<file>:<digest>")
+        conn.execute(delete(meta).where(meta.c.name.startswith(f"import:{namespace}:", autoescape=True)))
     engine.dispose()
 
 
 def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str = "sqlite", pg_url: str | None = None,
-               index_limit: int = 100_000) -> dict[str, Any]:
-    """Import ``n`` triples into a fresh store, build the index (up to ``index_limit``), then compare the policies."""
+               index_limit: int = 100_000, index_workers: int = 1) -> dict[str, Any]:
+    """Import ``n`` triples into a fresh store, build the index (up to ``index_limit``, embedded by
+    ``index_workers`` processes), then compare the policies."""
     import uuid
 
     rng = random.Random(seed + n)
@@ -261,9 +286,10 @@ def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str =
         index_build = None
         if indexed:
             start = time.perf_counter()
-            keys = store.rebuild_index()[namespace]
+            keys = store.rebuild_index(workers=index_workers)[namespace]
             seconds = time.perf_counter() - start
-            index_build = {"keys": keys, "seconds": round(seconds, 3), "keys_per_s": round(keys / seconds)}
+            index_build = {"keys": keys, "seconds": round(seconds, 3), "keys_per_s": round(keys / seconds),
+                           "workers": index_workers}
         stored = {e for e, _, _ in triples}
         unknown: list[str] = []
         while len(unknown) < queries:
@@ -279,6 +305,7 @@ def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str =
                        "peak_rss_mb": imported["peak_rss_mb"], "inserted": imported["report"]["inserted"]},
             "index_build": index_build,
             "policies": compare_policies(store, sets, POLICIES if indexed else ("entity",)),
+            "bench_peak_rss_mb": _peak_rss_mb(),
         }
         store.close()
     finally:
@@ -428,13 +455,15 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["sizes"]:
         imp, built = r["import"], r["index_build"]
-        index_line = (f"index build {built['keys_per_s']:,} keys/s ({built['seconds']:,} s; the index serves the "
-                      "published policy only)" if built else "no index built at this size (entity policy only)")
+        index_line = (f"index build {built['keys_per_s']:,} keys/s ({built['seconds']:,} s, {built.get('workers', 1)} "
+                      "embedding process(es); the index serves the published policy only)" if built
+                      else "no index built at this size (entity policy only)")
         lines += [
             f"## {r['backend']}: {r['triples']:,} triples ({r['entities']:,} entities)",
             "",
             f"`lmlm kb import` (JSONL, streamed, no index): {imp['rows_per_s']:,} rows/s ({imp['seconds']:,} s), "
-            f"peak RSS {imp['peak_rss_mb']:,} MB; {index_line}.",
+            f"peak RSS {imp['peak_rss_mb']:,} MB; {index_line}. Benchmark process peak RSS so far "
+            f"{r.get('bench_peak_rss_mb', 0):,} MB.",
             "",
             *_policy_table(r["policies"]),
             "",
@@ -462,9 +491,20 @@ def _markdown(report: dict[str, Any]) -> str:
         "store with a stored relation (right = 'unknown'). Absent: a stored entity with a relation nobody has "
         "(right = 'unknown'). The entity policy caches the embedding of each relation string, so a repeated query "
         "relation costs no model call; the 'not cached' row drops that cache before each lookup.",
-        f"Load average (1 min) before / after: {report['load_before']} / {report['load_after']}.",
+        f"Load average (1 min) before / after: {report['load_before']} / {report['load_after']}."
+        + ("" if report.get("finished", True) else " **Partial: the run was stopped or is still going; "
+           f"done so far: {len(report['sizes'])} store(s).**"),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _save(out: Path, report: dict[str, Any]) -> None:
+    """The report so far as JSON and Markdown, each written beside and renamed over the last (never half a file)."""
+    report["load_after"] = round(os.getloadavg()[0], 2)
+    for suffix, body in (("json", json.dumps(report, indent=1) + "\n"), ("md", _markdown(report))):
+        tmp = out / f".{NAME}.{suffix}.tmp"
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, out / f"{NAME}.{suffix}")
 
 
 def write_markdown(out_dir: str | Path) -> Path:
@@ -486,40 +526,41 @@ def run(
     backends: Sequence[str] = ("sqlite",),
     pg_url: str | None = None,
     index_limit: int = 100_000,
+    index_workers: int = 1,
     keep_stores: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Benchmark each size (and a published-format database of ``world_entities``; 0 skips it), write
-    ``kb_lookup.json`` and ``kb_lookup.md`` into ``out_dir``."""
+    """Benchmark each size (and a published-format database of ``world_entities``; 0 skips it), writing
+    ``kb_lookup.json`` and ``kb_lookup.md`` into ``out_dir`` after each store (``finished`` false until the end)."""
     import torch
 
     torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="kb-bench-", dir=out))
-    load_before = round(os.getloadavg()[0], 2)
-    try:
-        results = []
-        for backend in backends:
-            for n in sizes:
-                progress(f"{backend}: {n:,} triples")
-                results.append(bench_size(n, workdir, queries=queries, seed=seed, backend=backend, pg_url=pg_url,
-                                          index_limit=index_limit))
-        progress("published-format database")
-        published = bench_published_database(world_entities, workdir, queries=queries, seed=seed) if world_entities else None
-    finally:
-        if not keep_stores:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report = {
+    report: dict[str, Any] = {
         "benchmark": NAME,
         "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "threads": threads,
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 2),
+        "load_before": round(os.getloadavg()[0], 2),
         "targets": TARGETS,
-        "sizes": results,
-        "published_database": published,
+        "sizes": [],
+        "published_database": None,
+        "finished": False,
     }
-    (out / f"{NAME}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    write_markdown(out)
+    try:
+        for backend in backends:
+            for n in sizes:
+                progress(f"{backend}: {n:,} triples")
+                report["sizes"].append(bench_size(n, workdir, queries=queries, seed=seed, backend=backend, pg_url=pg_url,
+                                                  index_limit=index_limit, index_workers=index_workers))
+                _save(out, report)  # a long run that is stopped keeps the figures of every store it finished
+        if world_entities:
+            progress("published-format database")
+            report["published_database"] = bench_published_database(world_entities, workdir, queries=queries, seed=seed)
+        report["finished"] = True
+        _save(out, report)
+    finally:
+        if not keep_stores:
+            shutil.rmtree(workdir, ignore_errors=True)
     return report

@@ -23,3 +23,23 @@ def test_kb_bench_imports_measures_and_judges_a_small_store(tmp_path, request, b
     markdown = (tmp_path / "kb_lookup.md").read_text()
     assert f"{backend}: import" in markdown and "not indexed" in markdown
     assert f"| {backend} 240 | exact p50 ms (wall) |" in markdown
+
+
+def test_a_stopped_run_keeps_the_figures_of_every_store_it_finished(tmp_path, monkeypatch) -> None:
+    import benchmarks.kb_lookup as kb
+
+    measure = kb.bench_size
+
+    def stopped_at_the_second_size(n, *args, **kwargs):
+        if n > 120:
+            raise KeyboardInterrupt  # Ctrl-C during the second store
+        return measure(n, *args, **kwargs)
+
+    monkeypatch.setattr(kb, "bench_size", stopped_at_the_second_size)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, sizes=(120, 240), queries=12, world_entities=0, index_limit=0)
+    saved = json.loads((tmp_path / "kb_lookup.json").read_text())
+    assert [s["triples"] for s in saved["sizes"]] == [120] and saved["finished"] is False
+    markdown = (tmp_path / "kb_lookup.md").read_text()
+    assert "| sqlite 120 | exact p50 ms (wall) |" in markdown and "Partial" in markdown
+    assert not list(tmp_path.glob(".kb_lookup.*.tmp"))

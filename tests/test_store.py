@@ -125,6 +125,24 @@ def test_write_many_upserts_and_counts(store: SQLKnowledgeStore) -> None:
     assert store.count() == len(PEOPLE) + 1
 
 
+def test_bulk_insert_keeps_input_order_and_a_taken_key_is_a_retryable_integrity_error(store: SQLKnowledgeStore) -> None:
+    """The insert path of every write (COPY on PostgreSQL): ids ascend in input order, audit rows follow, and a
+    unique key already taken surfaces as SQLAlchemy's IntegrityError (what ``retrying`` retries), not the driver's."""
+    from sqlalchemy.exc import IntegrityError
+
+    from tools.store import insert_facts, write_transaction
+
+    rows = [(f"Person {i}", "birth year", str(1900 + i)) for i in range(30)]
+    store.write_many(rows, source="seed")
+    facts = list(store.iter_facts())
+    assert [(f.entity, f.value) for f in facts] == [(e, v) for e, _, v in rows]  # id order is input order
+    assert len(store.audit(limit=100)) == 30 and store.audit()[0].fact_id == facts[-1].id
+    taken = {c.name: getattr(facts[0], c.name) for c in Fact.__table__.columns if c.name != "id"}
+    with pytest.raises(IntegrityError), write_transaction(store.engine) as conn:
+        insert_facts(conn, [taken])
+    assert store.count() == 30
+
+
 def test_one_bad_triple_stores_nothing(store: SQLKnowledgeStore) -> None:
     store.write("Ada Lovelace", "birth year", "1815")
     with pytest.raises(InvalidInput, match=r"triple #2: entity must not be empty"):
@@ -607,3 +625,24 @@ def test_a_field_that_normalises_to_nothing_is_refused() -> None:
             with pytest.raises(InvalidInput, match="only underscores"):
                 s.write(entity, relation, "0")
         assert s.count() == 0
+
+
+@pytest.mark.slow
+def test_a_build_embedded_by_two_worker_processes_equals_one_built_in_process(tmp_path) -> None:
+    """Each worker embeds a shard of every step; the shards come back in order, so every id keeps its own vector."""
+    import numpy as np
+
+    store = open_store(tmp_path / "kb.sqlite", relation_match="exact")
+    store.write_many(PEOPLE + [(f"Person {i}", "birthplace", f"Town {i}") for i in range(25)])
+
+    def vectors() -> dict[str, np.ndarray]:
+        with store.index.session() as client:
+            got = client.get_collection(store.index.collection_name(store.namespace)).get(include=["embeddings"])
+        return dict(zip(got["ids"], got["embeddings"], strict=True))
+
+    store.rebuild_index(workers=1)
+    alone = vectors()
+    store.rebuild_index(workers=2)
+    shared = vectors()
+    assert sorted(alone) == sorted(shared) and len(alone) == len(PEOPLE) + 25
+    assert all(np.allclose(alone[i], shared[i], atol=1e-4) for i in alone)

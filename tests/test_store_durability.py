@@ -132,7 +132,7 @@ def test_rebuild_killed_midway_keeps_the_old_index(tmp_path: Path, cheap_embeddi
             yield fact.id, fact.key
 
     with pytest.raises(KeyboardInterrupt):
-        store.index.rebuild("default", dies_half_way())
+        store.index.rebuild("default", lambda after: dies_half_way())
     assert store.index.count("default") == 40  # the live collection was never dropped
     assert store.rebuild_index() == {"default": 40} and store.check_index()[0]["missing"] == 0
     chroma = Path(store.index.location)
@@ -140,6 +140,74 @@ def test_rebuild_killed_midway_keeps_the_old_index(tmp_path: Path, cheap_embeddi
     store.close()
     again = open_store(tmp_path / "kb.sqlite")
     assert all([h.fact_id for h in again.index.query("default", f.key, 1)] == [f.id] for f in again.iter_facts())
+
+
+BUILD_CHILD = """
+import sys, time
+import cheap_embedding; cheap_embedding.install()
+import tools.index
+tools.index.BUILD_STEP = 10
+from tools import open_store
+def parked(n):
+    print(n, flush=True)
+    time.sleep(120)  # killed here, after its first step
+open_store(sys.argv[1], relation_match="exact").rebuild_index(progress=parked)
+"""
+
+
+def test_kill_9_mid_build_resumes_and_lookups_answer_meanwhile(tmp_path: Path, cheap_embedding: None) -> None:
+    db = tmp_path / "kb.sqlite"
+    open_store(db, index=False).write_many([(f"Person {i}", "birthplace", f"Town {i}") for i in range(40)])
+    child = subprocess.Popen([sys.executable, "-c", BUILD_CHILD, str(db)], env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        first_step = child.stdout.readline()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert first_step.strip() == "10", child.stderr.read()[-2000:]
+
+    store = open_store(db, relation_match="exact")
+    ids = [f.id for f in store.iter_facts()]
+    assert store.index_building() == ids[9]  # the mark of the one step that finished
+    # An incomplete first build: exact lookups answer under both policies, a near key says the index is building.
+    assert store.read("person 3", "Birthplace").value == "Town 3"
+    published = store.with_policy("published")
+    assert published.read("Person 30", "birthplace").value == "Town 30"
+    assert published.read("Person 30", "place of birth").rule == "index_building"
+
+    store.delete(entity="Person 2")  # a row the killed build had embedded: the removal reaches its collection too
+    store.write("Person 40", "birthplace", "Town 40")
+    steps: list[int] = []
+    assert store.rebuild_index(progress=steps.append) == {"default": 40}
+    assert sum(steps) == 31  # resumed after the mark: the 30 rows the kill left, plus the new one
+    [report] = store.check_index()
+    assert (report["facts"], report["indexed"], report["missing"], report["stale"]) == (40, 40, 0, 0)
+    assert store.index_building() is None
+    assert published.read("Person 30", "place of birth").rule != "index_building"
+
+
+def test_a_row_deleted_while_its_build_step_is_embedded_stays_out_of_the_new_index(tmp_path: Path, monkeypatch) -> None:
+    """The delete's index change is applied (to both collections) before the step is inserted: the step must
+    ask SQL again, under the lock, or it would put the deleted key back."""
+    db = tmp_path / "kb.sqlite"
+    store = open_store(db, relation_match="exact")
+    other = open_store(db, relation_match="exact")  # another writer, while the build embeds
+    store.write_many([(f"Person {i}", "birthplace", f"Town {i}") for i in range(30)])
+    deleted: list[int] = []
+
+    def embed_while_someone_deletes(self: object, input: list[str]) -> list:
+        if len(input) == 30 and not deleted:  # the build's step, not the delete's own index change
+            deleted.extend(r.id for r in other.delete(entity="Person 4").removed)
+        return cheap_embedding_module.embed(self, input)
+
+    from tools.index import MiniLMEmbedding
+
+    monkeypatch.setattr(MiniLMEmbedding, "__call__", embed_while_someone_deletes)
+    monkeypatch.setattr(MiniLMEmbedding, "embed_query", cheap_embedding_module.embed)
+    assert store.rebuild_index() == {"default": 29} and len(deleted) == 1
+    [report] = store.check_index()
+    assert (report["facts"], report["indexed"], report["stale"]) == (29, 29, 0)
 
 
 def test_a_first_open_never_leaves_a_file_without_tables(tmp_path: Path) -> None:

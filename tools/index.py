@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 
 import chromadb
+import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
@@ -49,6 +50,8 @@ INDEX_WAIT_S = 60.0  # how long a process waits for another one's hold on a loca
 LOCK_FILE = "lmlm-index.lock"
 STAMP_FILE = "lmlm-index.stamp"  # rewritten after every write: tells other processes to reopen
 BUILDING = "-next"  # suffix of a collection being rebuilt beside the live one
+BUILT_TO = "built_to"  # metadata of a collection being built: the last fact id embedded (where a killed build resumes)
+BUILD_STEP = 16_384  # keys embedded (outside the lock) then inserted (under it) per step of a build; its resume granularity
 _SEGMENT_DIR = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 T = TypeVar("T")
 
@@ -85,6 +88,37 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> MiniLMEmbedding:
         return MiniLMEmbedding()
+
+
+def _embed_in_worker(keys: list[str]) -> Any:
+    """One shard of a build step, in a worker process (one torch thread, its own MiniLM)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return np.asarray(MiniLMEmbedding()(keys), dtype=np.float32)
+
+
+@contextmanager
+def _step_embedder(embedding: MiniLMEmbedding, workers: int) -> Iterator[Callable[[list[str]], Any]]:
+    """What embeds a build step: ``embedding`` itself, or ``workers`` processes each embedding a shard of it.
+
+    Processes rather than torch threads: on the shared 2-core machine two intra-op threads spin
+    waiting for each other and built at half the one-thread speed (docs/knowledge.md); single-
+    threaded processes never wait for one another.
+    """
+    if workers <= 1:
+        yield lambda keys: np.asarray(embedding(keys), dtype=np.float32)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def embed(keys: list[str]) -> Any:
+            size = -(-len(keys) // workers)
+            shards = [keys[i : i + size] for i in range(0, len(keys), size)]
+            return np.concatenate(list(pool.map(_embed_in_worker, shards)))
+
+        yield embed
 
 
 class Hit(NamedTuple):
@@ -316,22 +350,43 @@ class SemanticIndex:
         return client.get_collection(self.collection_name(namespace), embedding_function=self._embedding)
 
     def add(self, namespace: str, rows: Iterable[tuple[int, str]]) -> int:
-        """Embed and add ``(fact_id, key)`` rows in batches (one lock hold per batch); returns how many were added."""
+        """Embed and add ``(fact_id, key)`` rows in batches (one lock hold per batch); returns how many were added.
+
+        While a build of the namespace is under way (or was killed), the rows go into its new
+        collection too, so the new collection misses nothing the live one gets.
+        """
         added = 0
         for batch in _batches(rows, BATCH):
+            ids, keys = [str(i) for i, _ in batch], [k for _, k in batch]
+            vectors = self._embedding(keys)
             with self.session(write=True) as client:
                 col = self._get(client, namespace, create=True)
                 assert col is not None
-                col.upsert(ids=[str(i) for i, _ in batch], documents=[k for _, k in batch])
+                for target in (col, self._building(client, namespace)):
+                    if target is not None:
+                        target.upsert(ids=ids, documents=keys, embeddings=vectors)
             added += len(batch)
         return added
 
     def delete(self, namespace: str, fact_ids: list[int]) -> None:
         with self.session(write=True) as client:
-            col = self._get(client, namespace, create=False)
-            if col is not None:
-                for batch in _batches(fact_ids, BATCH):
-                    col.delete(ids=[str(i) for i in batch])
+            for col in (self._get(client, namespace, create=False), self._building(client, namespace)):
+                if col is not None:
+                    for batch in _batches(fact_ids, BATCH):
+                        col.delete(ids=[str(i) for i in batch])
+
+    def _building(self, client: ClientAPI, namespace: str) -> Collection | None:
+        """The collection a build of the namespace is filling (unfinished, or killed), or None."""
+        try:
+            return client.get_collection(self.collection_name(namespace) + BUILDING, embedding_function=self._embedding)
+        except NotFoundError:
+            return None
+
+    def building(self, namespace: str) -> int | None:
+        """How far an unfinished build of the namespace got (the last fact id embedded), or None when there is none."""
+        with self.session() as client:
+            col = self._building(client, namespace)
+            return None if col is None else int((col.metadata or {}).get(BUILT_TO, 0))
 
     def present(self, namespace: str, fact_ids: list[int]) -> list[int]:
         """Which of ``fact_ids`` the index holds (what a receipt reports as removed from, or left in, it)."""
@@ -379,31 +434,63 @@ class SemanticIndex:
                 if (c.metadata or {}).get("store_id") == self.store_id
             })
 
-    def rebuild(self, namespace: str, rows: Iterable[tuple[int, str]]) -> int:
-        """Embed ``rows`` into a new collection beside the live one, then swap: a kill leaves the old one intact.
+    def rebuild(
+        self,
+        namespace: str,
+        rows_after: Callable[[int], Iterable[tuple[int, str]]],
+        *,
+        still_stored: Callable[[list[int]], set[int]] = set,
+        workers: int = 1,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Embed the namespace's ``(fact_id, key)`` rows into a new collection beside the live one, then swap it in.
 
-        The directory stays held for the whole rebuild (writers wait, or get :class:`IndexBusy`),
-        so no write lands in the old collection after its rows were read.
+        ``rows_after(last_id)``: the rows with a larger id, in id order. The build goes in steps
+        of :data:`BUILD_STEP` keys, each embedded outside the directory lock (by ``workers``
+        processes, each a shard; 1: in this process) and then inserted under it with the last id
+        as the step's mark, so readers and writers wait only for an insert, a kill loses at most
+        one step and the next build resumes after the mark. Index changes made meanwhile go into
+        both collections (:meth:`add`, :meth:`delete`), so rows the build has passed stay right;
+        ``still_stored(ids)`` (which of them SQL still has) is asked under the lock before each
+        insert, so a row deleted while its step was being embedded is not inserted after its
+        removal was applied (the default, ``set``, keeps every row: for callers without SQL).
+        The live collection serves queries until the swap. ``progress`` gets each step's key
+        count. Returns the number of keys in the new collection.
         """
-        live, building = self.collection_name(namespace), self.collection_name(namespace) + BUILDING
+        name, building = self.collection_name(namespace), self.collection_name(namespace) + BUILDING
+        with self.session(write=True) as client:
+            col = self._building(client, namespace)
+            if col is None:
+                col = client.create_collection(building, metadata={**self._metadata(namespace), BUILT_TO: 0},
+                                               embedding_function=self._embedding)
+            after = int((col.metadata or {}).get(BUILT_TO, 0))
+        with _step_embedder(self._embedding, workers) as embed:
+            for step in _batches(rows_after(after), BUILD_STEP):
+                vectors = embed([k for _, k in step])
+                with self.session(write=True) as client:
+                    col = self._building(client, namespace)
+                    if col is None:
+                        raise IndexBusy(f"the build of {namespace!r} was finished or dropped by another process meanwhile")
+                    stored = still_stored([i for i, _ in step])
+                    kept = [n for n, (i, _) in enumerate(step) if i in stored]
+                    for start in range(0, len(kept), BATCH):
+                        part = kept[start : start + BATCH]
+                        col.upsert(ids=[str(step[n][0]) for n in part], documents=[step[n][1] for n in part],
+                                   embeddings=vectors[part])
+                    col.modify(metadata={**self._label(namespace), BUILT_TO: step[-1][0]})
+                if progress is not None:
+                    progress(len(step))
         with self.session(write=True) as client:
             self._collections.pop(namespace, None)
-            try:
-                client.delete_collection(building)  # a rebuild killed earlier
-            except NotFoundError:
-                pass
-            col = client.create_collection(building, metadata=self._metadata(namespace), embedding_function=self._embedding)
-            added = 0
-            for batch in _batches(rows, BATCH):
-                col.upsert(ids=[str(i) for i, _ in batch], documents=[k for _, k in batch])
-                added += len(batch)
+            col = self._building(client, namespace)
+            assert col is not None
             col.modify(metadata={**self._label(namespace), "complete": True})
             try:
-                client.delete_collection(live)
+                client.delete_collection(name)
             except NotFoundError:
                 pass
-            col.modify(name=live, metadata=self._label(namespace))
-        return added
+            col.modify(name=name, metadata=self._label(namespace))
+            return col.count()
 
     def compact(self, fact_ids: list[int]) -> None:
         """After deleting ``fact_ids`` (or a rebuild): rewrite a local index's files, so removed keys leave the disk.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, text, tuple_, update
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -120,9 +120,11 @@ _ENTITY_ROWS = select(*_ROW, FACTS.c.relation_key).where(
 _BY_IDS = select(*_ROW, FACTS.c.namespace, FACTS.c.entity_key, FACTS.c.relation_key).where(
     FACTS.c.id.in_(bindparam("ids", expanding=True))
 )
-_BY_PAIRS = select(*_ROW, FACTS.c.entity_key, FACTS.c.relation_key, FACTS.c.value_slot).where(
-    FACTS.c.namespace == bindparam("ns"),
-    tuple_(FACTS.c.entity_key, FACTS.c.relation_key).in_(bindparam("pairs", expanding=True)),
+# A write finds the stored rows of its pairs by entity and picks the pairs in Python: PostgreSQL plans a
+# row-value IN of 2,000 pairs as a scan of the whole table tested against every pair (2 s per chunk at 30k
+# rows: the 330 rows/s import of 2026-12), while an entity list uses the unique index's (namespace, entity) prefix.
+_BY_ENTITIES = select(*_ROW, FACTS.c.entity_key, FACTS.c.relation_key, FACTS.c.value_slot).where(
+    FACTS.c.namespace == bindparam("ns"), FACTS.c.entity_key.in_(bindparam("eks", expanding=True))
 ).order_by(FACTS.c.id)
 _GENERATION = select(META.c.value).where(META.c.name == GENERATION)
 
@@ -319,8 +321,9 @@ class SQLKnowledgeStore(KnowledgeStore):
             found = {r.id: r for r in conn.execute(_BY_IDS, {"ids": [h.fact_id for h in hits]}) if r.namespace == ns} if hits else {}
             # A hit counts only if SQL still has the row under the key that was embedded.
             live = [(h, found[h.fact_id]) for h in hits if h.fact_id in found and found[h.fact_id].key == h.key]
-            if not live:
-                return _miss(query, "published_below_threshold")
+            if not live:  # a first build still under way has no live collection yet: say so, not "nothing near"
+                return _miss(query, "index_building" if not hits and self.index.building(ns) is not None
+                             else "published_below_threshold")
             hit, row = live[0]
             if hit.similarity < self.policy.threshold and self.policy.fallback != "top1":
                 return _miss(query, "published_below_threshold", score=round(hit.similarity, 6))
@@ -482,10 +485,12 @@ class SQLKnowledgeStore(KnowledgeStore):
             )
             todo, plan.duplicates = split_batch(rows, mode, multi)
             for chunk in _chunks(todo, SQL_CHUNK):
-                found = conn.execute(_BY_PAIRS, {"ns": ns, "pairs": list({r.pair for r, _ in chunk})})
+                pairs = {r.pair for r, _ in chunk}
+                found = conn.execute(_BY_ENTITIES, {"ns": ns, "eks": list({ek for ek, _ in pairs})})
                 existing: dict[tuple[str, str], list[Any]] = {}
                 for e in found:
-                    existing.setdefault((e.entity_key, e.relation_key), []).append(e)
+                    if (e.entity_key, e.relation_key) in pairs:
+                        existing.setdefault((e.entity_key, e.relation_key), []).append(e)
                 for r, add in chunk:
                     (plan.add if add else plan.replace)(r, existing.setdefault(r.pair, []))
                 plan.flush(conn, self._audit_key(conn))
@@ -719,19 +724,48 @@ class SQLKnowledgeStore(KnowledgeStore):
 
     # ------------------------------------------------------------------ index upkeep
 
-    def rebuild_index(self, namespace: str | None = None) -> dict[str, int]:
+    def rebuild_index(
+        self, namespace: str | None = None, *, workers: int = 1, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
         """Re-embed the index from the SQL rows: of one namespace, or of every namespace either side knows.
 
-        Each namespace is built beside its live collection and swapped in, so a kill mid-way
-        leaves the old index as it was.
+        Each namespace is built beside its live collection and swapped in; a build that was
+        killed continues where it stopped (see :meth:`~tools.index.SemanticIndex.rebuild`).
+        Lookups go on meanwhile: the entity policy never needs the index, the published one
+        reads the old collection (or, on a first build, answers exact pairs and says
+        ``index_building`` for the rest). ``workers``: embedding processes (each one torch thread
+        and its own MiniLM; 1 embeds in this process); ``progress`` gets the number of keys of each step.
         """
         if self.index is None:
             raise InvalidInput("this store was opened without an index (index=False, or create=False with none on disk)")
         targets = [self._ns(namespace)] if namespace is not None else sorted(set(self.namespaces()) | set(self.index.namespaces()))
-        done = {ns: self.index.rebuild(ns, ((f.id, f.key) for f in self._rows(ns))) for ns in targets}
+        done = {ns: self.index.rebuild(ns, lambda after, ns=ns: self._keys_after(ns, after),
+                                       still_stored=lambda ids, ns=ns: self._stored_ids(ns, ids), workers=workers,
+                                       progress=progress) for ns in targets}
         self.index.compact([])  # the replaced collections' files
-        self.apply_index_ops()  # journal entries older than the rebuild are already in it; applying them is harmless
+        self.apply_index_ops()  # changes journalled during the build (applied to both collections, or pending)
         return done
+
+    def _keys_after(self, ns: str, after: int, page: int = 10_000) -> Iterator[tuple[int, str]]:
+        """``(id, key)`` of the namespace's rows with ids above ``after``, in id order, a page per query."""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(FACTS.c.id, FACTS.c.key).where(FACTS.c.namespace == ns, FACTS.c.id > after)
+                                    .order_by(FACTS.c.id).limit(page)).all()
+            if not rows:
+                return
+            yield from ((r.id, r.key) for r in rows)
+            after = rows[-1].id
+
+    def _stored_ids(self, ns: str, ids: list[int]) -> set[int]:
+        """Which of ``ids`` the namespace still has."""
+        with self.engine.connect() as conn:
+            return {i for chunk in _chunks(ids, SQL_CHUNK) for i in conn.execute(
+                select(FACTS.c.id).where(FACTS.c.namespace == ns, FACTS.c.id.in_(chunk))).scalars()}
+
+    def index_building(self, *, namespace: str | None = None) -> int | None:
+        """The last fact id an unfinished index build of the namespace embedded, or None when none is under way."""
+        return None if self.index is None else self.index.building(self._ns(namespace))
 
     def describe(self) -> dict[str, Any]:
         """Where the store lives (password hidden) and how it looks facts up."""
@@ -800,12 +834,12 @@ def _forget_rows(conn: Any, key: bytes, ns: str, rows: Sequence[Any], now: Any) 
         entity=bindparam("b_entity"), relation=bindparam("b_relation"), old_value=None, new_value=None)
     digests = [dict(b_id=r.id, b_entity=digest(key, r.entity_key), b_relation=digest(key, r.relation_key)) for r in rows]
     conn.execute(scrub, digests)
-    conn.execute(insert(AUDIT), [
+    insert_rows(conn, AUDIT, [
         dict(at=now, action="delete", namespace=ns, fact_id=r.id, entity=d["b_entity"], relation=d["b_relation"],
              old_value=digest(key, r.entity_key, r.relation_key, r.value), new_value=None, source=r.source)
         for r, d in zip(rows, digests, strict=True)
     ])
-    conn.execute(insert(OUTBOX), [dict(namespace=ns, fact_id=i, key=None) for i in ids])
+    insert_rows(conn, OUTBOX, [dict(namespace=ns, fact_id=i, key=None) for i in ids])
     entities = list({r.entity_key for r in rows})
     still = set(conn.execute(select(FACTS.c.entity_key).where(FACTS.c.namespace == ns, FACTS.c.entity_key.in_(entities))).scalars())
     for ek in set(entities) - still:
@@ -832,6 +866,43 @@ def one_deletion_variants(name: str) -> set[str]:
 def _tombstones(key: bytes, ns: str, entity_key: str) -> list[dict[str, str]]:
     entity = digest(key, entity_key)
     return [dict(namespace=ns, entity_digest=entity, variant_digest=digest(key, v)) for v in one_deletion_variants(entity_key)]
+
+
+def insert_rows(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (dicts with the same keys) in the caller's transaction; on PostgreSQL by ``COPY``.
+
+    psycopg turns a multi-row INSERT into SQL text in Python, which costs more than the
+    server's work; ``COPY`` streams the values as they are (measured in docs/knowledge.md).
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(table), rows)  # executemany: one prepared statement, many rows
+        return
+    import psycopg
+
+    columns = list(rows[0])
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+    except psycopg.Error as exc:  # as SQLAlchemy's error, so a lost race (a unique key taken) is retried
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+
+
+def insert_facts(conn: Any, values: list[dict[str, Any]]) -> list[int]:
+    """Insert fact rows; returns their ids in the order given (ascending, so file order stays id order).
+
+    PostgreSQL: the ids are drawn from the table's sequence first, then the rows copied with
+    them (``COPY`` returns nothing). Elsewhere: a multi-row INSERT ... RETURNING.
+    """
+    if conn.dialect.name != "postgresql":
+        return list(conn.execute(insert(FACTS).returning(FACTS.c.id, sort_by_parameter_order=True), values).scalars())
+    ids = sorted(conn.execute(text(f"SELECT nextval(pg_get_serial_sequence('{FACTS.name}', 'id')) "
+                                   "FROM generate_series(1, :n)"), {"n": len(values)}).scalars())
+    insert_rows(conn, FACTS, [{"id": i, **v} for i, v in zip(ids, values, strict=True)])
+    return ids
 
 
 class _WritePlan:
@@ -903,7 +974,7 @@ class _WritePlan:
                      relation_key=c.relation_key, value_slot=slot, source=c.source, created_at=self.now, updated_at=self.now)
                 for c, slot in self.inserts
             ]
-            ids = conn.execute(insert(FACTS).returning(FACTS.c.id, sort_by_parameter_order=True), values).scalars().all()
+            ids = insert_facts(conn, values)
             new_keys = [(i, c.key) for i, (c, _) in zip(ids, self.inserts, strict=True)]
             self.new_keys += new_keys
             audit += [_audit(self.now, "insert", self.ns, c, fact_id=i, new_value=c.value)
@@ -913,10 +984,8 @@ class _WritePlan:
             revived = list({digest(key, c.entity_key) for c, _ in self.inserts})
             for chunk in _chunks(revived, SQL_CHUNK):
                 conn.execute(delete(TOMBSTONES).where(TOMBSTONES.c.namespace == self.ns, TOMBSTONES.c.entity_digest.in_(chunk)))
-        if audit:
-            conn.execute(insert(AUDIT), audit)
-        if journal:
-            conn.execute(insert(OUTBOX), journal)
+        insert_rows(conn, AUDIT, audit)
+        insert_rows(conn, OUTBOX, journal)
         self.inserts, self.updates, self.slot_fixes, self.deletes = [], [], [], []
 
 
@@ -964,7 +1033,11 @@ def make_engine(db: str | Path | None, *, create: bool = True, read_only: bool =
     for plain in ("postgresql://", "postgres://"):
         if text_.startswith(plain):
             text_ = "postgresql+psycopg://" + text_[len(plain) :]  # psycopg 3 is the driver we ship
-    return create_engine(text_, pool_pre_ping=True)
+    # psycopg prepares a statement at its fifth use, and PostgreSQL may then keep one generic plan for it: made
+    # while a namespace was empty, a write's entity lookup scanned the whole namespace (3 s per chunk at 300k
+    # rows; the 1M import slowed to 670 rows/s), and without autovacuum nothing ever re-plans it. Custom plans
+    # see the actual keys, for a fraction of a millisecond of planning.
+    return create_engine(text_, pool_pre_ping=True, connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
 
 
 def _create_sqlite_file(path: Path) -> None:

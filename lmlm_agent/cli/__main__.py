@@ -2,4 +2,5 @@
 
 from lmlm_agent.cli import main
 
-main()
+if __name__ == "__main__":  # the index build's worker processes (spawned) import this module again: run nothing there
+    main()

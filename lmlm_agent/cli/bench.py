@@ -59,6 +59,8 @@ def kb_lookup(
     pg_url: Optional[str] = typer.Option(None, "--pg-url", envvar="LMLM_BENCH_PG_URL",
                                          help="PostgreSQL database for the postgresql backend."),
     index_limit: int = typer.Option(100_000, help="Largest size whose semantic index is built (larger: entity policy only)."),
+    index_workers: int = typer.Option(1, min=1, help="Processes embedding the index build (each one torch thread; "
+                                       "on a machine others share, one per idle core)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Knowledge base: the entity-first and the published read policy side by side (exact, paraphrased relation,
@@ -77,7 +79,7 @@ def kb_lookup(
     if "postgresql" in chosen and not pg_url:
         raise typer.BadParameter("--backends postgresql needs --pg-url (e.g. postgresql://postgres@127.0.0.1:5432/test)")
     run(out, [*counts, *([1_000_000] if million else [])], queries=queries, seed=seed, world_entities=world_entities,
-        threads=threads, backends=chosen, pg_url=pg_url, index_limit=index_limit,
+        threads=threads, backends=chosen, pg_url=pg_url, index_limit=index_limit, index_workers=index_workers,
         progress=lambda step: typer.echo(f"kb bench: {step}", err=True))
     typer.echo((out / f"{NAME}.md").read_text())
 
