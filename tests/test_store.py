@@ -137,7 +137,8 @@ def test_bulk_insert_keeps_input_order_and_a_taken_key_is_a_retryable_integrity_
     facts = list(store.iter_facts())
     assert [(f.entity, f.value) for f in facts] == [(e, v) for e, _, v in rows]  # id order is input order
     assert len(store.audit(limit=100)) == 30 and store.audit()[0].fact_id == facts[-1].id
-    taken = {c.name: getattr(facts[0], c.name) for c in Fact.__table__.columns if c.name != "id"}
+    first_row = next(store._rows(store.namespace))  # the SQL row, every column (facts are plain records)
+    taken = {c.name: getattr(first_row, c.name) for c in Fact.__table__.columns if c.name != "id"}
     with pytest.raises(IntegrityError), write_transaction(store.engine) as conn:
         insert_facts(conn, [taken])
     assert store.count() == 30
