@@ -9,7 +9,7 @@ sets how long a command waits for another process using the same local index dir
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional
@@ -158,18 +158,25 @@ def import_(
 
 def _import_with_progress(store: SQLKnowledgeStore, path: Path, kind: str, scan: Any, namespace: str,
                           source: Optional[str], multi_valued: bool, resume: bool, console: Console) -> Any:
-    """:func:`tools.io.import_file` behind a progress bar of rows written (on stderr, so ``--json`` stays clean)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    """:func:`tools.io.import_file` behind a progress bar of rows written."""
     from tools.io import import_file
 
     what = "writing rows" + (" and embedding their keys" if store.index else "")
+    with _progress_bar(what, scan.items) as advance:
+        return import_file(store, path, kind, namespace=namespace, source=source, detect_multi_valued=multi_valued,
+                           resume=resume, scan=scan, progress=advance)
+
+
+@contextmanager
+def _progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar with count and time left, on stderr (so ``--json`` stays clean); yields ``advance(n)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(what, total=scan.items)
-        return import_file(store, path, kind, namespace=namespace, source=source, detect_multi_valued=multi_valued,
-                           resume=resume, scan=scan, progress=lambda n: bar.advance(task, n))
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 # --------------------------------------------------------------------------- add / get / delete
@@ -431,12 +438,16 @@ def rebuild_index(
     db: str = DB,
     index: Optional[str] = INDEX,
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Only this namespace (default: all)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Embedding processes, each with one torch thread and its "
+                                "own MiniLM. More than the free cores only adds waiting."),
 ) -> None:
-    """Re-embed the semantic index from the SQL rows: built beside the live index and swapped in (a kill keeps the old)."""
+    """Re-embed the semantic index from the SQL rows: built beside the live index and swapped in. A killed build
+    continues where it stopped at the next rebuild or open; exact lookups keep working meanwhile."""
     with _clear_errors():
         store = _open_sql(db, index, namespace or "default")
-        with _console().status("embedding keys"):
-            done = store.rebuild_index(namespace)
+        keys = sum(store.count(namespace=ns) for ns in ([namespace] if namespace else store.namespaces()))
+        with _progress_bar("embedding keys", keys) as advance:
+            done = store.rebuild_index(namespace, workers=workers, progress=advance)
     for ns, n in done.items():
         _console().print(f"namespace [cyan]{ns}[/cyan]: {n:,} keys indexed")
     if not done:
