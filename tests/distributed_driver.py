@@ -7,7 +7,10 @@ the start-up (torch, transformers, process group) once for all the commands they
 import json
 import sys
 
-from lmlm_agent.cli import app
+from lmlm_agent.cli import app, close_process_group
 
-for argv in json.loads(sys.argv[1]):
-    app(argv, standalone_mode=False)
+try:
+    for argv in json.loads(sys.argv[1]):
+        app(argv, standalone_mode=False)
+finally:
+    close_process_group()

@@ -6,6 +6,8 @@ status 2 (:mod:`lmlm_agent.cli.errors`); ``LMLM_DEBUG=1`` shows the traceback in
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from lmlm_agent.cli import annotate, bench, demo, evaluate, kb, serve, teacher, tofu, train
@@ -31,4 +33,18 @@ app.command("tofu")(tofu.tofu)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """End a distributed run's process group before the interpreter exits (under `accelerate launch`).
+
+    Left to interpreter exit, the group's gloo threads are destroyed while still joinable and the
+    process aborts ("terminate called without an active exception") after its work is done and saved.
+    """
+    torch = sys.modules.get("torch")  # never import torch here: `lmlm --help` stays light
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
