@@ -294,6 +294,7 @@ class RelationVocabulary:
 
     def __init__(self) -> None:
         self.names: set[str] = set()
+        self.ordered: tuple[str, ...] = ()  # the names sorted once per growth, not once per lookup
         self.seen_id = 0
         self._distinct: dict[tuple[str, str], bool | int] = {}  # True, or the generation a "not distinct" was read at
         self._lock = threading.Lock()
@@ -301,7 +302,9 @@ class RelationVocabulary:
     def grow(self, names: set[str], up_to_id: int) -> None:
         """Add the relation names of the rows read above :attr:`seen_id`, up to ``up_to_id``."""
         with self._lock:
-            self.names |= names
+            if not names <= self.names:
+                self.names |= names
+                self.ordered = tuple(sorted(self.names))
             self.seen_id = max(self.seen_id, up_to_id)
 
     def held_apart(self, a: str, b: str, generation: int, ask_store: Callable[[str, str], bool]) -> bool:
@@ -333,10 +336,10 @@ def meant_elsewhere(relation_key: str, chosen: RelationMatch, vocabulary: Relati
     """
     if relation_key in vocabulary.names:
         return relation_key
-    names = sorted(vocabulary.names)
+    names = vocabulary.ordered
     if not names or len(names) > VOCABULARY_RANK_LIMIT:
         return None
-    best, score = vectors.rank(relation_key, names)[0]
+    best, score = vectors.rank(relation_key, list(names))[0]
     return best if best != chosen.relation_key and chosen.score is not None and score > chosen.score else None
 
 
