@@ -50,12 +50,14 @@ def stated_part(line: str, item: QAItem) -> str:
 
 
 def judge(answer: str, item: QAItem) -> str:
-    """correct: the gold value is in the answer; abstain: it says unknown; empty: it states no value; else stated."""
+    """correct: the gold value is in the answer; abstain: its value is ``unknown`` and nothing else ("born on
+    unknown 18." states a year); empty: it states no value; else stated. The value ends with its sentence."""
     line = first_line(answer)
-    words = re.findall(r"\w+", stated_part(line, item).lower())
+    value = re.split(r"[.!?](?:\s|$)", stated_part(line, item), maxsplit=1)[0]
+    words = re.findall(r"\w+", value.lower())
     if is_hit(line, item.value, k=len(re.findall(r"\w+", line))):
         return CORRECT
-    if UNKNOWN in words:
+    if words == [UNKNOWN]:
         return ABSTAIN
     return STATED if words else EMPTY
 

@@ -15,6 +15,8 @@ def test_judge():
     head = f"{q.entity} was born in"
     assert judge(f" {head} {q.value}.\nQuestion: ...", q) == CORRECT
     assert judge(f" {head} unknown.", q) == ABSTAIN
+    assert judge(f" {head} unknown. {q.entity} is a painter.", q) == ABSTAIN  # the value ends with its sentence
+    assert judge(f" {head} unknown 18.", q) == STATED  # a stray word after the abstention states something
     assert judge(f" {head} Oslo.", q) == STATED
     assert judge(f" {head} Oslo.\n{head} {q.value}.", q) == STATED  # only the first line counts
     assert judge(f" {head}", q) == EMPTY  # the sentence's head states no value

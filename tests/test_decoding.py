@@ -101,12 +101,32 @@ def test_abstain_on_unknown_repeats_the_miss_and_leaves_hits_and_db_off_alone(to
     abstain = DecodingConfig(abstain_on_unknown=True)
     (miss,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore({}), abstain)
     assert miss.raw_text.startswith(" plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown")
-    assert not miss.raw_text[len(" plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown"):][:1].isalnum()
+    after = miss.raw_text[len(" plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown"):]
+    assert "Japan" not in after and not after.lstrip(" ")[:1].isalnum()  # the script's remembered value may not follow
     (hit,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore(FACTS), abstain)
     assert hit.raw_text == KO
     (off,) = interleaved_generate(scripted(tok), tok, "Ko Itakura", DictStore(FACTS), DecodingConfig(
         abstain_on_unknown=True, db_off=True))
     assert off.text == " plays for Japan."  # the ablation measures the weights: nothing is said for them
+
+
+class _PeriodSecondLM(ScriptedLM):
+    """Writes its script, with "." always its second choice: what a model does when its first is banned."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True, logits_to_keep=0):
+        out = super().forward(input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep)
+        out.logits[..., self.period] = torch.maximum(out.logits[..., self.period], torch.tensor(-1.0))
+        return out
+
+
+def test_after_abstaining_the_clause_closes_instead_of_going_on_with_a_remembered_value(tok):
+    # A demo model wrote "X was born on unknown 18.": after the injected " unknown" it went on with the year it
+    # remembered. The script is that model: its text after the call is " unknown 18.", the first word injected.
+    model = _PeriodSecondLM(tok, {"Ko Itakura": " plays for " + strip_values(render_call("Ko Itakura", "team", "x"))
+                                  + " unknown 18."})
+    model.period = tok.convert_tokens_to_ids(tok.tokenize(".")[0])
+    (out,) = interleaved_generate(model, tok, "Ko Itakura", DictStore({}), DecodingConfig(abstain_on_unknown=True))
+    assert out.text.startswith(" plays for unknown.") and "18" not in out.text
 
 
 MALFORMED = {
