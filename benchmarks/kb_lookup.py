@@ -74,6 +74,27 @@ WORLD_PARAPHRASES = {
     "headquarters": "head office", "founder": "founded by", "industry": "business sector", "author": "written by",
     "publication year": "year published", "genre": "literary genre", "publisher": "published by",
 }
+# Held out: two more phrasings of each stored relation, written before any cosine was looked at and never
+# used to choose a rule or a threshold (the lists above are the ones tuned on); reported as their own row.
+HELD_OUT_RELATIONS = {
+    "birth year": ("year born", "when born"), "birthplace": ("where born", "city of birth"),
+    "occupation": ("job", "line of work"), "employer": ("employed by", "workplace"), "spouse": ("wife", "husband"),
+    "nationality": ("citizen of", "country of citizenship"), "alma mater": ("studied at", "educated at"),
+    "notable work": ("famous work", "masterpiece"), "award received": ("honours", "awards won"),
+    "death year": ("year died", "when died"), "residence": ("lives in", "home city"),
+    "native language": ("first language", "native tongue"),
+}
+WORLD_HELD_OUT = {
+    "birth date": ("born on", "birthday"), "birth place": ("birthplace", "city of birth"),
+    "occupation": ("profession", "line of work"), "employer": ("works for", "employing company"),
+    "award": ("prize", "honour received"), "spouse": ("married to", "wife"),
+    "notable work": ("best known work", "masterpiece"), "country": ("nation", "country it is in"),
+    "founded year": ("year of founding", "established in"), "known for": ("renowned for", "notable for"),
+    "headquarters": ("based in", "main office"), "founder": ("created by", "founders"),
+    "industry": ("sector", "line of business"), "author": ("writer", "authored by"),
+    "publication year": ("year of publication", "published in"), "genre": ("category", "book type"),
+    "publisher": ("publishing house", "publishing company"),
+}
 ABSENT_RELATIONS = ("shoe size", "favourite colour", "number of children", "religion", "height", "blood type")
 _SYLLABLES = "ka lo mi ra ven tor sel ani dru qua bel zor fin hal ost mer tul ris pen gar".split()
 
