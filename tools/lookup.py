@@ -47,7 +47,7 @@ class LookupPolicy:
                                   "Two edits would also match a made-up name to a stored one two letters away"})
     relation_threshold: float = field(default=0.5, metadata={"help": "entity policy: least cosine of the MiniLM "
                                       "embeddings of the query relation and a stored relation name"})
-    relation_margin: float = field(default=0.05, metadata={"help": "entity policy: the best relation must beat the "
+    relation_margin: float = field(default=0.03, metadata={"help": "entity policy: the best relation must beat the "
                                    "entity's next best by this much, else the lookup is 'unknown' (ambiguous)"})
     relation_same: float = field(default=0.7, metadata={"help": "entity policy: when the query means a relation the "
                                  "entity lacks but the namespace holds, least cosine between that relation's name and "
@@ -185,8 +185,15 @@ class EntityNames(NamedTuple):
         return EntityMatch(best, round(score, 6), "entity_fuzzy")
 
 
+RELATION_QUESTION = "what is the {}?"
+"""The frame every relation name is embedded in, stored and asked alike. Bare, MiniLM reads a short
+verb phrase by its words ("works for" nearest "award received", "head office" nearest "employer");
+asked as the question the lookup answers, names are compared as what they ask for."""
+
+
 class RelationVectors:
-    """MiniLM embeddings of relation names, computed once per distinct normalised string per process.
+    """MiniLM embeddings of relation names (in :data:`RELATION_QUESTION`), computed once per distinct
+    normalised string per process.
 
     Stored relation names are few (dozens to thousands), so they stay cached; query
     relations are kept in a bounded LRU, so a lookup embeds at most its own relation,
@@ -204,7 +211,7 @@ class RelationVectors:
         from tools.embedder import embed_queries, intra_op_threads
 
         with intra_op_threads(1):
-            return list(embed_queries(texts))
+            return list(embed_queries([RELATION_QUESTION.format(t) for t in texts]))
 
     def stored(self, relations: list[str]) -> list[np.ndarray]:
         missing = [r for r in dict.fromkeys(relations) if r not in self._vectors]
