@@ -260,18 +260,20 @@ FUNCTION_WORDS = frozenset(
     "a an the of in on at by for to from with as into about is was are were be been has have had it its "
     "their his her them this that and".split())
 _LETTERS_RE = re.compile(r"[^\W\d_]+")
-_SUFFIXES = ("ing", "ed", "er")  # inflection and the agent noun: founding, founded, founder -> found
+AGENT = "-er"  # marks an agent noun: "founder", "founded by" (not "founded", "founded in")
 
 
-def _stem(word: str) -> str:
-    """A light stem: a plural s, then one of -ing / -ed / -er, then a final e, each only if 3 letters stay."""
+def _stem(word: str, before_by: bool) -> str:
+    """A light stem (each cut only when 3 letters stay): a plural s; then -er, kept as the agent mark, or -ed,
+    an agent when ``by`` follows ("published by" is the publisher, "published in" is not), or -ing; a final e."""
     if word.endswith("s") and not word.endswith("ss") and len(word) > 4:
         word = word[:-1]
-    for suffix in _SUFFIXES:
+    mark = ""
+    for suffix in ("er", "ed", "ing"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
+            word, mark = word[: -len(suffix)], AGENT if suffix == "er" or (suffix == "ed" and before_by) else ""
             break
-    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+    return (word[:-1] if word.endswith("e") and len(word) > 3 else word) + mark
 
 
 @lru_cache(maxsize=8192)
@@ -282,7 +284,8 @@ def word_forms(name: str) -> frozenset[str]:
     inflection and compounding: "year of founding" / "founded year", "published by" / "publisher",
     "place of birth" / "birthplace". Empty when the name has no content word.
     """
-    stems = [_stem(w) for w in _LETTERS_RE.findall(name) if w not in FUNCTION_WORDS]
+    words = _LETTERS_RE.findall(name)
+    stems = [_stem(w, words[i + 1 : i + 2] == ["by"]) for i, w in enumerate(words) if w not in FUNCTION_WORDS]
     if len(stems) > 4:
         return frozenset({"".join(sorted(stems))})
     return frozenset("".join(p) for p in permutations(stems)) if stems else frozenset()
