@@ -46,7 +46,8 @@ class LookupPolicy:
                                   "matched name (with entity_threshold, both must hold); 0 disables fuzzy matching. "
                                   "Two edits would also match a made-up name to a stored one two letters away"})
     relation_threshold: float = field(default=0.5, metadata={"help": "entity policy: least cosine of the MiniLM "
-                                      "embeddings of the query relation and a stored relation name"})
+                                      "embeddings of the query relation and a stored relation name, each framed as "
+                                      "'what is the ...?'"})
     relation_margin: float = field(default=0.03, metadata={"help": "entity policy: the best relation must beat the "
                                    "entity's next best by this much, else the lookup is 'unknown' (ambiguous)"})
     relation_same: float = field(default=0.7, metadata={"help": "entity policy: when the query means a relation the "
@@ -392,10 +393,10 @@ def meant_elsewhere(relation_key: str, chosen: RelationMatch, vocabulary: Relati
     if relation_key in vocabulary.names:
         return relation_key
     names = vocabulary.ordered
-    if chosen.rule == "relation_lexical":
-        return next((n for n in names if n != chosen.relation_key and same_words(relation_key, n)), None)
     if not names or len(names) > VOCABULARY_RANK_LIMIT:
         return None
+    if chosen.rule == "relation_lexical":
+        return next((n for n in names if n != chosen.relation_key and same_words(relation_key, n)), None)
     best, score = vectors.rank(relation_key, list(names))[0]
     return best if best != chosen.relation_key and chosen.score is not None and score > chosen.score else None
 
