@@ -23,6 +23,17 @@ def test_kb_bench_imports_measures_and_judges_a_small_store(tmp_path, request, b
     markdown = (tmp_path / "kb_lookup.md").read_text()
     assert f"{backend}: import" in markdown and "not indexed" in markdown
     assert f"| {backend} 240 | exact p50 ms (wall) |" in markdown
+    assert f"| {backend} 240 | paraphrased relation right (held-out phrasings) |" in markdown
+
+
+def test_held_out_phrasings_cover_every_relation_and_repeat_no_dev_one() -> None:
+    from benchmarks.kb_lookup import HELD_OUT_RELATIONS, RELATIONS, WORLD_HELD_OUT, WORLD_PARAPHRASES
+    from benchmarks.world import RELATION_BY_NAME
+
+    for held, dev in ((HELD_OUT_RELATIONS, dict(RELATIONS)), (WORLD_HELD_OUT, WORLD_PARAPHRASES)):
+        assert set(held) == set(dev) and all(len(set(p)) == 2 for p in held.values())
+        assert not {p for r, ps in held.items() for p in ps} & ({*dev.values()} | set(dev))
+    assert set(WORLD_HELD_OUT) == set(RELATION_BY_NAME)
 
 
 def test_a_stopped_run_keeps_the_figures_of_every_store_it_finished(tmp_path, monkeypatch) -> None:

@@ -15,6 +15,8 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import permutations
 from typing import TYPE_CHECKING, Callable, Literal, NamedTuple
 
 from rapidfuzz import process
@@ -44,8 +46,9 @@ class LookupPolicy:
                                   "matched name (with entity_threshold, both must hold); 0 disables fuzzy matching. "
                                   "Two edits would also match a made-up name to a stored one two letters away"})
     relation_threshold: float = field(default=0.5, metadata={"help": "entity policy: least cosine of the MiniLM "
-                                      "embeddings of the query relation and a stored relation name"})
-    relation_margin: float = field(default=0.05, metadata={"help": "entity policy: the best relation must beat the "
+                                      "embeddings of the query relation and a stored relation name, each framed as "
+                                      "'what is the ...?'"})
+    relation_margin: float = field(default=0.03, metadata={"help": "entity policy: the best relation must beat the "
                                    "entity's next best by this much, else the lookup is 'unknown' (ambiguous)"})
     relation_same: float = field(default=0.7, metadata={"help": "entity policy: when the query means a relation the "
                                  "entity lacks but the namespace holds, least cosine between that relation's name and "
@@ -183,8 +186,15 @@ class EntityNames(NamedTuple):
         return EntityMatch(best, round(score, 6), "entity_fuzzy")
 
 
+RELATION_QUESTION = "what is the {}?"
+"""The frame every relation name is embedded in, stored and asked alike. Bare, MiniLM reads a short
+verb phrase by its words ("works for" nearest "award received", "head office" nearest "employer");
+asked as the question the lookup answers, names are compared as what they ask for."""
+
+
 class RelationVectors:
-    """MiniLM embeddings of relation names, computed once per distinct normalised string per process.
+    """MiniLM embeddings of relation names (in :data:`RELATION_QUESTION`), computed once per distinct
+    normalised string per process.
 
     Stored relation names are few (dozens to thousands), so they stay cached; query
     relations are kept in a bounded LRU, so a lookup embeds at most its own relation,
@@ -202,7 +212,7 @@ class RelationVectors:
         from tools.embedder import embed_queries, intra_op_threads
 
         with intra_op_threads(1):
-            return list(embed_queries(texts))
+            return list(embed_queries([RELATION_QUESTION.format(t) for t in texts]))
 
     def stored(self, relations: list[str]) -> list[np.ndarray]:
         missing = [r for r in dict.fromkeys(relations) if r not in self._vectors]
@@ -247,12 +257,52 @@ class RelationVectors:
         return [(candidates[i], min(1.0, float(sims[i]))) for i in order]
 
 
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at by for to from with as into about is was are were be been has have had it its "
+    "their his her them this that and".split())
+_LETTERS_RE = re.compile(r"[^\W\d_]+")
+AGENT = "-er"  # marks an agent noun: "founder", "founded by" (not "founded", "founded in")
+
+
+def _stem(word: str, before_by: bool) -> str:
+    """A light stem (each cut only when 3 letters stay): a plural s; then -er, kept as the agent mark, or -ed,
+    an agent when ``by`` follows ("published by" is the publisher, "published in" is not), or -ing; a final e."""
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 4:
+        word = word[:-1]
+    mark = ""
+    for suffix in ("er", "ed", "ing"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word, mark = word[: -len(suffix)], AGENT if suffix == "er" or (suffix == "ed" and before_by) else ""
+            break
+    return (word[:-1] if word.endswith("e") and len(word) > 3 else word) + mark
+
+
+@lru_cache(maxsize=8192)
+def word_forms(name: str) -> frozenset[str]:
+    """The content words of a relation name, stemmed and joined in every order (up to 4 words; more: sorted once).
+
+    Two names share a form when they have the same content words up to order, function words,
+    inflection and compounding: "year of founding" / "founded year", "published by" / "publisher",
+    "place of birth" / "birthplace". Empty when the name has no content word.
+    """
+    words = _LETTERS_RE.findall(name)
+    stems = [_stem(w, words[i + 1 : i + 2] == ["by"]) for i, w in enumerate(words) if w not in FUNCTION_WORDS]
+    if len(stems) > 4:
+        return frozenset({"".join(sorted(stems))})
+    return frozenset("".join(p) for p in permutations(stems)) if stems else frozenset()
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two relation names have the same content words (see :func:`word_forms`)."""
+    return not word_forms(a).isdisjoint(word_forms(b))
+
+
 class RelationMatch(NamedTuple):
     """The outcome of the relation step among one entity's relations."""
 
     relation_key: str | None
     score: float | None
-    rule: str  # relation_exact | relation_semantic | relation_fallback | relation_unknown | relation_ambiguous
+    rule: str  # relation_exact | relation_lexical | relation_semantic | relation_fallback | relation_unknown | relation_ambiguous
     fallback: bool = False  # returned below the threshold (or ambiguous) because fallback="top1"
 
 
@@ -262,12 +312,17 @@ def pick_relation(
     """The stored relation that answers ``relation_key`` among one entity's ``candidates``.
 
     Without ``vectors`` (a store opened with ``index=False``: no embedder) only the exact
-    normalised relation matches.
+    normalised relation matches. Else the one candidate with the same content words
+    (:func:`same_words`, score 1.0: MiniLM puts "published by" nearer "author" than
+    "publisher"), else the nearest by meaning.
     """
     if relation_key in candidates:
         return RelationMatch(relation_key, 1.0, "relation_exact")
     if vectors is None or not candidates:
         return RelationMatch(None, None, "relation_unknown")
+    lexical = [c for c in candidates if same_words(relation_key, c)]
+    if len(lexical) == 1:
+        return RelationMatch(lexical[0], 1.0, "relation_lexical")
     ranked = vectors.rank(relation_key, candidates)
     best, score = ranked[0][0], round(ranked[0][1], 6)
     runner_up = ranked[1][1] if len(ranked) > 1 else None
@@ -332,13 +387,16 @@ def meant_elsewhere(relation_key: str, chosen: RelationMatch, vocabulary: Relati
     The relation step picks among one entity's relations only; when the entity lacks the
     relation asked (never had it, or it was deleted), the nearest of its own can be a
     neighbour ("birth place" for "birth date"). The name the query means is its exact
-    name when the namespace holds it, else its nearest name in the whole vocabulary.
+    name when the namespace holds it, else, for a lexical match, another name with the
+    same content words, else its nearest name in the whole vocabulary.
     """
     if relation_key in vocabulary.names:
         return relation_key
     names = vocabulary.ordered
     if not names or len(names) > VOCABULARY_RANK_LIMIT:
         return None
+    if chosen.rule == "relation_lexical":
+        return next((n for n in names if n != chosen.relation_key and same_words(relation_key, n)), None)
     best, score = vectors.rank(relation_key, list(names))[0]
     return best if best != chosen.relation_key and chosen.score is not None and score > chosen.score else None
 
