@@ -41,8 +41,11 @@ def first_line(answer: str) -> str:
 
 
 def stated_part(line: str, item: QAItem) -> str:
-    """The line less the sentence head of the relation's templates ("X was born in "): what it says the value is."""
-    for template in RELATION_BY_NAME[item.relation].statements:
+    """The line less the sentence head of a relation's templates ("X was born in "): what it says the value is.
+    The asked relation's templates first; then any relation's, as an answer can be about another of the person's
+    ("Where was X born?" answered "X was born on unknown." states no value either)."""
+    templates = [t for r in (RELATION_BY_NAME[item.relation], *RELATION_BY_NAME.values()) for t in r.statements]
+    for template in templates:
         head = template.split("{v}")[0].format(e=item.entity).strip()
         if line.startswith(head):
             return line[len(head):]
