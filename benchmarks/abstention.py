@@ -40,15 +40,23 @@ def first_line(answer: str) -> str:
     return re.split(r"\n|Question:", answer, maxsplit=1)[0].strip()
 
 
+def _head(template: str) -> re.Pattern[str]:
+    before, after = template.split("{v}")[0].split("{e}")
+    return re.compile(re.escape(before.lstrip()) + r".+?" + re.escape(after.rstrip()))
+
+
+# The asked relation's heads are tried first; any relation's after them, with any name written for the person:
+# "Where was X born?" answered "X was born on unknown." (another relation), or "Xy was born in unknown." (the name
+# misspelled) states no value either.
+_HEADS = {name: [_head(t) for t in relation.statements] for name, relation in RELATION_BY_NAME.items()}
+
+
 def stated_part(line: str, item: QAItem) -> str:
-    """The line less the sentence head of a relation's templates ("X was born in "): what it says the value is.
-    The asked relation's templates first; then any relation's, as an answer can be about another of the person's
-    ("Where was X born?" answered "X was born on unknown." states no value either)."""
-    templates = [t for r in (RELATION_BY_NAME[item.relation], *RELATION_BY_NAME.values()) for t in r.statements]
-    for template in templates:
-        head = template.split("{v}")[0].format(e=item.entity).strip()
-        if line.startswith(head):
-            return line[len(head):]
+    """The line less the sentence head of a relation's templates ("X was born in "): what it says the value is."""
+    for head in [*_HEADS[item.relation], *(h for heads in _HEADS.values() for h in heads)]:
+        m = head.match(line)
+        if m:
+            return line[m.end():]
     return line
 
 

@@ -19,6 +19,7 @@ def test_judge():
     assert judge(f" {head} unknown 18.", q) == STATED  # a stray word after the abstention states something
     assert judge(f" {q.entity} was born on unknown?", q) == ABSTAIN  # another relation's head: still no value
     assert judge(f" {q.entity} was born on 3 May 1901.", q) == STATED
+    assert judge(f" {q.entity}x was born in unknown.", q) == ABSTAIN  # the name misspelled: still no value
     assert judge(f" {head} Oslo.", q) == STATED
     assert judge(f" {head} Oslo.\n{head} {q.value}.", q) == STATED  # only the first line counts
     assert judge(f" {head}", q) == EMPTY  # the sentence's head states no value
