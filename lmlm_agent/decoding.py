@@ -269,7 +269,7 @@ class _Row:
     top_logprobs: int | None = None  # None: record no log-probabilities
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
-    abstained: bool = False  # the runtime just wrote ' unknown' (abstain_on_unknown): the clause must close
+    abstained: int = 0  # after the runtime wrote ' unknown' (abstain_on_unknown): 2, the sentence must end; 1, a word start
 
     @property
     def stop_window(self) -> int:
@@ -428,22 +428,38 @@ class InterleavedDecoder:
             scores[:, self.call_ids] += self.call_bias
         if self.banned_pad is not None:
             scores[:, self.banned_pad] = float("-inf")
-        abstained = [i for i, slot in enumerate(slots) if self.rows[self.active[slot]].abstained]
-        if abstained:  # a model that never wrote "unknown" as text goes on with its remembered value: "unknownayor",
-            # "unknown 18." ``unknown`` stands for the whole value, so no word may follow it in the clause.
-            scores[torch.tensor(abstained, device=self.device)[:, None], self._word_starts()[None, :]] = float("-inf")
+        # A model that never wrote "unknown" as text goes on with the value it remembers ("unknownayor", "unknown 18."),
+        # or, words banned, with a call that asks someone else ("unknown <call> Galford.") or with ".ayor". ``unknown``
+        # stands for the whole value: the sentence ends there, and what follows starts a new word.
+        ending = [i for i, slot in enumerate(slots) if self.rows[self.active[slot]].abstained == 2]
+        if ending:
+            rows = torch.tensor(ending, device=self.device)
+            scores[rows] = scores[rows].masked_fill(~self._sentence_enders(), float("-inf"))
+        ended = [i for i, slot in enumerate(slots) if self.rows[self.active[slot]].abstained == 1]
+        if ended:
+            scores[torch.tensor(ended, device=self.device)[:, None], self._word_pieces()[None, :]] = float("-inf")
         spent = [i for i, slot in enumerate(slots) if len(self.rows[self.active[slot]].lookups) >= cfg.max_lookups]
         if spent:  # no new call, and no <|db_return|> that would count as one
             scores[spent, self.call.entity] = float("-inf")
             scores[spent, self.call.ret] = float("-inf")
         return scores
 
-    def _word_starts(self) -> torch.Tensor:
-        """Ids of the tokens whose text, less leading spaces, starts with a letter or digit: a word or a piece of one."""
-        if not hasattr(self, "_word_start_ids"):
-            ids = [i for i in range(len(self.tokenizer)) if self.tokenizer.decode([i]).lstrip(" ")[:1].isalnum()]
-            self._word_start_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        return self._word_start_ids
+    def _word_pieces(self) -> torch.Tensor:
+        """Ids of the tokens that continue a word (their text starts with a letter or digit: no leading space)."""
+        if not hasattr(self, "_word_piece_ids"):
+            ids = [i for i in range(len(self.tokenizer)) if self.tokenizer.decode([i])[:1].isalnum()]
+            self._word_piece_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        return self._word_piece_ids
+
+    def _sentence_enders(self) -> torch.Tensor:
+        """A mask over the vocabulary: EOS and the tokens whose text starts with '.' or a newline (a statement's ends:
+        "unknown!" or "unknown?" would read as an exclamation or a question)."""
+        if not hasattr(self, "_sentence_end_mask"):
+            mask = torch.zeros(len(self.tokenizer), dtype=torch.bool, device=self.device)
+            ends = [i for i in range(len(self.tokenizer)) if self.tokenizer.decode([i])[:1] in (".", "\n")]
+            mask[ends + sorted(self.eos_ids)] = True
+            self._sentence_end_mask = mask
+        return self._sentence_end_mask
 
     def _choose(self, scores: torch.Tensor, slots: list[int]) -> list[int]:
         """Greedy for rows at temperature 0; the others sample, each with its own temperature and top_p."""
@@ -487,7 +503,7 @@ class InterleavedDecoder:
         injected = self.tokenizer.encode(" " + value, add_special_tokens=False) + [self.call.end]
         if self.config.abstain_on_unknown and record.value == UNKNOWN and record.match != "off":
             injected += self.tokenizer.encode(" " + UNKNOWN, add_special_tokens=False)
-            row.abstained = True
+            row.abstained = 2
         row.ids.extend(injected)
         row.injected += len(injected)
         row.written_from = len(row.ids)
@@ -554,8 +570,7 @@ class InterleavedDecoder:
     def _accept(self, row: _Row, token: int) -> None:
         """Append the chosen token (and, after <|db_return|>, the looked-up value) or finish the row."""
         row.generated += 1
-        if row.abstained and self.tokenizer.decode([token]).strip(" "):  # a bare space leaves the clause open: "unknown" + " " + "18"
-            row.abstained = False
+        row.abstained = max(0, row.abstained - 1)
         if token in self.eos_ids:
             row.finish_reason = "eos"
             return

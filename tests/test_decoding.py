@@ -119,14 +119,22 @@ class _PeriodSecondLM(ScriptedLM):
         return out
 
 
-def test_after_abstaining_the_clause_closes_instead_of_going_on_with_a_remembered_value(tok):
-    # A demo model wrote "X was born on unknown 18.": after the injected " unknown" it went on with the year it
-    # remembered. The script is that model: its text after the call is " unknown 18.", the first word injected.
+# What demo models wrote after an abstention, the first word of each injected: the value they remembered, as a new
+# word or after a bare "!", or a call asking someone else.
+AFTER_ABSTAINING = {"new word": " unknown 18.", "exclaimed": " unknown!ayor.",
+                    "another call": " unknown " + strip_values(render_call("Ann Other", "team", "x")) + " Oslo."}
+
+
+@pytest.mark.parametrize("name", list(AFTER_ABSTAINING))
+def test_after_abstaining_the_sentence_ends_instead_of_going_on_with_a_remembered_value(tok, name):
     model = _PeriodSecondLM(tok, {"Ko Itakura": " plays for " + strip_values(render_call("Ko Itakura", "team", "x"))
-                                  + " unknown 18."})
+                                  + AFTER_ABSTAINING[name]})
     model.period = tok.convert_tokens_to_ids(tok.tokenize(".")[0])
-    (out,) = interleaved_generate(model, tok, "Ko Itakura", DictStore({}), DecodingConfig(abstain_on_unknown=True))
-    assert out.text.startswith(" plays for unknown.") and "18" not in out.text
+    facts = DictStore({("Ann Other", "team"): "Oslo"})
+    (out,) = interleaved_generate(model, tok, "Ko Itakura", facts, DecodingConfig(abstain_on_unknown=True))
+    sentence = " plays for " + render_call("Ko Itakura", "team", "unknown") + " unknown."
+    assert out.raw_text.startswith(sentence)  # what follows is a new sentence's, a call of its own included
+    assert not out.raw_text[len(sentence):][:1].isalnum()  # no word piece glued to the sentence's end
 
 
 MALFORMED = {
