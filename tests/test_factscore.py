@@ -77,6 +77,10 @@ def test_gold_judge_on_world_text():
     # "unknown" values are no claim; fragments are no fact; free text counts when it states a gold value.
     assert judge.facts(q.entity, f"{q.entity} was born in unknown. ::: ..") == []
     (free,) = judge.facts(q.entity, f"People say {q.entity} likes {q.value} a lot.")
+    # A sentence the token budget cut off claims nothing; the same words ended are a (free-text) claim.
+    assert judge.facts(q.entity, f"People say {q.entity} likes {q.value}. {q.entity} spent many years working for") \
+        == judge.facts(q.entity, f"People say {q.entity} likes {q.value}.")
+    assert len(judge.facts(q.entity, f"{q.entity} spent many years working for a while.")) == 1
     assert free.supported and free.relation is None
     # A true fact about another entity is off-topic: not supported by the topic's facts.
     other = next(d for d in world.documents if d.entity != bio.entity and "#" in d.id)
