@@ -85,9 +85,11 @@ SIZES: dict[str, DemoSize] = {
     # Abstention at decoding, not in the data (abstention_share 0): the LMLM is its own reference for the 2-point
     # check, and the references stage trains only the retain pair (the LMLM without abstentions cost 2.5 min).
     # FactScore asks for every person's bio (124 at 250 entities): at 60 the precision ratio's interval was
-    # as wide as its margin over 2x.
+    # as wide as its margin over 2x. 500 annotator steps, not 250 (+53 s): at 250 the annotator labelled 63 of the
+    # corpus's 186 spouse statements with another relation (held-out triple F1 0.857; 0.929 at 500), and the LMLM
+    # learned to look up a birth place after "married to": most of its unsupported FactScore facts.
     "small": DemoSize(
-        entities=250, teacher_docs=120, annotator_eval_docs=20, annotator_layers=3, annotator_steps=250, annotator_calibration_docs=10,
+        entities=250, teacher_docs=120, annotator_eval_docs=20, annotator_layers=3, annotator_steps=500, annotator_calibration_docs=10,
         preset="small", pretrain_steps=600, context_length=128, batch_size=16, vocab_size=1024, eval_docs=30,
         abstention_share=0.0,
         bench=dict(tofu_questions=200, rouge_tokens=0, forget_splits="forget10", methods="grad_ascent,npo",

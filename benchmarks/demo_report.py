@@ -71,6 +71,9 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          quality(delete), "", " / ".join(quality(r) for r in gradient)))
             rows.append((f"{split}: forget quality against never-seen people (proxy)", fmt(delete["forget_quality_proxy"]),
                          "", " / ".join(fmt(r["forget_quality_proxy"]) for r in gradient)))
+            values = lambda r: fmt(r.get("forget_quality_values", float("nan")))  # noqa: E731
+            rows.append((f"{split}: forget quality on the answers' value tokens only (no name, no sentence head)",
+                         values(delete), "", " / ".join(values(r) for r in gradient)))
             before = by.get("lmlm before", {}).get("model_utility")
             base_before = by.get("baseline before", {}).get("model_utility")
             rows.append((f"{split}: model utility after forgetting (before: {fmt(before)} / {fmt(base_before)})",

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks.subject import Subject, pad_rows, sequence_nll
-from benchmarks.tofu import TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality
+from benchmarks.tofu import SplitResult, TofuConfig, TofuResult, evaluate_split, evaluate_tofu, forget_quality
 from benchmarks.world import QAItem, World
 from training.data import qa_example
 
@@ -114,6 +114,7 @@ class ForgetRow:
     forget_quality_high: float = float("nan")
     forget_quality_proxy: float = float("nan")  # against the held-out-people proxy (the second column)
     forget_items: int = 0
+    forget_quality_values: float = float("nan")  # KS on the value's tokens only (tofu.value_truth_ratios), same reference
 
 
 PROXY_REFERENCE = "each model's own truth ratios on the world's held-out (never seen) people"
@@ -157,11 +158,14 @@ def forget_quality_interval(ratios: Sequence[float], reference: Sequence[float],
 
 
 def _row(method: str, split: str, result: TofuResult, seconds: float, reference: dict, proxy: dict) -> ForgetRow:
-    forget = result.splits[split]
-    quality = forget_quality(forget.ratios, reference[split])
-    low, high = forget_quality_interval(forget.ratios, reference[split])
+    """``reference``, ``proxy``: split -> the reference's SplitResult on it."""
+    forget, ref = result.splits[split], reference[split]
+    quality = forget_quality(forget.ratios, ref.ratios)
+    low, high = forget_quality_interval(forget.ratios, ref.ratios)
+    values = forget_quality(forget.value_ratios, ref.value_ratios) if forget.value_ratios and ref.value_ratios else float("nan")
     return ForgetRow(method, split, quality, result.model_utility, forget.truth_ratio, forget.probability,
-                     forget.rouge_l, seconds, low, high, forget_quality(forget.ratios, proxy[split]), forget.n)
+                     forget.rouge_l, seconds, low, high, forget_quality(forget.ratios, proxy[split].ratios), forget.n,
+                     values)
 
 
 def run_forgetting(
@@ -187,15 +191,15 @@ def run_forgetting(
     bar = tqdm(total=jobs, desc="forgetting", unit="run")
     ratio_config = replace(config, rouge=False)  # the reference needs truth ratios only
     rows: list[ForgetRow] = []
-    reference: dict[str, dict[str, list[float]]] = {}  # subject -> split -> ratios
-    proxies: dict[str, dict[str, list[float]]] = {}
+    reference: dict[str, dict[str, SplitResult]] = {}  # subject -> split -> the reference's result on it
+    proxies: dict[str, dict[str, SplitResult]] = {}
     for i, subject in enumerate((lmlm, baseline)):
-        own_holdout = evaluate_split(subject, "holdout", world.qa["holdout"], ratio_config).ratios
+        own_holdout = evaluate_split(subject, "holdout", world.qa["holdout"], ratio_config)
         proxies[subject.name] = {s: own_holdout for s in splits}
         if retain_models is None:
             reference[subject.name] = proxies[subject.name]
         else:
-            reference[subject.name] = {s: evaluate_split(retain_models[i], s, world.qa[s], ratio_config).ratios
+            reference[subject.name] = {s: evaluate_split(retain_models[i], s, world.qa[s], ratio_config)
                                        for s in splits}
         before = evaluate_tofu(subject, world.qa, config, splits)
         rows += [_row(f"{subject.name} before", s, before, 0.0, reference[subject.name], proxies[subject.name])

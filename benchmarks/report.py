@@ -145,7 +145,8 @@ def cloze_figure(results: Sequence[dict]):
 def forgetting_markdown(result: dict) -> str:
     rows = [(r["method"], r["split"], r["forget_items"],
              f"{fmt(r['forget_quality'])} [{fmt(r['forget_quality_low'])}, {fmt(r['forget_quality_high'])}]",
-             r["forget_quality_proxy"], r["model_utility"], r["forget_truth_ratio"], r["forget_probability"],
+             r["forget_quality_proxy"], r.get("forget_quality_values", float("nan")), r["model_utility"],
+             r["forget_truth_ratio"], r["forget_probability"],
              r["forget_rouge_l"], r["seconds"]) for r in result["rows"]]
     receipts = [(s, r["entities"], r["rows_removed"], r["verified"]) for s, r in result["receipts"].items()]
     return "\n".join([
@@ -153,11 +154,12 @@ def forgetting_markdown(result: dict) -> str:
         "",
         f"Forget quality = KS-test p-value against {result['reference']} (95 % bootstrap interval over "
         "the questions); the proxy column is the same against each model's own truth ratios on never-seen "
-        "people. Model utility = harmonic mean of probability, ROUGE-L recall and truth ratio on retain, "
+        "people; the value-token column is the same test as the first on truth ratios of the answer's value only "
+        "(the name and sentence head, which an LMLM has seen after a deletion, left out). Model utility = harmonic mean of probability, ROUGE-L recall and truth ratio on retain, "
         "real_authors and world_facts. Forget truth ratio = mean min(R, 1/R) on the forget split.",
         "",
         table(["method", "split", "questions", "forget quality [95 %]", "forget quality (never-seen proxy)",
-               "model utility", "forget truth ratio", "forget prob", "forget ROUGE-L", "seconds"], rows),
+               "forget quality (value tokens)", "model utility", "forget truth ratio", "forget prob", "forget ROUGE-L", "seconds"], rows),
         "",
         "## LMLM deletions (forget receipts)",
         "",

@@ -119,6 +119,7 @@ class SplitResult:
     rouge_l: float
     truth_ratio: float  # the split's score: forget min(R,1/R), others max(0, 1-R)
     ratios: list[float] = field(repr=False, default_factory=list)  # per-question R (for forget quality)
+    value_ratios: list[float] = field(repr=False, default_factory=list)  # R on the value's tokens (forget splits)
 
 
 @dataclass
@@ -130,14 +131,37 @@ class TofuResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for s in d["splits"].values():
+        for s in d["splits"].values():  # per-question lists: the JSON keeps the summaries
             s.pop("ratios")
+            s.pop("value_ratios")
         return d
 
 
 def _answers(item: QAItem) -> list[ScoredAnswer]:
     offsets = item.value_offsets or [-1] * len(item.answers)
     return [ScoredAnswer(t, item.entity, item.relation, o) for t, o in zip(item.answers, offsets)]
+
+
+def value_truth_ratios(subject: Subject, items: Sequence[QAItem]) -> list[float]:
+    """Truth ratios on the value's tokens only: the paraphrased answer's value against the perturbed ones, each
+    teacher-forced after the question, the answer's head and (an LMLM's) call. Whole-answer ratios also score the
+    person's name, which an LMLM has seen after its rows are deleted (its calls need it) and a model never trained
+    on the person has not; these compare what each model says the fact is. [] when a value cannot be located
+    (TOFU's own files carry no value offsets)."""
+    if not items or any(not item.value_offsets or min(item.value_offsets) < 0 for item in items):
+        return []
+    contexts, targets, owner = [], [], []
+    for i, item in enumerate(items):
+        for answer in _answers(item)[1:]:  # paraphrased, then perturbed
+            text = subject.answer_text(answer)
+            value = answer.text[answer.value_offset:]  # the call goes in before it: the text after is unchanged
+            contexts.append(qa_prompt(item.question) + " " + text[: len(text) - len(value)].strip())
+            targets.append(" " + value.strip())
+            owner.append(i)
+    per_item: list[list[float]] = [[] for _ in items]
+    for i, (_, n, nll) in zip(owner, subject.teacher_forced(contexts, targets)):
+        per_item[i].append(nll / max(n, 1))
+    return truth_ratios([row[0] for row in per_item], [row[1:] for row in per_item]).tolist()
 
 
 def evaluate_split(subject: Subject, split: str, items: Sequence[QAItem], config: TofuConfig) -> SplitResult:
@@ -169,7 +193,8 @@ def evaluate_split(subject: Subject, split: str, items: Sequence[QAItem], config
         outputs = subject.generate([qa_prompt(it.question) for it in items], config.max_new_tokens,
                                    repetition_penalty=1.0)
         rouge = float(np.mean([rouge_l_recall(o, it.answer) for o, it in zip(outputs, items)]))
-    return SplitResult(split, len(items), prob, rouge, truth_ratio_score(ratios, is_forget(split)), ratios.tolist())
+    return SplitResult(split, len(items), prob, rouge, truth_ratio_score(ratios, is_forget(split)), ratios.tolist(),
+                       value_truth_ratios(subject, items) if is_forget(split) else [])
 
 
 def evaluate_tofu(

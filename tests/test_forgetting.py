@@ -80,6 +80,22 @@ def test_retain_models_as_the_reference():
     assert delete.forget_quality == 1.0 and delete.forget_quality_high == 1.0
     assert 0 <= delete.forget_quality_low <= 1 and delete.forget_items == 2
     assert 0 <= delete.forget_quality_proxy <= 1  # the never-seen proxy, kept as a second column
+    assert delete.forget_quality_values == 1.0  # on the values' tokens too
+    grad = next(r for r in result.rows if r.method == "grad_diff")
+    assert 0 <= grad.forget_quality_values <= 1
+
+
+def test_value_truth_ratios_one_per_question_none_without_value_offsets():
+    from dataclasses import replace
+
+    from benchmarks.tofu import value_truth_ratios
+
+    world, tok, model = micro_setup()
+    items = world.qa["forget05"][:3]
+    subject = Subject("baseline", model, tok)
+    ratios = value_truth_ratios(subject, items)
+    assert len(ratios) == 3 and all(r > 0 for r in ratios)
+    assert value_truth_ratios(subject, [replace(q, value_offsets=[]) for q in items]) == []  # TOFU's own files
 
 
 def test_forget_quality_interval_brackets_the_p_value():
