@@ -53,7 +53,7 @@ _HEADS = {name: [_head(t) for t in relation.statements] for name, relation in RE
 
 def stated_part(line: str, item: QAItem) -> str:
     """The line less the sentence head of a relation's templates ("X was born in "): what it says the value is."""
-    for head in [*_HEADS[item.relation], *(h for heads in _HEADS.values() for h in heads)]:
+    for head in [h for name in sorted(_HEADS, key=lambda n: n != item.relation) for h in _HEADS[name]]:
         m = head.match(line)
         if m:
             return line[m.end():]

@@ -444,10 +444,16 @@ class InterleavedDecoder:
             scores[spent, self.call.ret] = float("-inf")
         return scores
 
+    def _first_chars(self) -> list[str]:
+        """The first character of every token's text ('' for none), decoded once: both abstention rules read it."""
+        if not hasattr(self, "_token_first_chars"):
+            self._token_first_chars = [self.tokenizer.decode([i])[:1] for i in range(len(self.tokenizer))]
+        return self._token_first_chars
+
     def _word_pieces(self) -> torch.Tensor:
         """Ids of the tokens that continue a word (their text starts with a letter or digit: no leading space)."""
         if not hasattr(self, "_word_piece_ids"):
-            ids = [i for i in range(len(self.tokenizer)) if self.tokenizer.decode([i])[:1].isalnum()]
+            ids = [i for i, c in enumerate(self._first_chars()) if c.isalnum()]
             self._word_piece_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         return self._word_piece_ids
 
@@ -456,7 +462,7 @@ class InterleavedDecoder:
         "unknown!" or "unknown?" would read as an exclamation or a question)."""
         if not hasattr(self, "_sentence_end_mask"):
             mask = torch.zeros(len(self.tokenizer), dtype=torch.bool, device=self.device)
-            ends = [i for i in range(len(self.tokenizer)) if self.tokenizer.decode([i])[:1] in (".", "\n")]
+            ends = [i for i, c in enumerate(self._first_chars()) if c in (".", "\n")]
             mask[ends + sorted(self.eos_ids)] = True
             self._sentence_end_mask = mask
         return self._sentence_end_mask
