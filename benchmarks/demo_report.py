@@ -65,13 +65,15 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         delete = by.get("lmlm-delete")
         gradient = [r for m, r in by.items() if m not in ("lmlm-delete", "lmlm before", "baseline before")]
         if delete:
-            quality = lambda r: f"{fmt(r['forget_quality'])} [{fmt(r['forget_quality_low'])}, {fmt(r['forget_quality_high'])}]"  # noqa: E731
+            # "forget_quality_values" is missing from runs written before that column
+            quality = lambda r, key="forget_quality": (f"{fmt(r.get(key, math.nan))} [{fmt(r.get(key + '_low', math.nan))}, "  # noqa: E731
+                                                       f"{fmt(r.get(key + '_high', math.nan))}]")
             rows.append((f"{split}: forget quality, {delete['forget_items']} questions (LMLM: delete rows; baseline: "
                          f"{', '.join(r['method'] for r in gradient)})",
                          quality(delete), "", " / ".join(quality(r) for r in gradient)))
             rows.append((f"{split}: forget quality against never-seen people (proxy)", fmt(delete["forget_quality_proxy"]),
                          "", " / ".join(fmt(r["forget_quality_proxy"]) for r in gradient)))
-            values = lambda r: fmt(r.get("forget_quality_values", float("nan")))  # noqa: E731
+            values = lambda r: quality(r, "forget_quality_values")  # noqa: E731
             rows.append((f"{split}: forget quality on the answers' value tokens only (no name, no sentence head)",
                          values(delete), "", " / ".join(values(r) for r in gradient)))
             before = by.get("lmlm before", {}).get("model_utility")

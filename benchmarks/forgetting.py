@@ -115,6 +115,8 @@ class ForgetRow:
     forget_quality_proxy: float = float("nan")  # against the held-out-people proxy (the second column)
     forget_items: int = 0
     forget_quality_values: float = float("nan")  # KS on the value's tokens only (tofu.value_truth_ratios), same reference
+    forget_quality_values_low: float = float("nan")  # its 95 % bootstrap interval
+    forget_quality_values_high: float = float("nan")
 
 
 PROXY_REFERENCE = "each model's own truth ratios on the world's held-out (never seen) people"
@@ -162,10 +164,13 @@ def _row(method: str, split: str, result: TofuResult, seconds: float, reference:
     forget, ref = result.splits[split], reference[split]
     quality = forget_quality(forget.ratios, ref.ratios)
     low, high = forget_quality_interval(forget.ratios, ref.ratios)
-    values = forget_quality(forget.value_ratios, ref.value_ratios) if forget.value_ratios and ref.value_ratios else float("nan")
+    values = (float("nan"),) * 3
+    if forget.value_ratios and ref.value_ratios:
+        values = (forget_quality(forget.value_ratios, ref.value_ratios),
+                  *forget_quality_interval(forget.value_ratios, ref.value_ratios))
     return ForgetRow(method, split, quality, result.model_utility, forget.truth_ratio, forget.probability,
                      forget.rouge_l, seconds, low, high, forget_quality(forget.ratios, proxy[split].ratios), forget.n,
-                     values)
+                     *values)
 
 
 def run_forgetting(

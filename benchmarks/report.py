@@ -143,9 +143,12 @@ def cloze_figure(results: Sequence[dict]):
 # --------------------------------------------------------------------------- forgetting
 
 def forgetting_markdown(result: dict) -> str:
+    nan = float("nan")  # runs written before the value-token column lack it
     rows = [(r["method"], r["split"], r["forget_items"],
              f"{fmt(r['forget_quality'])} [{fmt(r['forget_quality_low'])}, {fmt(r['forget_quality_high'])}]",
-             r["forget_quality_proxy"], r.get("forget_quality_values", float("nan")), r["model_utility"],
+             r["forget_quality_proxy"],
+             f"{fmt(r.get('forget_quality_values', nan))} [{fmt(r.get('forget_quality_values_low', nan))}, "
+             f"{fmt(r.get('forget_quality_values_high', nan))}]", r["model_utility"],
              r["forget_truth_ratio"], r["forget_probability"],
              r["forget_rouge_l"], r["seconds"]) for r in result["rows"]]
     receipts = [(s, r["entities"], r["rows_removed"], r["verified"]) for s, r in result["receipts"].items()]
@@ -159,7 +162,7 @@ def forgetting_markdown(result: dict) -> str:
         "real_authors and world_facts. Forget truth ratio = mean min(R, 1/R) on the forget split.",
         "",
         table(["method", "split", "questions", "forget quality [95 %]", "forget quality (never-seen proxy)",
-               "forget quality (value tokens)", "model utility", "forget truth ratio", "forget prob", "forget ROUGE-L", "seconds"], rows),
+               "forget quality, value tokens [95 %]", "model utility", "forget truth ratio", "forget prob", "forget ROUGE-L", "seconds"], rows),
         "",
         "## LMLM deletions (forget receipts)",
         "",

@@ -80,7 +80,8 @@ def test_retain_models_as_the_reference():
     assert delete.forget_quality == 1.0 and delete.forget_quality_high == 1.0
     assert 0 <= delete.forget_quality_low <= 1 and delete.forget_items == 2
     assert 0 <= delete.forget_quality_proxy <= 1  # the never-seen proxy, kept as a second column
-    assert delete.forget_quality_values == 1.0  # on the values' tokens too
+    assert delete.forget_quality_values == 1.0 == delete.forget_quality_values_high  # on the values' tokens too
+    assert 0 <= delete.forget_quality_values_low <= 1
     grad = next(r for r in result.rows if r.method == "grad_diff")
     assert 0 <= grad.forget_quality_values <= 1
 
