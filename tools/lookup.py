@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Callable, Literal, NamedTuple
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
+from tools.relation_aliases import RelationLexicon, builtin_lexicon
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -48,6 +50,10 @@ class LookupPolicy:
     relation_threshold: float = field(default=0.5, metadata={"help": "entity policy: least cosine of the MiniLM "
                                       "embeddings of the query relation and a stored relation name, each framed as "
                                       "'what is the ...?'"})
+    relation_aliases: bool = field(default=True, metadata={"help": "entity policy: match relation names through "
+                                   "tools.relation_aliases (names of one relation, Wikidata-style: 'works for' is "
+                                   "'employer') before their embeddings; a query that names another relation there "
+                                   "is not answered by one of the entity's relations that the lexicon names"})
     relation_margin: float = field(default=0.03, metadata={"help": "entity policy: the best relation must beat the "
                                    "entity's next best by this much, else the lookup is 'unknown' (ambiguous)"})
     relation_same: float = field(default=0.7, metadata={"help": "entity policy: when the query means a relation the "
@@ -302,7 +308,8 @@ class RelationMatch(NamedTuple):
 
     relation_key: str | None
     score: float | None
-    rule: str  # relation_exact | relation_lexical | relation_semantic | relation_fallback | relation_unknown | relation_ambiguous
+    rule: str  # relation_exact | relation_lexical | relation_alias | relation_semantic | relation_fallback
+    #            | relation_unknown | relation_ambiguous | relation_absent
     fallback: bool = False  # returned below the threshold (or ambiguous) because fallback="top1"
 
 
@@ -314,7 +321,11 @@ def pick_relation(
     Without ``vectors`` (a store opened with ``index=False``: no embedder) only the exact
     normalised relation matches. Else the one candidate with the same content words
     (:func:`same_words`, score 1.0: MiniLM puts "published by" nearer "author" than
-    "publisher"), else the nearest by meaning.
+    "publisher"), else the one candidate that the alias lexicon puts in a group with the
+    query (:mod:`tools.relation_aliases`, score 1.0), else the nearest by meaning among the
+    candidates the lexicon does not rule out: when the query is in the lexicon, a candidate in
+    other groups only is another relation ("religion" is not answered by "nationality"), and
+    an entity with nothing else is ``relation_absent``.
     """
     if relation_key in candidates:
         return RelationMatch(relation_key, 1.0, "relation_exact")
@@ -323,6 +334,13 @@ def pick_relation(
     lexical = [c for c in candidates if same_words(relation_key, c)]
     if len(lexical) == 1:
         return RelationMatch(lexical[0], 1.0, "relation_lexical")
+    if policy.relation_aliases:
+        left = _alias_candidates(relation_key, candidates, builtin_lexicon())
+        if len(left) == 1 and left[0][1]:
+            return RelationMatch(left[0][0], 1.0, "relation_alias")
+        if not left:
+            return RelationMatch(None, None, "relation_absent")
+        candidates = [c for c, _ in left]
     ranked = vectors.rank(relation_key, candidates)
     best, score = ranked[0][0], round(ranked[0][1], 6)
     runner_up = ranked[1][1] if len(ranked) > 1 else None
@@ -332,6 +350,20 @@ def pick_relation(
     if runner_up is not None and score - runner_up < policy.relation_margin:
         return RelationMatch(best, score, "relation_ambiguous", True) if top1 else RelationMatch(None, score, "relation_ambiguous")
     return RelationMatch(best, score, "relation_semantic")
+
+
+def _alias_candidates(relation_key: str, candidates: list[str], lexicon: RelationLexicon) -> list[tuple[str, bool]]:
+    """The candidates the alias step leaves, each with whether the lexicon names it as the query's relation.
+
+    A query in no group leaves every candidate; else the candidates sharing a group with it, or
+    when none does, those the lexicon does not know (they may still be another name of it).
+    """
+    asked = lexicon.groups_of(relation_key)
+    if not asked:
+        return [(c, False) for c in candidates]
+    groups = [lexicon.groups_of(c) for c in candidates]
+    named = [(c, True) for c, g in zip(candidates, groups, strict=True) if g & asked]
+    return named or [(c, False) for c, g in zip(candidates, groups, strict=True) if not g]
 
 
 class RelationVocabulary:
@@ -392,6 +424,8 @@ def meant_elsewhere(relation_key: str, chosen: RelationMatch, vocabulary: Relati
     """
     if relation_key in vocabulary.names:
         return relation_key
+    if chosen.rule == "relation_alias":  # the lexicon named it; only a relation held by the asked name overrides
+        return None
     names = vocabulary.ordered
     if not names or len(names) > VOCABULARY_RANK_LIMIT:
         return None

@@ -245,7 +245,7 @@ class SQLKnowledgeStore(KnowledgeStore):
         scores = dict(entity_score=entity.score, relation_score=relation.score)
         if relation.relation_key is None:
             return _miss(query, relation.rule, **scores)
-        if relation.rule in ("relation_lexical", "relation_semantic") and self._answers_another_relation(ns, rk, relation):
+        if relation.rule in ("relation_lexical", "relation_alias", "relation_semantic") and self._answers_another_relation(ns, rk, relation):
             return _miss(query, "relation_absent", **scores)
         approximate = [r for r in (entity.rule, relation.rule) if r not in ("entity_exact", "relation_exact")]
         match = "fallback" if relation.fallback else "semantic" if approximate else "exact"
