@@ -24,6 +24,26 @@ def test_kb_bench_imports_measures_and_judges_a_small_store(tmp_path, request, b
     assert f"{backend}: import" in markdown and "not indexed" in markdown
     assert f"| {backend} 240 | exact p50 ms (wall) |" in markdown
     assert f"| {backend} 240 | paraphrased relation right (held-out phrasings) |" in markdown
+    assert f"| {backend} 240 | paraphrased relation right (test phrasings) |" in markdown
+    for kind, label in (("paraphrase_test", "paraphrased relation right (test phrasings)"),
+                        ("absent_test", "absent relation rejected (test names)")):
+        assert size["policies"]["entity"][kind]["n"] == 12 and f"| {label} | " in markdown
+
+
+def test_test_sets_ask_a_test_phrasing_for_the_stored_value_and_a_test_name_for_unknown() -> None:
+    import random
+
+    from benchmarks.kb_lookup import (HELD_OUT_RELATIONS, RELATIONS, TEST_ABSENT_RELATIONS, TEST_RELATIONS, query_sets,
+                                      synthetic_triples)
+
+    triples = synthetic_triples(240)
+    sets = query_sets(triples, ["Nobody Here"], dict(RELATIONS), HELD_OUT_RELATIONS, TEST_RELATIONS, 24, random.Random(0))
+    stored = {(e.lower(), r): v for e, r, v in triples}
+    assert len(sets["paraphrase_test"]) == 24 and len(sets["absent_test"]) == 24
+    for e, phrasing, v in sets["paraphrase_test"]:
+        (relation,) = [r for r, ps in TEST_RELATIONS.items() if phrasing in ps]
+        assert stored[e, relation] == v
+    assert all(v is None and r in TEST_ABSENT_RELATIONS for _, r, v in sets["absent_test"])
 
 
 def test_held_out_phrasings_cover_every_relation_and_repeat_no_dev_one() -> None:
@@ -34,6 +54,25 @@ def test_held_out_phrasings_cover_every_relation_and_repeat_no_dev_one() -> None
         assert set(held) == set(dev) and all(len(set(p)) == 2 for p in held.values())
         assert not {p for r, ps in held.items() for p in ps} & ({*dev.values()} | set(dev))
     assert set(WORLD_HELD_OUT) == set(RELATION_BY_NAME)
+
+
+def test_test_phrasings_cover_every_relation_and_repeat_no_name_or_earlier_phrasing() -> None:
+    from benchmarks.kb_lookup import (ABSENT_RELATIONS, HELD_OUT_RELATIONS, RELATIONS, TEST_ABSENT_RELATIONS,
+                                      TEST_RELATIONS, WORLD_HELD_OUT, WORLD_PARAPHRASES, WORLD_TEST)
+
+    dev = dict(RELATIONS)
+    earlier = {*dev, *dev.values(), *WORLD_PARAPHRASES, *WORLD_PARAPHRASES.values(),
+               *(p for held in (HELD_OUT_RELATIONS, WORLD_HELD_OUT) for ps in held.values() for p in ps)}
+    earlier = {p.lower() for p in earlier}
+    assert set(TEST_RELATIONS) == set(dev) and set(WORLD_TEST) == set(WORLD_PARAPHRASES)
+    for test in (TEST_RELATIONS, WORLD_TEST):
+        assert all(len({p.lower() for p in ps}) == 3 for ps in test.values())
+        assert not {p.lower() for ps in test.values() for p in ps} & earlier
+        # one phrasing names one relation: a phrasing shared by two relations could not be scored
+        assert len({p.lower() for ps in test.values() for p in ps}) == 3 * len(test)
+    absent = {a.lower() for a in TEST_ABSENT_RELATIONS}
+    assert len(absent) == 8 and not absent & {a.lower() for a in ABSENT_RELATIONS}
+    assert not absent & (earlier | {p.lower() for test in (TEST_RELATIONS, WORLD_TEST) for ps in test.values() for p in ps})
 
 
 def test_a_stopped_run_keeps_the_figures_of_every_store_it_finished(tmp_path, monkeypatch) -> None:
