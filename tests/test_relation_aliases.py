@@ -55,6 +55,8 @@ def test_groups_by_text_first_then_by_content_words() -> None:
     assert names("Publication Years") == {"publication year"}
     assert names("located in") == {"headquarters", "country"}  # a firm's or a town's: the entity decides
     assert names("shoe size") == set()
+    assert names("distinctions received") == {"award received"}  # less a filler word
+    assert names("where they live") == {"residence"}
     assert RelationLexicon((("a b", "c"),)).groups_of("b a") == frozenset({0})
 
 

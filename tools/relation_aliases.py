@@ -26,7 +26,8 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
     ("birth date", "date of birth", "birthdate", "birthday", "born on", "born", "dob", "birth year", "year of birth",
      "year born", "born when", "when born", "date born", "born in year", "birth"),
     ("birth place", "place of birth", "birthplace", "born in", "born at", "place born", "location of birth",
-     "birth city", "city of birth", "town of birth", "where born", "pob"),
+     "birth city", "city of birth", "town of birth", "where born", "pob", "native town", "native city",
+     "native place"),
     ("death date", "date of death", "died on", "died", "death year", "year of death", "year died", "when died",
      "date died", "dod", "passed away", "year of passing", "date of passing", "death"),
     ("death place", "place of death", "deathplace", "died in", "died at", "location of death", "where died",
@@ -34,7 +35,8 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
     ("cause of death", "died of", "death cause", "died from"),
     ("burial place", "place of burial", "buried in", "buried at", "resting place", "grave"),
     ("occupation", "profession", "job", "career", "line of work", "vocation", "trade", "works as", "working as",
-     "employment", "what they do", "field of employment"),
+     "employment", "what they do", "field of employment", "job title", "what they do for a living", "does for a living", "makes a living as",
+     "earns a living as"),
     ("employer", "works for", "working for", "worked for", "employed by", "employers", "workplace", "works at",
      "company worked for", "organisation worked for", "organization worked for"),
     ("position held", "position", "office held", "post", "job title", "role", "title", "office"),
@@ -53,10 +55,11 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
     ("academic degree", "degree", "qualification"),
     ("field of work", "field", "area of expertise", "discipline", "field of study", "specialty", "speciality"),
     ("notable work", "notable works", "best known work", "famous work", "most famous work", "major work",
-     "major works", "magnum opus", "masterpiece", "signature work", "key work", "main work"),
+     "major works", "magnum opus", "masterpiece", "signature work", "key work", "main work", "creation", "famous creation", "best known creation",
+     "known for creating", "known for writing", "known for making"),
     ("award received", "award", "awards", "prize", "prizes", "prize won", "prize received", "awards won",
      "award won", "honours", "honors", "honour", "honor", "honour received", "honor received", "accolade",
-     "accolades", "distinction", "decoration"),
+     "accolades", "distinction", "distinctions", "decoration"),
     ("residence", "place of residence", "lives in", "living in", "lived in", "resides in", "home", "home city",
      "domicile", "city of residence", "address", "abode", "current residence", "resides"),
     ("native language", "mother tongue", "first language", "native tongue", "mothertongue", "l1"),
@@ -117,7 +120,7 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
      "published in", "published on", "date published", "year published", "release date", "release year",
      "released", "released in", "first published", "first published in", "came out"),
     ("publisher", "published by", "publishing house", "publishing company", "publishers", "imprint", "press",
-     "printed by", "issued by"),
+     "printed by", "issued by", "released by", "put out by"),
     ("genre", "literary genre", "genres", "category", "type", "kind", "style", "form", "literary form",
      "type of book", "book type", "kind of book", "music genre", "film genre"),
     ("original language", "language of work", "language of the work", "written in language"),
@@ -135,13 +138,19 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
 )
 
 
+FILLER_WORDS = frozenset("received won given earned obtained got held holds has having where when who what which "
+                         "how they he she someone something person does do did".split())
+"""Words a relation name may add without naming another relation ("distinctions received", "holds
+citizenship of", "where they live"): the content-word match also tries the name without them."""
+
+
 class RelationLexicon:
     """Which alias groups a relation name belongs to: by its normalised text, else by its content words.
 
     The exact text decides first because content words alone lose the preposition that
     tells relations apart ("born on" is a birth date, "born in" a birth place); only a name
     that is no alias as written is matched by content words (see :func:`tools.lookup.word_forms`:
-    "year of publication" / "publication years").
+    "year of publication" / "publication years"), then by content words less :data:`FILLER_WORDS`.
     """
 
     def __init__(self, groups: tuple[tuple[str, ...], ...]) -> None:
@@ -164,7 +173,11 @@ class RelationLexicon:
         exact = self._by_text.get(name)
         if exact:
             return frozenset(exact)
-        return frozenset(g for form in word_forms(name) for g in self._by_words.get(form, ()))
+        by_words = frozenset(g for form in word_forms(name) for g in self._by_words.get(form, ()))
+        if by_words:
+            return by_words
+        plain = " ".join(w for w in name.split() if w not in FILLER_WORDS)
+        return self.groups_of(plain) if plain and plain != name else frozenset()
 
 
 @lru_cache(maxsize=1)
