@@ -16,11 +16,13 @@ under the ``entity`` policy (the default) and the ``published`` one (nearest key
 - paraphrase:  a stored entity with the relation paraphrased ("birthplace" -> "place of birth"): the dev
                phrasings, the ones the lookup was tuned on;
 - paraphrase_heldout: the same with held-out phrasings (two per relation): measured, then looked at while tuning;
-- paraphrase_test: the same with test phrasings (three per relation), never looked at while tuning;
+- paraphrase_test: the same with test phrasings (three per relation): measured once blind, then looked at;
+- paraphrase_test2: the same with the second test list's phrasings (three per relation), never looked at while tuning;
 - typo:        a stored entity with one edit (a letter inserted, deleted or replaced), relation as stored;
 - unknown:     an entity the store does not have (same name generator) with a stored relation: right = "unknown";
 - absent:      a stored entity with a relation nobody has ("shoe size"): right = "unknown";
-- absent_test: the same with the test list's relation names, never looked at while tuning;
+- absent_test: the same with the test list's relation names: measured once blind, then looked at;
+- absent_test2: the same with the second test list's relation names, never looked at while tuning;
 - lacking:     a stored entity with a relation other entities hold but it lacks, half as stored and half
                paraphrased: right = "unknown", never a similar relation of its own ("birth year" is not
                answered by "death year"). Only where entities differ in their relations (the world's).
@@ -138,6 +140,45 @@ WORLD_TEST = {
 }
 TEST_ABSENT_RELATIONS = ("hair colour", "zodiac sign", "political party", "net worth", "number of employees",
                          "stock ticker", "page count", "handedness")
+# The second test list: three more phrasings of each stored relation and eight more absent relation names,
+# written 2026-12-03 after the alias lexicon was frozen at the first test list's measurement, never used to
+# choose a rule, an alias or a threshold (the dev, held-out and first test lists above have all been looked at
+# while tuning); reported as rows of their own.
+TEST2_RELATIONS = {
+    "birth year": ("year of their birth", "born in which year", "what year were they born"),
+    "birthplace": ("born in which city", "birth city", "place where born"),
+    "occupation": ("vocation", "type of work", "main job"),
+    "employer": ("who they work for", "company employing them", "hired by"),
+    "spouse": ("name of spouse", "who they are married to", "wedded partner"),
+    "nationality": ("nationality held", "citizen of which country", "what nationality"),
+    "alma mater": ("school they graduated from", "where they studied", "attended university"),
+    "notable work": ("most acclaimed work", "major work", "the work they are best known for"),
+    "award received": ("prize awarded", "was awarded", "award they received"),
+    "death year": ("year of their death", "died in the year", "year of decease"),
+    "residence": ("where they reside", "place of living", "city of residence"),
+    "native language": ("first tongue", "childhood language", "language spoken from birth"),
+}
+WORLD_TEST2 = {
+    "birth date": ("date they were born", "when were they born", "born on which date"),
+    "birth place": ("place they were born", "birth town", "native city"),
+    "occupation": ("kind of work", "what they do for work", "trade or profession"),
+    "employer": ("employing firm", "works for which company", "who employs them"),
+    "award": ("awarded prize", "what award did they win", "prize they were given"),
+    "spouse": ("wife or husband", "married whom", "partner in marriage"),
+    "notable work": ("famous creation", "work they are famous for", "greatest work"),
+    "country": ("based in which country", "home country", "what country"),
+    "founded year": ("year of establishment", "when was it founded", "year it was started"),
+    "known for": ("best remembered for", "noted for", "what they are famous for"),
+    "headquarters": ("headquarters city", "where it is headquartered", "home base"),
+    "founder": ("who founded it", "set up by", "name of founder"),
+    "industry": ("what industry", "area of business", "economic sector"),
+    "author": ("who authored it", "writer of the book", "name of the author"),
+    "publication year": ("year it came out", "when was it published", "year first printed"),
+    "genre": ("what genre", "literary form", "category of writing"),
+    "publisher": ("who published it", "published through", "book publisher"),
+}
+TEST2_ABSENT_RELATIONS = ("eye colour", "body weight", "favourite food", "annual revenue", "stock exchange", "isbn",
+                          "illustrator", "social media handle")
 _SYLLABLES = "ka lo mi ra ven tor sel ani dru qua bel zor fin hal ost mer tul ris pen gar".split()
 
 
@@ -217,10 +258,10 @@ def _time_lookups(store: SQLKnowledgeStore, queries: Sequence[Query], *, cold: b
 
 
 def query_sets(triples: Sequence[tuple[str, str, str]], unknown_entities: Sequence[str], paraphrase: dict[str, str],
-               held_out: dict[str, tuple[str, ...]], test: dict[str, tuple[str, ...]], n: int,
-               rng: random.Random) -> dict[str, list[Query]]:
-    """The query sets over stored ``triples`` (see the module docstring); ``held_out`` and ``test``: each
-    relation's held-out and test phrasings."""
+               held_out: dict[str, tuple[str, ...]], test: dict[str, tuple[str, ...]],
+               test2: dict[str, tuple[str, ...]], n: int, rng: random.Random) -> dict[str, list[Query]]:
+    """The query sets over stored ``triples`` (see the module docstring); ``held_out``, ``test`` and ``test2``:
+    each relation's held-out, test and second test phrasings."""
     picks = [triples[rng.randrange(len(triples))] for _ in range(n)]
     relations = sorted({r for _, r, _ in triples})
     names = {e.lower() for e, _, _ in triples}
@@ -246,11 +287,15 @@ def query_sets(triples: Sequence[tuple[str, str, str]], unknown_entities: Sequen
         "paraphrase_heldout": [(e.lower(), held_out[r][i % len(held_out[r])], v)
                                for i, (e, r, v) in enumerate(picks) if r in held_out],
         "paraphrase_test": [(e.lower(), test[r][i % len(test[r])], v) for i, (e, r, v) in enumerate(picks) if r in test],
+        "paraphrase_test2": [(e.lower(), test2[r][i % len(test2[r])], v)
+                             for i, (e, r, v) in enumerate(picks) if r in test2],
         "typo": typos,
         "unknown": [(unknown_entities[i % len(unknown_entities)], relations[i % len(relations)], None) for i in range(n)],
         "absent": [(e, ABSENT_RELATIONS[i % len(ABSENT_RELATIONS)], None) for i, (e, _, _) in enumerate(picks)],
         "absent_test": [(e, TEST_ABSENT_RELATIONS[i % len(TEST_ABSENT_RELATIONS)], None)
                         for i, (e, _, _) in enumerate(picks)],
+        "absent_test2": [(e, TEST2_ABSENT_RELATIONS[i % len(TEST2_ABSENT_RELATIONS)], None)
+                         for i, (e, _, _) in enumerate(picks)],
     }
     if len(lacking) >= min(n, 30):  # the generated stores give every entity every relation: nothing to ask
         sets["lacking"] = lacking
@@ -366,7 +411,8 @@ def bench_size(n: int, workdir: Path, *, queries: int, seed: int, backend: str =
             name = f"{_word(rng)} {_word(rng)}"
             if name not in stored:
                 unknown.append(name)
-        sets = query_sets(triples, unknown, dict(RELATIONS), HELD_OUT_RELATIONS, TEST_RELATIONS, queries, rng)
+        sets = query_sets(triples, unknown, dict(RELATIONS), HELD_OUT_RELATIONS, TEST_RELATIONS, TEST2_RELATIONS,
+                          queries, rng)
         result = {
             "backend": backend,
             "triples": n,
@@ -412,7 +458,8 @@ def bench_published_database(n_entities: int, workdir: Path, *, queries: int, se
         raise RuntimeError(f"`lmlm kb import` failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-2000:]}")
     report = json.loads(done.stdout)
     store = open_store(db, index=index, create=False)
-    sets = query_sets(triples, holdout, WORLD_PARAPHRASES, WORLD_HELD_OUT, WORLD_TEST, queries, random.Random(seed))
+    sets = query_sets(triples, holdout, WORLD_PARAPHRASES, WORLD_HELD_OUT, WORLD_TEST, WORLD_TEST2, queries,
+                      random.Random(seed))
     result = {
         "source": "generated world as a published database.json, imported with `lmlm kb import`",
         "world_entities": n_entities,
@@ -438,9 +485,11 @@ def _cpu_name() -> str:
 _LABELS = {
     "exact": "exact hits", "paraphrase": "paraphrased relation right",
     "paraphrase_heldout": "paraphrased relation right (held-out phrasings)",
-    "paraphrase_test": "paraphrased relation right (test phrasings)", "typo": "typo'd entity (one edit) right",
+    "paraphrase_test": "paraphrased relation right (test phrasings)",
+    "paraphrase_test2": "paraphrased relation right (second test list)", "typo": "typo'd entity (one edit) right",
     "unknown": "unknown entity rejected", "absent": "absent relation rejected",
     "absent_test": "absent relation rejected (test names)",
+    "absent_test2": "absent relation rejected (second test names)",
     "lacking": "relation it lacks rejected (others hold it)",
 }
 
@@ -488,9 +537,9 @@ def _targets(report: dict[str, Any]) -> list[str]:
             ("paraphrase p50 ms, relation not cached (wall)", e["paraphrase_uncached"]["wall"]["p50_ms"], semantic_goal, False),
             ("paraphrase p50 ms, relation not cached (CPU)", e["paraphrase_uncached"]["cpu"]["p50_ms"], semantic_goal, False),
         ]
-        if "paraphrase_test" in e:  # a report written before the test list (re-rendered by write_markdown) has no row
-            checks.insert(3, ("paraphrased relation right (test phrasings)", e["paraphrase_test"]["rate"],
-                              TARGETS["paraphrase"], True))
+        # a report written before a test list (re-rendered by write_markdown) has no row for it
+        checks[3:3] = [(_LABELS[kind], e[kind]["rate"], TARGETS["paraphrase"], True)
+                       for kind in ("paraphrase_test", "paraphrase_test2") if kind in e]
         if r["index_build"]:
             checks.append(("index build keys/s", r["index_build"]["keys_per_s"], TARGETS["index_keys_per_s"], True))
         for label, value, goal, higher in checks:
@@ -564,12 +613,14 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Exact: a stored pair respelled (case, underscores). Paraphrase: the relation paraphrased ('birthplace' -> "
-        "'place of birth'), in three lists: dev phrasings (one per relation, the lookup was tuned on them); "
+        "'place of birth'), in four lists: dev phrasings (one per relation, the lookup was tuned on them); "
         "held-out phrasings (two others per relation, such as 'where born' and 'city of birth': measured, then looked "
-        "at while tuning); test phrasings (three more per relation, never looked at while tuning). Typo: one letter of "
-        "the entity inserted, deleted or replaced. Unknown: an entity not in the store with a stored relation "
-        "(right = 'unknown'). Absent: a stored entity with a relation nobody has (right = 'unknown'); the test names "
-        "are a second list of such relations, never looked at while tuning. The entity policy caches the embedding of "
+        "at while tuning); test phrasings (three more per relation: measured once blind, then looked at); the second "
+        "test list (three more per relation, never looked at while tuning). Typo: one letter of the entity inserted, "
+        "deleted or replaced. Unknown: an entity not in the store with a stored relation (right = 'unknown'). Absent: "
+        "a stored entity with a relation nobody has (right = 'unknown'); the test names and the second test names are "
+        "two more lists of such relations, the first measured once blind then looked at, the second never looked at "
+        "while tuning. The entity policy caches the embedding of "
         "each relation string, so a repeated query relation costs no model call; the 'not cached' row drops that cache "
         "before each lookup.",
         f"Load average (1 min) before / after: {report['load_before']} / {report['load_after']}."
