@@ -23,7 +23,7 @@ from typing import Sequence
 from benchmarks.cloze import is_hit
 from benchmarks.stats import compare, wilson
 from benchmarks.subject import Subject
-from benchmarks.world import RELATION_BY_NAME, QAItem
+from benchmarks.world import RELATION_BY_NAME, QAItem, template_parts
 from tools.schema import UNKNOWN
 from lmlm_agent.format import qa_prompt
 
@@ -41,8 +41,8 @@ def first_line(answer: str) -> str:
 
 
 def _head(template: str) -> re.Pattern[str]:
-    before, after = template.split("{v}")[0].split("{e}")
-    return re.compile(re.escape(before.lstrip()) + r".+?" + re.escape(after.rstrip()))
+    before, between, _ = template_parts(template)
+    return re.compile(re.escape(before.lstrip()) + r".+?" + re.escape(between.rstrip()))
 
 
 # The asked relation's heads are tried first; any relation's after them, with any name written for the person:

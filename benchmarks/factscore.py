@@ -37,7 +37,7 @@ from typing import Any, Sequence
 from benchmarks.stats import bootstrap
 from benchmarks.subject import Subject
 from tools.schema import UNKNOWN
-from benchmarks.world import RELATIONS, World
+from benchmarks.world import RELATIONS, World, template_parts
 
 GAMMA = 10  # FactScore's published length-penalty scale
 
@@ -139,10 +139,8 @@ def aggregate(subject: str, scores: Sequence[ResponseScore], seed: int = 0) -> F
 # --------------------------------------------------------------------------- gold-triple judge
 
 def _template_regex(template: str) -> re.Pattern[str]:
-    # Every template names the entity before the value: "<a>{e}<b>{v}<c>".
-    head, tail = template.split("{v}")
-    before, after = head.split("{e}")
-    return re.compile(f"{re.escape(before)}(?P<e>.+?){re.escape(after)}(?P<v>.+?){re.escape(tail)}$")
+    before, between, after = template_parts(template)
+    return re.compile(f"{re.escape(before)}(?P<e>.+?){re.escape(between)}(?P<v>.+?){re.escape(after)}$")
 
 
 _PARSERS = [(_template_regex(t), r.name) for rels in RELATIONS.values() for r in rels for t in r.statements]

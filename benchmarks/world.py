@@ -384,6 +384,14 @@ def _decoys(rng: random.Random, names: _Names) -> dict[str, Callable[[], str]]:
     }
 
 
+def template_parts(template: str) -> tuple[str, str, str]:
+    """The literal text of a statement template around its slots, ``(before, between, after)`` in
+    ``"{before}{e}{between}{v}{after}"`` (every template names the entity before the value)."""
+    head, after = template.split("{v}")
+    before, between = head.split("{e}")
+    return before, between, after
+
+
 def _statement(template: str, entity: str, value: str) -> tuple[str, int]:
     """A sentence and the character offset of its value."""
     before, after = template.split("{v}")

@@ -45,6 +45,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterator
 
 import torch
@@ -210,6 +211,17 @@ class GenerationOutput:
     generated_tokens: int  # ids the model chose (including a forced <|db_entity|>)
     injected_tokens: int  # value + <|db_end|> ids the runtime spliced in
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per chosen token, when asked for
+
+
+def token_first_chars(tokenizer) -> tuple[str, ...]:
+    """The first character of every token's text ('' for none), decoded once per tokenizer and vocabulary size (a
+    server decodes many requests with one; a token added later is seen): both abstention rules read it."""
+    return _first_chars(tokenizer, len(tokenizer))
+
+
+@lru_cache(maxsize=4)
+def _first_chars(tokenizer, size: int) -> tuple[str, ...]:
+    return tuple(tokenizer.decode([i])[:1] for i in range(size))
 
 
 def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
@@ -444,16 +456,10 @@ class InterleavedDecoder:
             scores[spent, self.call.ret] = float("-inf")
         return scores
 
-    def _first_chars(self) -> list[str]:
-        """The first character of every token's text ('' for none), decoded once: both abstention rules read it."""
-        if not hasattr(self, "_token_first_chars"):
-            self._token_first_chars = [self.tokenizer.decode([i])[:1] for i in range(len(self.tokenizer))]
-        return self._token_first_chars
-
     def _word_pieces(self) -> torch.Tensor:
         """Ids of the tokens that continue a word (their text starts with a letter or digit: no leading space)."""
         if not hasattr(self, "_word_piece_ids"):
-            ids = [i for i, c in enumerate(self._first_chars()) if c.isalnum()]
+            ids = [i for i, c in enumerate(token_first_chars(self.tokenizer)) if c.isalnum()]
             self._word_piece_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         return self._word_piece_ids
 
@@ -462,7 +468,7 @@ class InterleavedDecoder:
         "unknown!" or "unknown?" would read as an exclamation or a question)."""
         if not hasattr(self, "_sentence_end_mask"):
             mask = torch.zeros(len(self.tokenizer), dtype=torch.bool, device=self.device)
-            ends = [i for i, c in enumerate(self._first_chars()) if c in (".", "\n")]
+            ends = [i for i, c in enumerate(token_first_chars(self.tokenizer)) if c in (".", "\n")]
             mask[ends + sorted(self.eos_ids)] = True
             self._sentence_end_mask = mask
         return self._sentence_end_mask
