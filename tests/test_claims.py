@@ -52,6 +52,9 @@ def test_forgetting_thresholds_and_across_seeds():
     (both,) = summary
     assert both.value == pytest.approx(0.5) and both.n == 2 and not both.holds  # held on one seed of two
     assert both.low < 0.5 < both.high and not math.isnan(both.low)
+    assert both.low == 0.0 and both.high == 1.0  # the t interval (about -2.0 to 3.0) cut to a p-value's range
+    reloaded = claims.across([[claims.Claim(**quality.to_dict())], [claims.Claim(**both.to_dict())]])  # as from JSON
+    assert reloaded[0].low >= 0.0
     assert "| yes |" not in claims.markdown(summary) and "| no |" in claims.markdown(summary)
 
 
