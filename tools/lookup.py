@@ -335,7 +335,8 @@ def pick_relation(
     if len(lexical) == 1:
         return RelationMatch(lexical[0], 1.0, "relation_lexical")
     if policy.relation_aliases:
-        left = _alias_candidates(relation_key, candidates, builtin_lexicon())
+        lexicon = builtin_lexicon()
+        left = _alias_candidates(lexicon.groups_of(relation_key), candidates, lexicon)
         if len(left) == 1 and left[0][1]:
             return RelationMatch(left[0][0], 1.0, "relation_alias")
         if not left:
@@ -352,13 +353,12 @@ def pick_relation(
     return RelationMatch(best, score, "relation_semantic")
 
 
-def _alias_candidates(relation_key: str, candidates: list[str], lexicon: RelationLexicon) -> list[tuple[str, bool]]:
+def _alias_candidates(asked: frozenset[int], candidates: list[str], lexicon: RelationLexicon) -> list[tuple[str, bool]]:
     """The candidates the alias step leaves, each with whether the lexicon names it as the query's relation.
 
-    A query in no group leaves every candidate; else the candidates sharing a group with it, or
-    when none does, those the lexicon does not know (they may still be another name of it).
+    A query in no group (``asked`` empty) leaves every candidate; else the candidates sharing a group
+    with it, or when none does, those the lexicon does not know (they may still be another name of it).
     """
-    asked = lexicon.groups_of(relation_key)
     if not asked:
         return [(c, False) for c in candidates]
     groups = [lexicon.groups_of(c) for c in candidates]

@@ -29,13 +29,15 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
      "birth city", "city of birth", "town of birth", "where born", "pob", "native town", "native city",
      "native place"),
     ("death date", "date of death", "died on", "died", "death year", "year of death", "year died", "when died",
-     "date died", "dod", "passed away", "year of passing", "date of passing", "death"),
+     "date died", "dod", "passed away", "year of passing", "date of passing", "death", "year of decease",
+     "date of decease", "decease", "year deceased"),
     ("death place", "place of death", "deathplace", "died in", "died at", "location of death", "where died",
      "city of death", "passed away in"),
     ("cause of death", "died of", "death cause", "died from"),
     ("burial place", "place of burial", "buried in", "buried at", "resting place", "grave"),
     ("occupation", "profession", "job", "career", "line of work", "vocation", "trade", "works as", "working as",
-     "employment", "what they do", "field of employment", "job title", "what they do for a living", "does for a living", "makes a living as",
+     "employment", "what they do", "field of employment", "job title", "what they do for a living", "does for a living", "makes a living as", "kind of work",
+     "what they do for work", "type of work", "work they do",
      "earns a living as"),
     ("employer", "works for", "working for", "worked for", "employed by", "employers", "workplace", "works at",
      "company worked for", "organisation worked for", "organization worked for"),
@@ -62,7 +64,8 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
      "accolades", "distinction", "distinctions", "decoration"),
     ("residence", "place of residence", "lives in", "living in", "lived in", "resides in", "home", "home city",
      "domicile", "city of residence", "address", "abode", "current residence", "resides"),
-    ("native language", "mother tongue", "first language", "native tongue", "mothertongue", "l1"),
+    ("native language", "mother tongue", "first language", "native tongue", "mothertongue", "l1", "first tongue",
+     "language spoken from birth", "language from birth", "childhood language"),
     ("languages spoken", "language spoken", "speaks", "languages"),
     ("religion", "faith", "religious affiliation", "denomination", "belief"),
     ("political party", "party", "member of political party", "party affiliation"),
@@ -81,6 +84,7 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
     ("sport", "sports", "plays"),
     ("member of sports team", "team", "plays for", "club"),
     ("instrument", "instruments", "plays instrument"),
+    ("identifier", "isbn", "isbn number", "issn", "doi", "id number", "catalogue number", "catalog number"),
     ("website", "official website", "homepage", "home page", "url", "web site"),
     # organisations
     ("founded year", "inception", "founded", "year founded", "founding year", "founding date", "date founded",
@@ -88,9 +92,10 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
      "year established", "date established", "year of establishment", "date of establishment", "incorporated",
      "year of incorporation", "creation date", "date of creation", "since", "start year"),
     ("headquarters", "headquarters location", "head office", "hq", "head quarters", "based in", "main office",
+     "home base", "base", "base of operations", "operating base",
      "seat", "location", "located in", "head office location"),
     ("founder", "founders", "founded by", "co-founder", "cofounder", "established by", "started by", "creator",
-     "created by"),
+     "created by", "set up by", "launched by", "who started it"),
     ("industry", "sector", "business sector", "industry sector", "line of business", "business", "field",
      "market", "trade", "business area", "field of business"),
     ("chief executive officer", "ceo", "chief executive", "managing director", "head"),
@@ -122,7 +127,8 @@ RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
     ("publisher", "published by", "publishing house", "publishing company", "publishers", "imprint", "press",
      "printed by", "issued by", "released by", "put out by"),
     ("genre", "literary genre", "genres", "category", "type", "kind", "style", "form", "literary form",
-     "type of book", "book type", "kind of book", "music genre", "film genre"),
+     "type of book", "book type", "kind of book", "music genre", "film genre", "category of writing",
+     "kind of writing", "type of writing", "literary category"),
     ("original language", "language of work", "language of the work", "written in language"),
     ("illustrator", "illustrated by", "illustrations by"),
     ("translator", "translated by", "translation by"),
@@ -176,7 +182,10 @@ class RelationLexicon:
         by_words = frozenset(g for form in word_forms(name) for g in self._by_words.get(form, ()))
         if by_words:
             return by_words
-        plain = " ".join(w for w in name.split() if w not in FILLER_WORDS)
+        words = name.split()
+        if len(words) > 1 and words[0] == "who" and words[1].endswith("ed"):  # "who founded it": the founder
+            words = [words[1], "by", *words[2:]]
+        plain = " ".join(w for w in words if w not in FILLER_WORDS)
         return self.groups_of(plain) if plain and plain != name else frozenset()
 
 
