@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.kb_lookup import run
+from benchmarks.kb_lookup import _LABELS, TEST_LISTS, run
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -24,27 +24,27 @@ def test_kb_bench_imports_measures_and_judges_a_small_store(tmp_path, request, b
     assert f"{backend}: import" in markdown and "not indexed" in markdown
     assert f"| {backend} 240 | exact p50 ms (wall) |" in markdown
     assert f"| {backend} 240 | paraphrased relation right (held-out phrasings) |" in markdown
-    assert f"| {backend} 240 | paraphrased relation right (test phrasings) |" in markdown
-    assert f"| {backend} 240 | paraphrased relation right (second test list) |" in markdown
-    for kind, label in (("paraphrase_test", "paraphrased relation right (test phrasings)"),
-                        ("absent_test", "absent relation rejected (test names)"),
-                        ("paraphrase_test2", "paraphrased relation right (second test list)"),
-                        ("absent_test2", "absent relation rejected (second test names)")):
-        assert size["policies"]["entity"][kind]["n"] == 12 and f"| {label} | " in markdown
+    for suffix in TEST_LISTS:  # each test list's rows, and its paraphrase row among the targets
+        for kind in (f"paraphrase_{suffix}", f"absent_{suffix}"):
+            assert size["policies"]["entity"][kind]["n"] == 12 and f"| {_LABELS[kind]} | " in markdown
+        assert f"| {backend} 240 | {_LABELS[f'paraphrase_{suffix}']} |" in markdown
+    assert _LABELS["paraphrase_test3"] == "paraphrased relation right (third test list)"
+    assert _LABELS["absent_test3"] == "absent relation rejected (third test names)"
 
 
 def test_test_sets_ask_a_test_phrasing_for_the_stored_value_and_a_test_name_for_unknown() -> None:
     import random
 
-    from benchmarks.kb_lookup import (HELD_OUT_RELATIONS, RELATIONS, TEST2_ABSENT_RELATIONS, TEST2_RELATIONS,
-                                      TEST_ABSENT_RELATIONS, TEST_RELATIONS, query_sets, synthetic_triples)
+    from benchmarks.kb_lookup import (HELD_OUT_RELATIONS, RELATIONS, TEST3_ABSENT_RELATIONS, TEST3_RELATIONS,
+                                      WORLD_TEST3, phrasing_lists, query_sets, synthetic_triples)
 
     triples = synthetic_triples(240)
-    sets = query_sets(triples, ["Nobody Here"], dict(RELATIONS), HELD_OUT_RELATIONS, TEST_RELATIONS, TEST2_RELATIONS,
-                      24, random.Random(0))
+    tests = phrasing_lists()
+    assert list(tests) == ["test", "test2", "test3"] and tests["test3"] == (TEST3_RELATIONS, TEST3_ABSENT_RELATIONS)
+    assert phrasing_lists(world=True)["test3"] == (WORLD_TEST3, TEST3_ABSENT_RELATIONS)  # the published-database run
+    sets = query_sets(triples, ["Nobody Here"], dict(RELATIONS), HELD_OUT_RELATIONS, tests, 24, random.Random(0))
     stored = {(e.lower(), r): v for e, r, v in triples}
-    for suffix, phrasings, absent in (("test", TEST_RELATIONS, TEST_ABSENT_RELATIONS),
-                                      ("test2", TEST2_RELATIONS, TEST2_ABSENT_RELATIONS)):
+    for suffix, (phrasings, absent) in tests.items():
         assert len(sets[f"paraphrase_{suffix}"]) == 24 and len(sets[f"absent_{suffix}"]) == 24
         for e, phrasing, v in sets[f"paraphrase_{suffix}"]:
             (relation,) = [r for r, ps in phrasings.items() if phrasing in ps]
@@ -62,47 +62,31 @@ def test_held_out_phrasings_cover_every_relation_and_repeat_no_dev_one() -> None
     assert set(WORLD_HELD_OUT) == set(RELATION_BY_NAME)
 
 
-def test_test_phrasings_cover_every_relation_and_repeat_no_name_or_earlier_phrasing() -> None:
-    from benchmarks.kb_lookup import (ABSENT_RELATIONS, HELD_OUT_RELATIONS, RELATIONS, TEST_ABSENT_RELATIONS,
-                                      TEST_RELATIONS, WORLD_HELD_OUT, WORLD_PARAPHRASES, WORLD_TEST)
+@pytest.mark.parametrize("suffix", ["test", "test2", "test3"])
+def test_test_phrasings_cover_every_relation_and_repeat_no_name_or_earlier_phrasing(suffix: str) -> None:
+    from benchmarks.kb_lookup import (ABSENT_RELATIONS, HELD_OUT_RELATIONS, RELATIONS, TEST_LISTS, WORLD_HELD_OUT,
+                                      WORLD_PARAPHRASES)
 
     dev = dict(RELATIONS)
-    earlier = {*dev, *dev.values(), *WORLD_PARAPHRASES, *WORLD_PARAPHRASES.values(),
-               *(p for held in (HELD_OUT_RELATIONS, WORLD_HELD_OUT) for ps in held.values() for p in ps)}
-    earlier = {p.lower() for p in earlier}
-    assert set(TEST_RELATIONS) == set(dev) and set(WORLD_TEST) == set(WORLD_PARAPHRASES)
-    for test in (TEST_RELATIONS, WORLD_TEST):
-        assert all(len({p.lower() for p in ps}) == 3 for ps in test.values())
-        assert not {p.lower() for ps in test.values() for p in ps} & earlier
-        # one phrasing names one relation: a phrasing shared by two relations could not be scored
-        assert len({p.lower() for ps in test.values() for p in ps}) == 3 * len(test)
-    absent = {a.lower() for a in TEST_ABSENT_RELATIONS}
-    assert len(absent) == 8 and not absent & {a.lower() for a in ABSENT_RELATIONS}
-    assert not absent & (earlier | {p.lower() for test in (TEST_RELATIONS, WORLD_TEST) for ps in test.values() for p in ps})
-
-
-def test_second_test_phrasings_cover_every_relation_and_repeat_no_name_or_earlier_phrasing() -> None:
-    from benchmarks.kb_lookup import (ABSENT_RELATIONS, HELD_OUT_RELATIONS, RELATIONS, TEST2_ABSENT_RELATIONS,
-                                      TEST2_RELATIONS, TEST_ABSENT_RELATIONS, TEST_RELATIONS, WORLD_HELD_OUT,
-                                      WORLD_PARAPHRASES, WORLD_TEST, WORLD_TEST2)
-
-    dev = dict(RELATIONS)
+    lists = list(TEST_LISTS)
     # every stored name, and every phrasing and absent name of the earlier lists, of both stores
     earlier = {*dev, *dev.values(), *WORLD_PARAPHRASES, *WORLD_PARAPHRASES.values(), *ABSENT_RELATIONS,
-               *TEST_ABSENT_RELATIONS,
-               *(p for lists in (HELD_OUT_RELATIONS, WORLD_HELD_OUT, TEST_RELATIONS, WORLD_TEST)
-                 for ps in lists.values() for p in ps)}
+               *(p for held in (HELD_OUT_RELATIONS, WORLD_HELD_OUT) for ps in held.values() for p in ps)}
+    for before in lists[: lists.index(suffix)]:
+        synthetic, world, absent = TEST_LISTS[before]
+        earlier |= {*absent, *(p for test in (synthetic, world) for ps in test.values() for p in ps)}
     earlier = {p.lower() for p in earlier}
-    assert set(TEST2_RELATIONS) == set(dev) and set(WORLD_TEST2) == set(WORLD_PARAPHRASES)
-    second: set[str] = set()
-    for test2 in (TEST2_RELATIONS, WORLD_TEST2):
-        phrasings = {p.lower() for ps in test2.values() for p in ps}
-        assert all(len({p.lower() for p in ps}) == 3 for ps in test2.values())
-        assert len(phrasings) == 3 * len(test2)  # one phrasing names one relation
+    synthetic, world, absent_names = TEST_LISTS[suffix]
+    assert set(synthetic) == set(dev) and set(world) == set(WORLD_PARAPHRASES)
+    this: set[str] = set()
+    for test in (synthetic, world):
+        phrasings = {p.lower() for ps in test.values() for p in ps}
+        assert all(len({p.lower() for p in ps}) == 3 for ps in test.values())
+        assert len(phrasings) == 3 * len(test)  # one phrasing names one relation: a shared one could not be scored
         assert not phrasings & earlier
-        second |= phrasings
-    absent = {a.lower() for a in TEST2_ABSENT_RELATIONS}
-    assert len(absent) == 8 and not absent & (earlier | second)
+        this |= phrasings
+    absent = {a.lower() for a in absent_names}
+    assert len(absent) == 8 and not absent & (earlier | this)
 
 
 def test_a_stopped_run_keeps_the_figures_of_every_store_it_finished(tmp_path, monkeypatch) -> None:
