@@ -59,6 +59,7 @@ def test_groups_by_text_first_then_by_content_words() -> None:
     assert names("where they live") == {"residence"}
     # "who" asks for the agent: less the filler words alone, "who published it" read as the publication year
     assert names("who published it") == {"publisher"} and names("who founded it") == {"founder"}
+    assert names("person who founded it") == {"founder"}
     assert RelationLexicon((("a b", "c"),)).groups_of("b a") == frozenset({0})
 
 

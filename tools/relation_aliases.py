@@ -183,8 +183,9 @@ class RelationLexicon:
         if by_words:
             return by_words
         words = name.split()
-        if len(words) > 1 and words[0] == "who" and words[1].endswith("ed"):  # "who founded it": the founder
-            words = [words[1], "by", *words[2:]]
+        for i in range(len(words) - 1):  # "(person) who founded it": the founder
+            if words[i] == "who" and words[i + 1].endswith("ed"):
+                words[i : i + 2] = [words[i + 1], "by"]
         plain = " ".join(w for w in words if w not in FILLER_WORDS)
         return self.groups_of(plain) if plain and plain != name else frozenset()
 
