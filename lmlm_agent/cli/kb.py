@@ -224,6 +224,7 @@ def get(
     relation_threshold: Optional[float] = setting(LookupPolicy, "relation_threshold"),
     relation_margin: Optional[float] = setting(LookupPolicy, "relation_margin"),
     relation_same: Optional[float] = setting(LookupPolicy, "relation_same"),
+    relation_aliases: Optional[bool] = setting(LookupPolicy, "relation_aliases", "--relation-aliases/--no-relation-aliases"),
     threshold: Optional[float] = setting(LookupPolicy, "threshold"),
     fallback: Optional[str] = setting(LookupPolicy, "fallback"),
     relation_match: Optional[str] = typer.Option(
@@ -244,7 +245,7 @@ def get(
         read_policy = load_settings(LookupPolicy, None, [], dict(
             name=policy, entity_threshold=entity_threshold, entity_max_edits=entity_max_edits,
             relation_threshold=relation_threshold, relation_margin=relation_margin, relation_same=relation_same,
-            threshold=threshold, fallback=fallback))
+            relation_aliases=relation_aliases, threshold=threshold, fallback=fallback))
         store = _open(db, index, namespace, read_only=True, policy=read_policy, relation_match=relation_match)
         result = store.read(entity, relation)
     if as_json:
