@@ -138,10 +138,11 @@ class DecodingConfig:
     force_lookup_start: bool = field(default=False, metadata={"help": "the answer starts with <|db_entity|> (cloze: the model must name the query)"})
     db_off: bool = field(default=False, metadata={"help": "every lookup returns 'unknown' (the ablation)"})
     abstain_on_unknown: bool = field(
-        default=False,
-        metadata={"help": "after a lookup the store answers 'unknown' (a miss or a deleted row; never under db_off), the "
-                  "text goes on with ' unknown': the model repeats what the database said, as its corpus repeats every "
-                  "looked-up value, instead of stating a value from its weights (docs/runtime.md, abstention)"},
+        default=True,
+        metadata={"help": "after a lookup the store answers 'unknown' (a miss, a deleted row or a store error; never "
+                  "under db_off), the text goes on with ' unknown' and the sentence ends: the model repeats what the "
+                  "database said, as its corpus repeats every looked-up value, instead of stating a value from its "
+                  "weights (docs/runtime.md, abstention). False: the model goes on as it was trained"},
     )
     logprobs: int | None = field(
         default=None,
