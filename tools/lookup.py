@@ -15,14 +15,12 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
-from itertools import permutations
 from typing import TYPE_CHECKING, Callable, Literal, NamedTuple
 
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
-from tools.relation_aliases import RelationLexicon, builtin_lexicon
+from tools.relation_aliases import RelationLexicon, builtin_lexicon, same_words
 
 if TYPE_CHECKING:
     import numpy as np
@@ -261,46 +259,6 @@ class RelationVectors:
         sims = np.stack(self.stored(candidates)) @ query
         order = np.argsort(-sims, kind="stable")
         return [(candidates[i], min(1.0, float(sims[i]))) for i in order]
-
-
-FUNCTION_WORDS = frozenset(
-    "a an the of in on at by for to from with as into about is was are were be been has have had it its "
-    "their his her them this that and".split())
-_LETTERS_RE = re.compile(r"[^\W\d_]+")
-AGENT = "-er"  # marks an agent noun: "founder", "founded by" (not "founded", "founded in")
-
-
-def _stem(word: str, before_by: bool) -> str:
-    """A light stem (each cut only when 3 letters stay): a plural s; then -er, kept as the agent mark, or -ed,
-    an agent when ``by`` follows ("published by" is the publisher, "published in" is not), or -ing; a final e."""
-    if word.endswith("s") and not word.endswith("ss") and len(word) > 4:
-        word = word[:-1]
-    mark = ""
-    for suffix in ("er", "ed", "ing"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word, mark = word[: -len(suffix)], AGENT if suffix == "er" or (suffix == "ed" and before_by) else ""
-            break
-    return (word[:-1] if word.endswith("e") and len(word) > 3 else word) + mark
-
-
-@lru_cache(maxsize=8192)
-def word_forms(name: str) -> frozenset[str]:
-    """The content words of a relation name, stemmed and joined in every order (up to 4 words; more: sorted once).
-
-    Two names share a form when they have the same content words up to order, function words,
-    inflection and compounding: "year of founding" / "founded year", "published by" / "publisher",
-    "place of birth" / "birthplace". Empty when the name has no content word.
-    """
-    words = _LETTERS_RE.findall(name)
-    stems = [_stem(w, words[i + 1 : i + 2] == ["by"]) for i, w in enumerate(words) if w not in FUNCTION_WORDS]
-    if len(stems) > 4:
-        return frozenset({"".join(sorted(stems))})
-    return frozenset("".join(p) for p in permutations(stems)) if stems else frozenset()
-
-
-def same_words(a: str, b: str) -> bool:
-    """Whether two relation names have the same content words (see :func:`word_forms`)."""
-    return not word_forms(a).isdisjoint(word_forms(b))
 
 
 class RelationMatch(NamedTuple):

@@ -1,4 +1,4 @@
-"""Names that mean one relation: the entity policy's alias step.
+"""Relation names as text: their content words (the lexical step) and names that mean one relation (the alias step).
 
 MiniLM compares two short relation names by their words, so names of one relation with
 no word in common ("works for" / "employer", "mother tongue" / "native language") score
@@ -17,9 +17,50 @@ for" is not a "notable work": a store can hold both, for different kinds of enti
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from itertools import permutations
 
 from tools.schema import normalise_text
+
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at by for to from with as into about is was are were be been has have had it its "
+    "their his her them this that and".split())
+_LETTERS_RE = re.compile(r"[^\W\d_]+")
+AGENT = "-er"  # marks an agent noun: "founder", "founded by" (not "founded", "founded in")
+
+
+def _stem(word: str, before_by: bool) -> str:
+    """A light stem (each cut only when 3 letters stay): a plural s; then -er, kept as the agent mark, or -ed,
+    an agent when ``by`` follows ("published by" is the publisher, "published in" is not), or -ing; a final e."""
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 4:
+        word = word[:-1]
+    mark = ""
+    for suffix in ("er", "ed", "ing"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word, mark = word[: -len(suffix)], AGENT if suffix == "er" or (suffix == "ed" and before_by) else ""
+            break
+    return (word[:-1] if word.endswith("e") and len(word) > 3 else word) + mark
+
+
+@lru_cache(maxsize=8192)
+def word_forms(name: str) -> frozenset[str]:
+    """The content words of a relation name, stemmed and joined in every order (up to 4 words; more: sorted once).
+
+    Two names share a form when they have the same content words up to order, function words,
+    inflection and compounding: "year of founding" / "founded year", "published by" / "publisher",
+    "place of birth" / "birthplace". Empty when the name has no content word.
+    """
+    words = _LETTERS_RE.findall(name)
+    stems = [_stem(w, words[i + 1 : i + 2] == ["by"]) for i, w in enumerate(words) if w not in FUNCTION_WORDS]
+    if len(stems) > 4:
+        return frozenset({"".join(sorted(stems))})
+    return frozenset("".join(p) for p in permutations(stems)) if stems else frozenset()
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two relation names have the same content words (see :func:`word_forms`)."""
+    return not word_forms(a).isdisjoint(word_forms(b))
 
 RELATION_ALIASES: tuple[tuple[str, ...], ...] = (
     # people
@@ -155,13 +196,11 @@ class RelationLexicon:
 
     The exact text decides first because content words alone lose the preposition that
     tells relations apart ("born on" is a birth date, "born in" a birth place); only a name
-    that is no alias as written is matched by content words (see :func:`tools.lookup.word_forms`:
+    that is no alias as written is matched by content words (see :func:`word_forms`:
     "year of publication" / "publication years"), then by content words less :data:`FILLER_WORDS`.
     """
 
     def __init__(self, groups: tuple[tuple[str, ...], ...]) -> None:
-        from tools.lookup import word_forms
-
         self._by_text: dict[str, set[int]] = {}
         self._by_words: dict[str, set[int]] = {}
         for i, group in enumerate(groups):
@@ -174,8 +213,6 @@ class RelationLexicon:
     @lru_cache(maxsize=8192)  # noqa: B019 (one lexicon per process, the cache lives as long)
     def groups_of(self, name: str) -> frozenset[int]:
         """The groups ``name`` (normalised) belongs to; empty when it is in no group."""
-        from tools.lookup import word_forms
-
         exact = self._by_text.get(name)
         if exact:
             return frozenset(exact)
