@@ -14,7 +14,7 @@ import typer
 
 SIZE_HELP = (
     "How big: tiny (about a minute: checks the plumbing, the models barely learn), small (the default: "
-    "within 15 minutes on 2 CPU cores), medium (2.4x the world, the d=256 model, 5x the training tokens), large (the published "
+    "400 entities, within 15 minutes on 2 CPU cores), medium (850 entities, the d=256 model, 5x the training tokens), large (the published "
     "176M model on a 3000-entity world: use --device cuda)."
 )
 
