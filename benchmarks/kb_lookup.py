@@ -19,13 +19,14 @@ under the ``entity`` policy (the default) and the ``published`` one (nearest key
 - paraphrase_test: the same with test phrasings (three per relation): measured once blind, then looked at;
 - paraphrase_test2: the same with the second test list's phrasings (three per relation): measured once blind, then
                looked at;
-- paraphrase_test3: the same with the third test list's phrasings (three per relation), never looked at while tuning;
+- paraphrase_test3: the same with the third test list's phrasings (three per relation): measured once blind, then
+               looked at;
 - typo:        a stored entity with one edit (a letter inserted, deleted or replaced), relation as stored;
 - unknown:     an entity the store does not have (same name generator) with a stored relation: right = "unknown";
 - absent:      a stored entity with a relation nobody has ("shoe size"): right = "unknown";
 - absent_test: the same with the test list's relation names: measured once blind, then looked at;
 - absent_test2: the same with the second test list's relation names: measured once blind, then looked at;
-- absent_test3: the same with the third test list's relation names, never looked at while tuning;
+- absent_test3: the same with the third test list's relation names: measured once blind, then looked at;
 - lacking:     a stored entity with a relation other entities hold but it lacks, half as stored and half
                paraphrased: right = "unknown", never a similar relation of its own ("birth year" is not
                answered by "death year"). Only where entities differ in their relations (the world's).
@@ -672,11 +673,11 @@ def _markdown(report: dict[str, Any]) -> str:
         "'place of birth'), in five lists: dev phrasings (one per relation, the lookup was tuned on them); "
         "held-out phrasings (two others per relation, such as 'where born' and 'city of birth': measured, then looked "
         "at while tuning); test phrasings and the second test list (three more per relation each: each measured once "
-        "blind, then looked at); the third test list (three more per relation, never looked at while tuning). Typo: "
+        "blind, then looked at); the third test list (three more per relation, measured once blind, then looked at). Typo: "
         "one letter of the entity inserted, deleted or replaced. Unknown: an entity not in the store with a stored "
         "relation (right = 'unknown'). Absent: a stored entity with a relation nobody has (right = 'unknown'); the "
         "test names, the second test names and the third test names are three more lists of such relations, the "
-        "first two each measured once blind then looked at, the third never looked at while tuning. The entity "
+        "each measured once blind then looked at. The entity "
         "policy caches the embedding of "
         "each relation string, so a repeated query relation costs no model call; the 'not cached' row drops that cache "
         "before each lookup.",

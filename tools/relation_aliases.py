@@ -229,5 +229,5 @@ class RelationLexicon:
 
 @lru_cache(maxsize=1)
 def builtin_lexicon() -> RelationLexicon:
-    """The lexicon of :data:`RELATION_ALIASES` (built at first use: it reads :mod:`tools.lookup`'s stemmer)."""
+    """The lexicon of :data:`RELATION_ALIASES`, built at the first lookup that reaches the alias step."""
     return RelationLexicon(RELATION_ALIASES)
